@@ -1,0 +1,22 @@
+"""Shared pytest fixtures."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# ../shared/data sits beside the checkout (also in CI); ROBUSTPRIOR_SHARED_DATA overrides it.
+SHARED_DATA = Path(os.environ.get("ROBUSTPRIOR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of the real sample data (../shared/data); skips the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared sample data not found at {SHARED_DATA}")
+    return SHARED_DATA
