@@ -1,0 +1,268 @@
+"""NAFNet (Chen et al. 2022) and SAM-Deblur (Li et al. 2023): NAFNet with a Mask Average Pooling unit.
+
+NAFNet is a U-Net of NAFBlocks without nonlinear activations:
+
+* NAFBlock: ``x + beta * [LayerNorm2d -> 1x1 conv (x2) -> 3x3 depthwise conv -> SimpleGate ->
+  Simplified Channel Attention -> 1x1 conv]``, then ``+ gamma * [LayerNorm2d -> 1x1 conv (x2) ->
+  SimpleGate -> 1x1 conv]``; ``beta`` and ``gamma`` start at zero so every block starts as the identity.
+* SimpleGate splits the channels into two halves and multiplies them; Simplified Channel Attention
+  multiplies the features by a 1x1 conv of their (global) average.
+* Downsampling: 2x2 stride-2 conv doubling the channels; upsampling: 1x1 conv + PixelShuffle(2)
+  halving them; encoder skips are added (not concatenated); global residual ``input RGB + net``.
+
+Test-time local pooling (TLC, Chu et al. 2022; used by SAM-Deblur at full resolution): a net trained
+on ``train_size`` crops sees global statistics of ``train_size`` windows in its channel attention;
+on a larger test image the global average becomes a local average over a window of
+``int(1.5 * train_size)`` input pixels, i.e. ``int(1.5 * train_size) // 2**level`` feature pixels
+at a level downsampled ``2**level`` times. Enable it with ``local_pool=True`` or
+:meth:`NAFNet.set_local_pool`; where the window covers the whole feature map it is the global average.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from restoration.archs import register_arch
+from restoration.structure import drop_masks, region_mean_pool, resample_prior_features
+
+
+def simple_gate(x: torch.Tensor) -> torch.Tensor:
+    """NAFNet's SimpleGate: B x 2C x H x W -> B x C x H x W, product of the two channel halves."""
+    first, second = x.chunk(2, dim=1)
+    return first * second
+
+
+def local_average_pool(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Stride-1 average over ``window x window`` neighbourhoods, B x C x H x W -> B x C x H x W.
+
+    Each pixel averages the window centred on it (offset ``(window - 1) // 2``), shifted to stay inside
+    the map at the borders (the TLC convention: the valid pooling output, edge-replicated). A window
+    at least as large as the map along both axes gives the global mean, returned as B x C x 1 x 1.
+    Summed-area table in float64: O(1) per pixel whatever the window.
+    """
+    _, _, height, width = x.shape
+    window_height, window_width = min(window, height), min(window, width)
+    if window_height == height and window_width == width:
+        return x.mean(dim=(2, 3), keepdim=True)
+    integral = F.pad(x.double().cumsum(2).cumsum(3), (1, 0, 1, 0))
+
+    def window_bounds(size: int, window_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = (torch.arange(size, device=x.device) - (window_size - 1) // 2).clamp(0, size - window_size)
+        return start, start + window_size
+
+    top, bottom = window_bounds(height, window_height)
+    left, right = window_bounds(width, window_width)
+    rows_bottom, rows_top = integral[:, :, bottom], integral[:, :, top]
+    total = rows_bottom[..., right] - rows_bottom[..., left] - rows_top[..., right] + rows_top[..., left]
+    return (total / (window_height * window_width)).to(x.dtype)
+
+
+class LayerNorm2d(nn.Module):
+    """Layer normalisation over the channels of each pixel, with per-channel scale and shift. B x C x H x W."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=1, keepdim=True)
+        variance = (x - mean).pow(2).mean(dim=1, keepdim=True)
+        normalised = (x - mean) / torch.sqrt(variance + self.eps)
+        return self.weight[None, :, None, None] * normalised + self.bias[None, :, None, None]
+
+
+class SimplifiedChannelAttention(nn.Module):
+    """``x * conv1x1(average(x))``, B x C x H x W; global average, or local with ``pool_window`` pixels."""
+
+    def __init__(self, channels: int, pool_window: int | None = None) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=1)
+        self.pool_window = pool_window
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool_window is None:
+            pooled = x.mean(dim=(2, 3), keepdim=True)
+        else:
+            pooled = local_average_pool(x, self.pool_window)
+        return x * self.conv(pooled)
+
+
+class NAFBlock(nn.Module):
+    """Nonlinear-activation-free block (see module docstring). B x C x H x W -> B x C x H x W."""
+
+    def __init__(self, channels: int, expansion: int = 2, ffn_expansion: int = 2) -> None:
+        super().__init__()
+        hidden, ffn_hidden = channels * expansion, channels * ffn_expansion
+        self.norm1 = LayerNorm2d(channels)
+        self.expand = nn.Conv2d(channels, hidden, kernel_size=1)
+        self.depthwise = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
+        self.channel_attention = SimplifiedChannelAttention(hidden // 2)
+        self.project = nn.Conv2d(hidden // 2, channels, kernel_size=1)
+        self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.norm2 = LayerNorm2d(channels)
+        self.ffn_expand = nn.Conv2d(channels, ffn_hidden, kernel_size=1)
+        self.ffn_project = nn.Conv2d(ffn_hidden // 2, channels, kernel_size=1)
+        self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attended = self.channel_attention(simple_gate(self.depthwise(self.expand(self.norm1(x)))))
+        x = x + self.beta * self.project(attended)
+        return x + self.gamma * self.ffn_project(simple_gate(self.ffn_expand(self.norm2(x))))
+
+
+def _stage(channels: int, num_blocks: int, downscale: int) -> nn.Sequential:
+    """``num_blocks`` NAFBlocks; their channel attention remembers the level's ``downscale`` for local pooling."""
+    stage = nn.Sequential(*(NAFBlock(channels) for _ in range(num_blocks)))
+    for module in stage.modules():
+        if isinstance(module, SimplifiedChannelAttention):
+            module.downscale = downscale
+    return stage
+
+
+@register_arch
+class NAFNet(nn.Module):
+    """NAFNet U-Net. Input B x in_channels x H x W (first ``out_channels`` channels: the image) -> B x out_channels x H x W.
+
+    Defaults are SAM-Deblur's NAFNet (width 32, encoder blocks [1, 1, 1, 28], middle 1, decoder
+    [1, 1, 1, 1]). Any H x W: the input is replicate-padded at the bottom/right to a multiple of
+    ``2**len(enc_blocks)`` and the output cropped back. ``local_pool``/``train_size``: test-time local
+    pooling (module docstring).
+    """
+
+    def __init__(
+        self,
+        width: int = 32,
+        enc_blocks: Sequence[int] = (1, 1, 1, 28),
+        middle_blocks: int = 1,
+        dec_blocks: Sequence[int] = (1, 1, 1, 1),
+        in_channels: int = 3,
+        out_channels: int = 3,
+        local_pool: bool = False,
+        train_size: int = 256,
+    ) -> None:
+        super().__init__()
+        if len(enc_blocks) != len(dec_blocks):
+            raise ValueError(f"enc_blocks {list(enc_blocks)} and dec_blocks {list(dec_blocks)} need the same number of levels")
+        if in_channels < out_channels:
+            raise ValueError("the global residual adds the first out_channels input channels: need in_channels >= out_channels")
+        self.out_channels = out_channels
+        self.num_levels = len(enc_blocks)
+        self.intro = nn.Conv2d(in_channels, width, kernel_size=3, padding=1)
+        self.encoders, self.downs = nn.ModuleList(), nn.ModuleList()
+        channels = width
+        for level, num_blocks in enumerate(enc_blocks):
+            self.encoders.append(_stage(channels, num_blocks, 2**level))
+            self.downs.append(nn.Conv2d(channels, 2 * channels, kernel_size=2, stride=2))
+            channels *= 2
+        self.middle = _stage(channels, middle_blocks, 2**self.num_levels)
+        self.ups, self.decoders = nn.ModuleList(), nn.ModuleList()
+        for level, num_blocks in reversed(list(enumerate(dec_blocks))):
+            self.ups.append(nn.Sequential(nn.Conv2d(channels, 2 * channels, kernel_size=1, bias=False), nn.PixelShuffle(2)))
+            channels //= 2
+            self.decoders.append(_stage(channels, num_blocks, 2**level))
+        self.ending = nn.Conv2d(width, out_channels, kernel_size=3, padding=1)
+        self.encoder_channels = [width * 2**level for level in range(self.num_levels)]
+        self.set_local_pool(local_pool, train_size)
+
+    def set_local_pool(self, enabled: bool, train_size: int = 256) -> None:
+        """Switch the channel attention between global pooling and local pooling of ``int(1.5 * train_size)`` input pixels."""
+        for module in self.modules():
+            if isinstance(module, SimplifiedChannelAttention):
+                module.pool_window = max(1, int(1.5 * train_size) // module.downscale) if enabled else None
+
+    def forward(self, x: torch.Tensor, encoder_injections: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """B x in_channels x H x W -> B x out_channels x H x W.
+
+        ``encoder_injections``: optional one map per encoder level, B x ``encoder_channels[level]`` x
+        h x w at any resolution, covering the (unpadded) input; each is bilinearly resampled onto its
+        level's grid and added to the features entering that level's blocks.
+        """
+        height, width = x.shape[-2:]
+        multiple = 2**self.num_levels
+        pad_height, pad_width = -height % multiple, -width % multiple
+        padded = F.pad(x, (0, pad_width, 0, pad_height), mode="replicate") if pad_height or pad_width else x
+        if encoder_injections is not None and len(encoder_injections) != self.num_levels:
+            raise ValueError(f"need {self.num_levels} encoder injections, got {len(encoder_injections)}")
+        padded_region = (0.0, 0.0, float(padded.shape[-2]), float(padded.shape[-1]))
+        features = self.intro(padded)
+        skips = []
+        for level, (encoder, down) in enumerate(zip(self.encoders, self.downs)):
+            if encoder_injections is not None:
+                features = features + resample_prior_features(
+                    encoder_injections[level], (height, width), tuple(features.shape[-2:]), padded_region
+                )
+            features = encoder(features)
+            skips.append(features)
+            features = down(features)
+        features = self.middle(features)
+        for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
+            features = decoder(up(features) + skip)
+        restored = self.ending(features) + padded[:, : self.out_channels]
+        return restored[..., :height, :width]
+
+
+class MaskAveragePooling(nn.Module):
+    """SAM-Deblur's Mask Average Pooling (MAP) unit: B x 3 x H x W image + B x H x W labels -> B x 2 x H x W.
+
+    A 3x3 conv and a 1x1 conv map the image to ``out_channels`` channels; each channel is then
+    replaced inside every mask region by its mean there, and uncovered pixels by the mean over all
+    uncovered pixels (:func:`~restoration.structure.region_mean_pool`).
+    """
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 2) -> None:
+        super().__init__()
+        self.spatial_conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.pointwise_conv = nn.Conv2d(out_channels, out_channels, kernel_size=1)
+
+    def forward(self, image: torch.Tensor, label_map: torch.Tensor) -> torch.Tensor:
+        return region_mean_pool(self.pointwise_conv(self.spatial_conv(image)), label_map, uncovered="mean")
+
+
+@register_arch
+class SAMDeblurNet(nn.Module):
+    """SAM-Deblur: the MAP unit's channels concatenated with the blurry RGB, restored by NAFNet.
+
+    ``prior="structure"``: NAFNet with a (3 + ``structure_channels``)-channel intro conv fed
+    ``[image, MAP(image, label_map)]``; during training (``self.training``) each sample's masks are
+    dropped with probability ``mask_dropout`` first (:func:`~restoration.structure.drop_masks`, global
+    RNG). ``prior="none"``: the plain NAFNet baseline on RGB; label maps are ignored. Other arguments
+    as :class:`NAFNet`. Forward: B x 3 x H x W (+ B x H x W labels) -> B x 3 x H x W.
+    """
+
+    def __init__(
+        self,
+        prior: Literal["structure", "none"] = "structure",
+        width: int = 32,
+        enc_blocks: Sequence[int] = (1, 1, 1, 28),
+        middle_blocks: int = 1,
+        dec_blocks: Sequence[int] = (1, 1, 1, 1),
+        structure_channels: int = 2,
+        mask_dropout: float = 0.5,
+        local_pool: bool = False,
+        train_size: int = 256,
+    ) -> None:
+        super().__init__()
+        if prior not in ("structure", "none"):
+            raise ValueError(f"prior must be 'structure' or 'none', got {prior!r}")
+        if not 0.0 <= mask_dropout <= 1.0:
+            raise ValueError(f"mask_dropout must lie in [0, 1], got {mask_dropout}")
+        self.prior = prior
+        self.mask_dropout = mask_dropout
+        self.mask_average_pooling = MaskAveragePooling(3, structure_channels) if prior == "structure" else None
+        extra_channels = structure_channels if prior == "structure" else 0
+        self.backbone = NAFNet(width, enc_blocks, middle_blocks, dec_blocks, 3 + extra_channels, 3, local_pool, train_size)
+
+    def forward(self, image: torch.Tensor, label_map: torch.Tensor | None = None) -> torch.Tensor:
+        if self.mask_average_pooling is None:
+            return self.backbone(image)
+        if label_map is None:
+            raise ValueError("prior='structure' needs a label_map (pass zeros for an image without masks)")
+        if self.training and self.mask_dropout > 0:
+            label_map = drop_masks(label_map, self.mask_dropout)
+        return self.backbone(torch.cat([image, self.mask_average_pooling(image, label_map)], dim=1))

@@ -1,0 +1,102 @@
+"""PSNR / SSIM for restoration results, computed by BasicSR's reference implementations.
+
+Inputs are uint8 H x W x 3 **RGB** numpy arrays. BasicSR's ``calculate_psnr`` / ``calculate_ssim``
+(``input_order="HWC"``) work on whatever channel order they get when comparing all channels (PSNR
+over all channels; SSIM per channel with an 11x11 Gaussian window, sigma 1.5, valid region, then
+averaged), but their Y-channel conversion (``test_y_channel=True``) assumes **BGR** order, as BasicSR
+reads images with OpenCV; this module reverses the channels to BGR before calling them, so the
+Y channel is the BT.601 luma of the RGB image.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from robustprior._basicsr import calculate_psnr, calculate_ssim
+
+METRIC_PROTOCOL = "BasicSR 1.4.2 calculate_psnr/calculate_ssim on uint8 RGB, crop border 0, all RGB channels"
+
+
+def _check_pair(restored: np.ndarray, target: np.ndarray) -> None:
+    for name, image in (("restored", restored), ("target", target)):
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"{name} must be a uint8 H x W x 3 RGB numpy array, got {getattr(image, 'dtype', type(image))} "
+                             f"{getattr(image, 'shape', '')}")
+    if restored.shape != target.shape:
+        raise ValueError(f"shapes differ: restored {restored.shape}, target {target.shape}")
+
+
+def _basicsr_metric(
+    metric: Callable[..., float], restored: np.ndarray, target: np.ndarray, crop_border: int, test_y_channel: bool
+) -> float:
+    _check_pair(restored, target)
+    # RGB -> BGR: only the Y-channel conversion cares, but the order is made right unconditionally.
+    bgr_restored, bgr_target = np.ascontiguousarray(restored[..., ::-1]), np.ascontiguousarray(target[..., ::-1])
+    return float(metric(bgr_restored, bgr_target, crop_border=crop_border, input_order="HWC", test_y_channel=test_y_channel))
+
+
+def psnr(restored: np.ndarray, target: np.ndarray, crop_border: int = 0, test_y_channel: bool = False) -> float:
+    """PSNR in dB (peak 255) of two uint8 H x W x 3 RGB images; ``inf`` for identical images (BasicSR's convention)."""
+    return _basicsr_metric(calculate_psnr, restored, target, crop_border, test_y_channel)
+
+
+def ssim(restored: np.ndarray, target: np.ndarray, crop_border: int = 0, test_y_channel: bool = False) -> float:
+    """SSIM of two uint8 H x W x 3 RGB images (per channel, then averaged; 1.0 for identical images)."""
+    return _basicsr_metric(calculate_ssim, restored, target, crop_border, test_y_channel)
+
+
+def tensor_to_uint8(tensor: torch.Tensor) -> np.ndarray:
+    """1 x 3 x H x W or 3 x H x W float RGB in [0, 1] -> H x W x 3 uint8 RGB.
+
+    Values are clamped to [0, 1], scaled by 255 and rounded half to even (``torch.round``, the same
+    rule as the ``numpy.round`` of BasicSR's ``tensor2img``), computed in float64.
+    """
+    if tensor.ndim == 4:
+        if tensor.shape[0] != 1:
+            raise ValueError(f"a batched tensor must hold one image, got batch {tensor.shape[0]}")
+        tensor = tensor[0]
+    if tensor.ndim != 3 or tensor.shape[0] != 3 or not tensor.dtype.is_floating_point:
+        raise ValueError(f"need a float 3 x H x W (or 1 x 3 x H x W) tensor, got {tensor.dtype} {tuple(tensor.shape)}")
+    scaled = torch.round(tensor.detach().to("cpu", torch.float64).clamp(0.0, 1.0) * 255.0)
+    return scaled.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+class MetricAccumulator:
+    """Collects PSNR and SSIM per image under one protocol; means over images.
+
+    A mean PSNR is ``inf`` when any image was restored exactly (the per-image list shows which).
+    """
+
+    def __init__(self, crop_border: int = 0, test_y_channel: bool = False) -> None:
+        self.crop_border = crop_border
+        self.test_y_channel = test_y_channel
+        self.per_image: list[dict[str, float | str]] = []
+
+    @property
+    def protocol(self) -> str:
+        if self.crop_border == 0 and not self.test_y_channel:
+            return METRIC_PROTOCOL
+        channels = "Y channel (BT.601 of RGB)" if self.test_y_channel else "all RGB channels"
+        return f"BasicSR 1.4.2 calculate_psnr/calculate_ssim on uint8 RGB, crop border {self.crop_border}, {channels}"
+
+    def update(self, restored: np.ndarray, target: np.ndarray, name: str | None = None) -> dict[str, float | str]:
+        """Score one uint8 H x W x 3 RGB pair; returns (and stores) ``{"name", "psnr", "ssim"}``."""
+        record: dict[str, float | str] = {
+            "name": name if name is not None else f"image_{len(self.per_image):04d}",
+            "psnr": psnr(restored, target, self.crop_border, self.test_y_channel),
+            "ssim": ssim(restored, target, self.crop_border, self.test_y_channel),
+        }
+        self.per_image.append(record)
+        return record
+
+    def mean(self) -> dict[str, float]:
+        """``{"psnr": mean, "ssim": mean}`` over the images seen (NaN when none)."""
+        count = len(self.per_image)
+        return {key: (sum(float(r[key]) for r in self.per_image) / count if count else math.nan) for key in ("psnr", "ssim")}
+
+    def to_dict(self) -> dict[str, object]:
+        """Protocol, image count, means and the per-image records, ready for JSON (``inf`` aside)."""
+        return {"protocol": self.protocol, "num_images": len(self.per_image), **self.mean(), "per_image": list(self.per_image)}

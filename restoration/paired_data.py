@@ -1,0 +1,339 @@
+"""Paired (degraded, clean) image data for restoration: SOTS/RESIDE dehazing and GoPro deblurring.
+
+* ``pair_sots`` / ``pair_gopro`` list ``(degraded, clean)`` file pairs from the datasets' on-disk
+  layouts and fail loudly on files without a partner.
+* ``read_rgb`` / ``read_rgb_float`` decode any 8/16-bit, grayscale/RGB/RGBA image to RGB.
+* ``PairedImageDataset`` serves the pairs as tensors, with aligned random crops and dihedral
+  augmentation for training; it is registered in basicsr's ``DATASET_REGISTRY`` as
+  ``PairedImageDataset_robustprior`` (basicsr already owns the plain name ``PairedImageDataset``),
+  so a basicsr options file uses ``type: PairedImageDataset_robustprior``.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from robustprior._basicsr import DATASET_REGISTRY
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+SOTS_HAZY_FOLDERS: tuple[str, ...] = ("hazy",)
+SOTS_CLEAN_FOLDERS: tuple[str, ...] = ("gt", "GT", "clear", "clean")
+GOPRO_SHARP_FOLDER = "sharp"
+LAYOUTS: tuple[str, ...] = ("sots", "gopro")
+PHASES: tuple[str, ...] = ("train", "val", "test")
+REGISTRY_SUFFIX = "robustprior"
+REGISTRY_NAME = f"PairedImageDataset_{REGISTRY_SUFFIX}"  # the ``type`` to use in basicsr options
+LISTED_UNMATCHED = 5  # how many unmatched file names an error message spells out
+
+
+# ----------------------------------------------------------------------------- reading
+def _read_native(path: str | Path) -> np.ndarray:
+    """H x W x 3 RGB in the file's own dtype (uint8, uint16 or float32); alpha dropped, grayscale tripled.
+
+    Decoded with ``cv2.IMREAD_UNCHANGED`` (no EXIF rotation, full bit depth).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {path} does not exist")
+    encoded = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED) if encoded.size else None
+    if image is None:
+        raise ValueError(f"cannot decode image file {path} (corrupt or not an image)")
+    if image.dtype not in (np.uint8, np.uint16, np.float32):
+        raise ValueError(f"image file {path} has unsupported sample type {image.dtype}")
+    if image.ndim == 2:
+        image = image[..., None]
+    channels = image.shape[2]
+    if channels in (1, 2):  # gray, gray + alpha
+        return np.repeat(image[..., :1], 3, axis=2)
+    if channels in (3, 4):  # BGR, BGRA
+        return np.ascontiguousarray(image[..., 2::-1])
+    raise ValueError(f"image file {path} has {channels} channels; expected 1-4")
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """H x W x 3 uint8 RGB. 16-bit samples become ``round(v / 257)`` (the inverse of the usual 8->16 ``v * 257``);
+    float samples are clipped to [0, 1] and scaled by 255."""
+    image = _read_native(path)
+    if image.dtype == np.uint8:
+        return image
+    scaled = image / 257.0 if image.dtype == np.uint16 else np.clip(image, 0.0, 1.0) * 255.0
+    return np.rint(scaled).astype(np.uint8)
+
+
+def read_rgb_float(path: str | Path) -> np.ndarray:
+    """H x W x 3 float32 RGB in [0, 1] at full precision (8-bit / 255, 16-bit / 65535, float clipped)."""
+    image = _read_native(path)
+    if image.dtype == np.float32:
+        return np.clip(image, 0.0, 1.0)
+    return (image.astype(np.float32) / float(np.iinfo(image.dtype).max)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- pairing
+def _natural_key(path: Path) -> list[Any]:
+    """Sort key ordering ``1400_2`` before ``1400_10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.as_posix())]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Visible image files directly inside ``folder``, naturally sorted."""
+    files = [
+        path
+        for path in folder.iterdir()
+        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+    ]
+    return sorted(files, key=_natural_key)
+
+
+def _describe_unmatched(unmatched: list[Path], what: str) -> str:
+    listed = ", ".join(str(path) for path in unmatched[:LISTED_UNMATCHED])
+    more = f" (+{len(unmatched) - LISTED_UNMATCHED} more)" if len(unmatched) > LISTED_UNMATCHED else ""
+    return f"{len(unmatched)} {what}: {listed}{more}"
+
+
+def _index_by_stem(folder: Path) -> dict[str, Path]:
+    """Image files of ``folder`` keyed by stem; two files sharing a stem is an error."""
+    index: dict[str, Path] = {}
+    for path in _image_files(folder):
+        if path.stem in index:
+            raise ValueError(f"ambiguous ground truth: {index[path.stem]} and {path} share the name {path.stem!r}")
+        index[path.stem] = path
+    return index
+
+
+def _pair_by_key(
+    degraded_folder: Path, clean_folder: Path, key_of: Callable[[str], str], what: str
+) -> list[tuple[Path, Path]]:
+    """Pair each degraded image with the clean image whose stem is ``key_of(degraded_stem)``."""
+    degraded = _image_files(degraded_folder)
+    if not degraded:
+        raise ValueError(f"no {what} images found in {degraded_folder}")
+    clean = _index_by_stem(clean_folder) if clean_folder.is_dir() else {}
+    unmatched = [path for path in degraded if key_of(path.stem) not in clean]
+    if unmatched:
+        raise ValueError(_describe_unmatched(unmatched, f"{what} image(s) have no clean partner in {clean_folder}"))
+    return [(path, clean[key_of(path.stem)]) for path in degraded]
+
+
+def _child_named(folder: Path, names: Iterable[str]) -> Path | None:
+    for name in names:
+        if (folder / name).is_dir():
+            return folder / name
+    return None
+
+
+def _is_sots_folder(folder: Path) -> bool:
+    return _child_named(folder, SOTS_HAZY_FOLDERS) is not None and _child_named(folder, SOTS_CLEAN_FOLDERS) is not None
+
+
+def _find_sots_folder(base: Path) -> Path:
+    """``base`` itself if it holds ``hazy/`` and a clean folder, else its single such (grand)child."""
+    if _is_sots_folder(base):
+        return base
+    children = sorted(path for path in base.iterdir() if path.is_dir())
+    found = [child for child in children if _is_sots_folder(child)]
+    if not found:
+        grandchildren = [path for child in children for path in sorted(child.iterdir()) if path.is_dir()]
+        found = [grandchild for grandchild in grandchildren if _is_sots_folder(grandchild)]
+    if not found:
+        raise ValueError(f"no folder with hazy/ and one of {SOTS_CLEAN_FOLDERS} found in or under {base}")
+    if len(found) > 1:
+        names = ", ".join(str(path.relative_to(base)) for path in found)
+        raise ValueError(f"several SOTS folders under {base} ({names}); pass split= to choose one")
+    return found[0]
+
+
+def pair_sots(root: str | Path, split: str | None = None) -> list[tuple[Path, Path]]:
+    """(hazy, gt) pairs of a RESIDE/SOTS dataset, naturally sorted by hazy path.
+
+    ``root`` is a dataset root (with ``split`` such as ``"outdoor"``/``"indoor"``, or without when it
+    holds one split) or directly a folder with ``hazy/`` and ``gt/`` (also ``clear/``, ``clean/``).
+    A hazy image ``NAME_anything.ext`` pairs with ``gt/NAME.*`` (``1400_1.png`` -> ``1400.png``,
+    ``0001_0.8_0.2.jpg`` -> ``0001.png``, ITS ``1_1_0.90179.png`` -> ``1.png``); many hazy images may
+    share one gt. Unmatched hazy images or an empty hazy folder raise ``ValueError``.
+    """
+    root = Path(root)
+    base = root / split if split is not None else root
+    if not base.is_dir():
+        raise ValueError(f"SOTS folder {base} does not exist")
+    folder = _find_sots_folder(base)
+    hazy_folder = _child_named(folder, SOTS_HAZY_FOLDERS)
+    clean_folder = _child_named(folder, SOTS_CLEAN_FOLDERS)
+    return _pair_by_key(hazy_folder, clean_folder, lambda stem: stem.split("_")[0], "hazy")
+
+
+def pair_gopro(root: str | Path, split: str = "test", blur_dir: str = "blur") -> list[tuple[Path, Path]]:
+    """(blurred, sharp) pairs of a GoPro dataset, naturally sorted.
+
+    Layout ``root/SPLIT/SEQUENCE/{blur_dir}/000001.png`` with ``.../sharp/000001.png``
+    (``blur_dir`` may be ``"blur_gamma"``), or a flat ``root/{blur_dir}/X.png`` with ``root/sharp/X.png``.
+    Files pair by stem; unmatched blurred images, sequences without ``blur_dir`` or no images at all
+    raise ``ValueError``.
+    """
+    root = Path(root)
+    split_folder = root / split
+    if split_folder.is_dir():
+        sequences = sorted((p for p in split_folder.iterdir() if p.is_dir()), key=_natural_key)
+        if not sequences:
+            raise ValueError(f"no sequence folders found in {split_folder}")
+        missing = [sequence for sequence in sequences if not (sequence / blur_dir).is_dir()]
+        if missing:
+            raise ValueError(_describe_unmatched(missing, f"sequence folder(s) lack a {blur_dir}/ folder"))
+        return [
+            pair
+            for sequence in sequences
+            for pair in _pair_by_key(sequence / blur_dir, sequence / GOPRO_SHARP_FOLDER, lambda stem: stem, "blurred")
+        ]
+    if (root / blur_dir).is_dir():
+        return _pair_by_key(root / blur_dir, root / GOPRO_SHARP_FOLDER, lambda stem: stem, "blurred")
+    raise ValueError(f"no GoPro data: neither {split_folder} nor {root / blur_dir} is a folder")
+
+
+# ----------------------------------------------------------------------------- dataset
+def _match_clean_size(degraded: np.ndarray, clean: np.ndarray, pair: tuple[Path, Path]) -> np.ndarray:
+    """``clean`` (H' x W' x 3) centre-cropped to ``degraded``'s H x W when larger in both sides
+    (RESIDE ITS keeps a 10-px border on the clean images); any other size mismatch is an error."""
+    height, width = degraded.shape[:2]
+    clean_height, clean_width = clean.shape[:2]
+    if (clean_height, clean_width) == (height, width):
+        return clean
+    if clean_height < height or clean_width < width:
+        raise ValueError(f"size mismatch: {pair[0]} is {width}x{height} but {pair[1]} is {clean_width}x{clean_height}")
+    top, left = (clean_height - height) // 2, (clean_width - width) // 2
+    return clean[top : top + height, left : left + width]
+
+
+def _pad_to(images: list[np.ndarray], size: int) -> list[np.ndarray]:
+    """Mirror-pad each H x W x C image at the bottom/right so both sides are at least ``size``."""
+    height, width = images[0].shape[:2]
+    padding = ((0, max(0, size - height)), (0, max(0, size - width)), (0, 0))
+    return [np.pad(image, padding, mode="symmetric") for image in images]
+
+
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
+    """H x W x 3 float32 array -> 3 x H x W tensor."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+class PairedImageDataset(Dataset):
+    """(lq, gt) pairs of a SOTS or GoPro dataset as 3 x H x W float32 tensors in [0, 1].
+
+    ``opt`` (basicsr style): ``dataroot``, ``layout`` ("sots" | "gopro"), ``split`` (SOTS default
+    none, GoPro default "test"), ``phase`` ("train" | "val" | "test"), ``crop_size`` (train only;
+    None = full images), ``use_flip`` (horizontal flips), ``use_rot`` (vertical flips and transposes,
+    together with flips all 8 rotations/reflections), ``seed``, optional ``blur_dir`` (GoPro),
+    ``name`` and ``type`` (ignored).
+
+    Training items are cropped at the same place in lq and gt (images smaller than the crop are
+    mirror-padded first) and augmented identically, from a generator seeded with
+    ``(seed, epoch, index)``: call ``set_epoch`` each epoch for fresh yet reproducible crops.
+    """
+
+    def __init__(self, opt: dict[str, Any]):
+        super().__init__()
+        self.opt = dict(opt)
+        self.layout = self.opt.get("layout", "sots")
+        self.phase = self.opt.get("phase", "test")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {self.phase!r}")
+        if "dataroot" not in self.opt:
+            raise ValueError("opt needs a 'dataroot'")
+        self.root = Path(self.opt["dataroot"])
+        self.crop_size: int | None = self.opt.get("crop_size")
+        self.use_flip = bool(self.opt.get("use_flip", False))
+        self.use_rot = bool(self.opt.get("use_rot", False))
+        self.seed = int(self.opt.get("seed", 0))
+        self.epoch = 0
+        if self.layout == "sots":
+            self.pairs = pair_sots(self.root, self.opt.get("split"))
+        else:
+            self.pairs = pair_gopro(self.root, self.opt.get("split") or "test", self.opt.get("blur_dir", "blur"))
+
+    @classmethod
+    def from_kwargs(
+        cls,
+        dataroot: str | Path,
+        layout: str,
+        split: str | None = None,
+        phase: str = "test",
+        crop_size: int | None = None,
+        use_flip: bool = False,
+        use_rot: bool = False,
+        seed: int = 0,
+        blur_dir: str = "blur",
+        name: str | None = None,
+    ) -> PairedImageDataset:
+        """Build from keyword arguments instead of an ``opt`` dict."""
+        opt = {
+            "name": name or f"{layout}:{dataroot}",
+            "type": REGISTRY_NAME,
+            "layout": layout,
+            "dataroot": str(dataroot),
+            "split": split,
+            "phase": phase,
+            "crop_size": crop_size,
+            "use_flip": use_flip,
+            "use_rot": use_rot,
+            "seed": seed,
+            "blur_dir": blur_dir,
+        }
+        return cls(opt)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose crops/augmentations ``__getitem__`` draws (set before building workers)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def key(self, index: int) -> str:
+        """Stable id of item ``index``: its degraded path relative to ``dataroot``, without suffix."""
+        lq_path = self.pairs[index][0]
+        return lq_path.relative_to(self.root).with_suffix("").as_posix()
+
+    def _augment(self, lq: np.ndarray, gt: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Aligned random crop and dihedral augmentation of H x W x 3 lq and gt."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, index]))
+        images = [lq, gt]
+        if self.crop_size is not None:
+            images = _pad_to(images, self.crop_size)
+            height, width = images[0].shape[:2]
+            top = int(rng.integers(0, height - self.crop_size + 1))
+            left = int(rng.integers(0, width - self.crop_size + 1))
+            images = [image[top : top + self.crop_size, left : left + self.crop_size] for image in images]
+        if self.use_flip and rng.random() < 0.5:
+            images = [image[:, ::-1] for image in images]
+        if self.use_rot:
+            if rng.random() < 0.5:
+                images = [image[::-1] for image in images]
+            if rng.random() < 0.5:
+                images = [image.transpose(1, 0, 2) for image in images]
+        return images[0], images[1]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """``{"lq", "gt"}``: 3 x H x W float32 tensors; ``lq_path``, ``gt_path``, ``key``: str."""
+        pair = self.pairs[index]
+        lq = read_rgb_float(pair[0])
+        gt = _match_clean_size(lq, read_rgb_float(pair[1]), pair)
+        if self.phase == "train":
+            lq, gt = self._augment(lq, gt, index)
+        return {
+            "lq": _to_tensor(lq),
+            "gt": _to_tensor(gt),
+            "lq_path": str(pair[0]),
+            "gt_path": str(pair[1]),
+            "key": self.key(index),
+        }
+
+
+if REGISTRY_NAME not in DATASET_REGISTRY:
+    DATASET_REGISTRY.register(PairedImageDataset, suffix=REGISTRY_SUFFIX)

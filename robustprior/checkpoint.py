@@ -1,0 +1,226 @@
+"""Reading, mapping, checking and writing checkpoints.
+
+Formats recognised (``peek_checkpoint_format``):
+
+* ``"robustprior"``: our safetensors files; the model config travels in the metadata.
+* ``"robustsam-official"``: the official RobustSAM ``.pth`` (``robustsam_checkpoint_{b,l,h}.pth``,
+  or a state dict saved by the ``robust-segment-anything`` package); a leading ``module.`` is stripped.
+* ``"sam"``: a SAM (``sam_vit_*.pth``) or MobileSAM (``mobile_sam.pt``) checkpoint: SAM parts only;
+  the robust parts stay fresh and the Robust Output Tokens start as a copy of SAM's mask tokens.
+
+Official RobustSAM key names -> ours (the one table; every other key keeps its name):
+
+==========================================================================  =====================================================
+official prefix (``mask_decoder.`` + ...)                                    robustprior prefix
+==========================================================================  =====================================================
+``custom_robust_token.``                                                     ``robust.output_tokens.``
+``robust_mlp.``                                                              ``robust.robust_mlp.``
+``custom_token_block.mlp.``                                                  ``robust.token_generation.mlp.``
+``fourier_mask_features.downsample_layer.``                                  ``robust.fusion.mask_feature_conv.``
+``fourier_first_layer_features.upsample_layer.``                             ``robust.fusion.complementary_upsample.``
+``fourier_last_layer_features.upsample_layer.``                              ``robust.fusion.embedding_upsample.``
+``{block}.dnc_block_combined.SEMBlock.maxpool_conv.0.conv1.``                ``{amfg}.selective_convolution.batch_norm_conv.``
+``{block}.dnc_block_combined.SEMBlock.maxpool_conv.0.conv2.``                ``{amfg}.selective_convolution.instance_norm_conv.``
+``{block}.dnc_block_combined.SEMBlock.maxpool_conv.0.BN.``                   ``{amfg}.selective_convolution.batch_norm.``
+``{block}.dnc_block_combined.SEMBlock.maxpool_conv.0.selector.fc.0.``        ``{amfg}.selective_convolution.attention.squeeze.``
+``{block}.dnc_block_combined.SEMBlock.maxpool_conv.0.selector.att_conv1.``   ``{amfg}.selective_convolution.attention.batch_norm_logits.``
+``{block}.dnc_block_combined.SEMBlock.maxpool_conv.0.selector.att_conv2.``   ``{amfg}.selective_convolution.attention.instance_norm_logits.``
+``{block}.dnc_block_combined.channel_attention.excitation.``                 ``{amfg}.channel_attention.excitation.``
+``{block}.fgm_block.conv_layer.``                                            ``{amfg}.fourier_suppression.amplitude_conv.``
+``{block}.conv_layer.``                                                      ``{amfg}.output_conv.``
+==========================================================================  =====================================================
+
+with ``{block} -> {amfg}``: ``fourier_mask_features -> robust.fusion.mask_feature_amfg``,
+``fourier_first_layer_features -> robust.fusion.complementary_amfg``,
+``fourier_last_layer_features -> robust.fusion.embedding_amfg``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from .modeling.robust_sam import RobustSam
+
+OFFICIAL_BLOCKS: dict[str, str] = {
+    "fourier_mask_features": "robust.fusion.mask_feature_amfg",
+    "fourier_first_layer_features": "robust.fusion.complementary_amfg",
+    "fourier_last_layer_features": "robust.fusion.embedding_amfg",
+}
+OFFICIAL_AMFG_PARTS: dict[str, str] = {
+    "dnc_block_combined.SEMBlock.maxpool_conv.0.conv1.": "selective_convolution.batch_norm_conv.",
+    "dnc_block_combined.SEMBlock.maxpool_conv.0.conv2.": "selective_convolution.instance_norm_conv.",
+    "dnc_block_combined.SEMBlock.maxpool_conv.0.BN.": "selective_convolution.batch_norm.",
+    "dnc_block_combined.SEMBlock.maxpool_conv.0.selector.fc.0.": "selective_convolution.attention.squeeze.",
+    "dnc_block_combined.SEMBlock.maxpool_conv.0.selector.att_conv1.": "selective_convolution.attention.batch_norm_logits.",
+    "dnc_block_combined.SEMBlock.maxpool_conv.0.selector.att_conv2.": "selective_convolution.attention.instance_norm_logits.",
+    "dnc_block_combined.channel_attention.excitation.": "channel_attention.excitation.",
+    "fgm_block.conv_layer.": "fourier_suppression.amplitude_conv.",
+    "conv_layer.": "output_conv.",
+}
+OFFICIAL_KEY_MAP: dict[str, str] = {
+    "mask_decoder.custom_robust_token.": "robust.output_tokens.",
+    "mask_decoder.robust_mlp.": "robust.robust_mlp.",
+    "mask_decoder.custom_token_block.mlp.": "robust.token_generation.mlp.",
+    "mask_decoder.fourier_mask_features.downsample_layer.": "robust.fusion.mask_feature_conv.",
+    "mask_decoder.fourier_first_layer_features.upsample_layer.": "robust.fusion.complementary_upsample.",
+    "mask_decoder.fourier_last_layer_features.upsample_layer.": "robust.fusion.embedding_upsample.",
+    **{
+        f"mask_decoder.{block}.{part}": f"{amfg}.{ours}"
+        for block, amfg in OFFICIAL_BLOCKS.items()
+        for part, ours in OFFICIAL_AMFG_PARTS.items()
+    },
+}
+ENCODER_WIDTH_TO_MODEL = {768: "vit_b", 1024: "vit_l", 1280: "vit_h", 96: "tiny"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def _torch_load(path: Path) -> Mapping[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: the file is corrupt or truncated ({type(error).__name__}: {error})"
+        ) from error
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors of a ``.safetensors`` / ``.pth`` / ``.pt`` file and its metadata (safetensors only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = dict(handle.metadata() or {})
+            return load_file(str(path)), metadata
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or truncated ({error})") from error
+    return dict(_torch_load(path)), {}
+
+
+def detect_format(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> str:
+    """``"robustprior"``, ``"robustsam-official"`` or ``"sam"`` (see the module docstring)."""
+    if metadata and metadata.get("format") == "robustprior":
+        return "robustprior"
+    if any(key.startswith("robust.") for key in state):
+        return "robustprior"
+    if any(key.startswith("mask_decoder.custom_robust_token") for key in state):
+        return "robustsam-official"
+    if any(key.startswith("image_encoder.") for key in state) and any(key.startswith("mask_decoder.") for key in state):
+        return "sam"
+    raise CheckpointError("unrecognised checkpoint: expected SAM, MobileSAM, official RobustSAM or robustprior keys")
+
+
+def map_official_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename official RobustSAM keys to ours with :data:`OFFICIAL_KEY_MAP` (longest prefix wins)."""
+    prefixes = sorted(OFFICIAL_KEY_MAP, key=len, reverse=True)
+    mapped = {}
+    for key, value in state.items():
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
+        mapped[OFFICIAL_KEY_MAP[prefix] + key[len(prefix):] if prefix else key] = value
+    return mapped
+
+
+def _guess_model_type(state: Mapping[str, torch.Tensor]) -> str | None:
+    weight = state.get("image_encoder.patch_embed.proj.weight")
+    if weight is not None:
+        return ENCODER_WIDTH_TO_MODEL.get(weight.shape[0])
+    if "image_encoder.patch_embed.seq.0.c.weight" in state:
+        return "vit_t"
+    return None
+
+
+def check_state_dict(model: RobustSam, state: Mapping[str, torch.Tensor], base_only: bool = False) -> None:
+    """Raise :class:`CheckpointError` naming every missing, unexpected and mis-shaped key."""
+    expected = {k: v for k, v in model.state_dict().items() if not (base_only and k.startswith("robust."))}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mis_shaped = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    if not (missing or unexpected or mis_shaped):
+        return
+    lines = [f"checkpoint does not match the {model.config.get('model_type', '?')} model:"]
+    for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mis_shaped)):
+        if keys:
+            lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys))
+    guessed = _guess_model_type(state)
+    if guessed and guessed != model.config.get("model_type"):
+        lines.append(f"  the checkpoint looks like a {guessed} model")
+    raise CheckpointError("\n".join(lines))
+
+
+def load_checkpoint(model: RobustSam, path: str | Path, strict: bool = True) -> str:
+    """Load any supported checkpoint file into ``model``; returns its format.
+
+    Strict by default: any missing, unexpected or mis-shaped key raises a :class:`CheckpointError`
+    listing them all. A SAM/MobileSAM checkpoint only has to cover the SAM parts.
+    """
+    state, metadata = read_state_dict(path)
+    return load_state(model, state, detect_format(state, metadata), strict=strict)
+
+
+def load_state(model: RobustSam, state: Mapping[str, torch.Tensor], checkpoint_format: str, strict: bool = True) -> str:
+    """Load an already-read state dict of the given format (see :func:`load_checkpoint`)."""
+    if checkpoint_format == "robustsam-official":
+        state = map_official_keys(state)
+    base_only = checkpoint_format == "sam"
+    if strict:
+        check_state_dict(model, state, base_only=base_only)
+    else:
+        own = model.state_dict()
+        state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(state, strict=False)
+    if base_only:
+        with torch.no_grad():
+            model.robust.output_tokens.weight.copy_(model.mask_decoder.mask_tokens.weight)
+    return checkpoint_format
+
+
+def save_checkpoint(model: RobustSam, path: str | Path, extra_metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``model`` as safetensors with its config in the metadata, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": "robustprior", "config": json.dumps(model.config), **(extra_metadata or {})}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(tensors, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+def load_model(path: str | Path, **config_overrides) -> RobustSam:
+    """Build and load a model from one of our safetensors checkpoints (config from its metadata)."""
+    from .build import ModelConfig, build_from_config
+
+    state, metadata = read_state_dict(path)
+    if "config" not in metadata:
+        raise CheckpointError(f"{path} has no robustprior config in its metadata; use build_robust_sam(model_type, path)")
+    config = ModelConfig.from_dict({**json.loads(metadata["config"]), **config_overrides})
+    model = build_from_config(config)
+    check_state_dict(model, state)
+    model.load_state_dict(state, strict=False)
+    return model

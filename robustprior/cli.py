@@ -1,0 +1,119 @@
+"""The ``robustprior`` command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _parse_points(text: str) -> np.ndarray:
+    try:
+        points = np.array([[float(v) for v in pair.split(",")] for pair in text.split(";") if pair.strip()])
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"points must look like 'x,y;x,y', got {text!r}") from error
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise argparse.ArgumentTypeError(f"points must look like 'x,y;x,y', got {text!r}")
+    return points
+
+
+def _parse_numbers(text: str) -> np.ndarray:
+    try:
+        return np.array([float(v) for v in text.split(",")])
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from error
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    import cv2
+
+    if image.ndim == 3:
+        image = image[:, :, ::-1]
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"could not write {path}")
+
+
+def command_segment(args: argparse.Namespace) -> int:
+    """Segment one image with point/box prompts, or automatically when none are given."""
+    import torch
+
+    from .automatic_mask_generator import RobustAutomaticMaskGenerator
+    from .image_io import load_image
+    from .predictor import RobustSamPredictor
+    from .pretrained import load_robust_sam
+    from .visualize import overlay_masks
+
+    image, stem = load_image(args.image)
+    output = Path(args.output)
+    mask_path, overlay_path = output / f"{stem}_mask.png", output / f"{stem}_overlay.png"
+    existing = [p for p in (mask_path, overlay_path) if p.exists()]
+    if existing and not args.overwrite:
+        print(f"error: {', '.join(map(str, existing))} already exist; pass --overwrite to replace them", file=sys.stderr)
+        return 2
+    output.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    model = load_robust_sam(args.checkpoint, args.model_type, device=args.device)
+    path = "sam" if args.sam_baseline else "robust"
+    if args.points is None and args.box is None:
+        generator = RobustAutomaticMaskGenerator(model, path=path, points_per_side=args.points_per_side)
+        records = sorted(generator.generate(image), key=lambda r: r["area"], reverse=True)
+        masks = np.array([r["segmentation"] for r in records], dtype=bool).reshape(-1, *image.shape[:2])
+        label_map = np.zeros(image.shape[:2], dtype=np.uint16)
+        for index, mask in enumerate(masks, start=1):
+            label_map[mask] = index
+        _write_png(mask_path, label_map if len(masks) > 255 else label_map.astype(np.uint8))
+        _write_png(overlay_path, overlay_masks(image, masks))
+        print(f"{len(masks)} masks ({'SAM' if args.sam_baseline else 'RobustSAM'}) -> {mask_path} (label map), {overlay_path}")
+        return 0
+    predictor = RobustSamPredictor(model, path=path)
+    predictor.set_image(image)
+    labels = None
+    if args.points is not None:
+        labels = args.labels if args.labels is not None else np.ones(len(args.points))
+        if len(labels) != len(args.points):
+            print(f"error: {len(args.points)} points but {len(labels)} labels", file=sys.stderr)
+            return 2
+    masks, scores, _ = predictor.predict(args.points, labels, args.box, multimask_output=args.multimask)
+    best = int(np.argmax(scores))
+    _write_png(mask_path, masks[best].astype(np.uint8) * 255)
+    _write_png(overlay_path, overlay_masks(image, masks[best : best + 1], points=args.points, labels=labels, box=args.box))
+    print(f"mask {best} of {len(masks)} (predicted IoU {scores[best]:.3f}) -> {mask_path}, {overlay_path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="robustprior", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    segment = commands.add_parser("segment", help="segment an image with RobustSAM (or SAM)")
+    segment.add_argument("image", help="image file, or skimage:NAME for a scikit-image sample (e.g. skimage:astronaut)")
+    segment.add_argument("--checkpoint", default=None,
+                         help="file path or known name (sam_vit_b, robustsam_vit_b, ...); default: bundled tiny model")
+    segment.add_argument("--model-type", default=None, help="vit_b/vit_l/vit_h/vit_t/tiny (inferred when omitted)")
+    segment.add_argument("--points", type=_parse_points, default=None, help="'x,y;x,y' in pixels")
+    segment.add_argument("--labels", type=_parse_numbers, default=None, help="'1,0' (1 foreground, 0 background)")
+    segment.add_argument("--box", type=_parse_numbers, default=None, help="'x0,y0,x1,y1' in pixels")
+    segment.add_argument("--multimask", action="store_true", help="predict 3 masks and keep the best-scored one")
+    segment.add_argument("--sam-baseline", action="store_true", help="use the plain SAM decoder of the same weights")
+    segment.add_argument("--points-per-side", type=int, default=32, help="grid for automatic masks (no prompts)")
+    segment.add_argument("--output", default="outputs/segment", help="output folder")
+    segment.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    segment.add_argument("--device", default="cpu")
+    segment.add_argument("--seed", type=int, default=0)
+    segment.set_defaults(handler=command_segment)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

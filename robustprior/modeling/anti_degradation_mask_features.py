@@ -1,0 +1,50 @@
+"""Anti-Degradation Mask Feature Generation (AMFG), paper Sec. 3.2.1.
+
+``AMFG(x) = conv3x3(FDS(SE(concat(x, SelectiveConv(x)))))``: C -> 2C -> 2C -> 2C -> C channels.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .fourier_degradation_suppression import FourierDegradationSuppression, FourierMode
+from .selective_convolution import SelectiveConvolution
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel attention: global average pool -> MLP (reduction r) -> sigmoid -> rescale.
+
+    ``B x C x H x W -> B x C x H x W``.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.excitation = nn.Sequential(
+            nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels), nn.Sigmoid()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.excitation(x.mean(dim=(2, 3)))
+        return x * weights[:, :, None, None]
+
+
+class AntiDegradationMaskFeatures(nn.Module):
+    """AMFG on one feature map, ``B x C x H x W -> B x C x H x W``.
+
+    Steps, in the paper's order: selective IN/BN convolution with attention merge; concatenation
+    with the input (input first, as in the official release); squeeze-and-excitation on the 2C
+    channels; Fourier Degradation Suppression; 3x3 convolution back to C channels.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16, fourier_mode: FourierMode = "paper") -> None:
+        super().__init__()
+        self.selective_convolution = SelectiveConvolution(channels, reduction=reduction)
+        self.channel_attention = SqueezeExcitation(2 * channels, reduction=reduction)
+        self.fourier_suppression = FourierDegradationSuppression(2 * channels, mode=fourier_mode)
+        self.output_conv = nn.Conv2d(2 * channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.cat((x, self.selective_convolution(x)), dim=1)
+        features = self.fourier_suppression(self.channel_attention(features))
+        return self.output_conv(features)

@@ -1,0 +1,69 @@
+"""HQ-SAM-style fusion of the AMFG outputs into the robust mask feature (paper Sec. 3.2.1).
+
+robust mask feature = conv_block(AMFG(mask feature))
+                    + upsample(AMFG(complementary feature))
+                    + upsample(AMFG(final image embedding))
+
+all at ``transformer_dim / 8`` channels and 4x the embedding resolution (32 x 256 x 256 for SAM at
+1024). With ``robust=False`` the AMFG steps are skipped: that is the clear (teacher) path's fused
+feature that the mask-feature consistency loss compares against, as in the official release.
+"""
+from __future__ import annotations
+
+import torch
+from segment_anything.modeling.common import LayerNorm2d
+from torch import nn
+
+from .anti_degradation_mask_features import AntiDegradationMaskFeatures
+from .fourier_degradation_suppression import FourierMode
+
+
+def _upsample_4x(in_channels: int, hidden_channels: int, out_channels: int) -> nn.Sequential:
+    """Two stride-2 transposed convolutions with LayerNorm2d + GELU between: 4x resolution."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(in_channels, hidden_channels, kernel_size=2, stride=2),
+        LayerNorm2d(hidden_channels),
+        nn.GELU(),
+        nn.ConvTranspose2d(hidden_channels, out_channels, kernel_size=2, stride=2),
+    )
+
+
+class RobustFeatureFusion(nn.Module):
+    """Three AMFG blocks and the layers that bring their outputs to the mask-feature resolution."""
+
+    def __init__(
+        self,
+        transformer_dim: int,
+        encoder_dim: int,
+        reduction: int = 16,
+        fourier_mode: FourierMode = "paper",
+    ) -> None:
+        super().__init__()
+        mask_channels = transformer_dim // 8
+        self.mask_feature_amfg = AntiDegradationMaskFeatures(mask_channels, reduction, fourier_mode)
+        self.mask_feature_conv = nn.Sequential(
+            nn.Conv2d(mask_channels, 2 * mask_channels, kernel_size=3, padding=1),
+            LayerNorm2d(2 * mask_channels),
+            nn.GELU(),
+            nn.Conv2d(2 * mask_channels, mask_channels, kernel_size=3, padding=1),
+        )
+        self.complementary_amfg = AntiDegradationMaskFeatures(encoder_dim, reduction, fourier_mode)
+        self.complementary_upsample = _upsample_4x(encoder_dim, transformer_dim, mask_channels)
+        self.embedding_amfg = AntiDegradationMaskFeatures(transformer_dim, reduction, fourier_mode)
+        self.embedding_upsample = _upsample_4x(transformer_dim, transformer_dim, mask_channels)
+
+    def image_features(
+        self, image_embedding: torch.Tensor, complementary_feature: torch.Tensor, robust: bool = True
+    ) -> torch.Tensor:
+        """Per-image part: ``B x D x h x w`` embedding and ``B x C_enc x h x w`` early feature
+        -> ``B x D/8 x 4h x 4w``."""
+        if robust:
+            image_embedding = self.embedding_amfg(image_embedding)
+            complementary_feature = self.complementary_amfg(complementary_feature)
+        return self.embedding_upsample(image_embedding) + self.complementary_upsample(complementary_feature)
+
+    def mask_features(self, upscaled_embedding: torch.Tensor, robust: bool = True) -> torch.Tensor:
+        """Per-prompt part: the decoder's ``P x D/8 x 4h x 4w`` upscaled embedding -> same shape."""
+        if robust:
+            upscaled_embedding = self.mask_feature_amfg(upscaled_embedding)
+        return self.mask_feature_conv(upscaled_embedding)

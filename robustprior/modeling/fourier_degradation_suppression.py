@@ -1,0 +1,46 @@
+"""Fourier Degradation Suppression (FDS), the frequency-domain step of AMFG.
+
+Degradations such as haze, noise or blur mostly live in the amplitude spectrum while structure
+lives in the phase. FDS takes the 2-D FFT over H, W, applies a learned 1x1 convolution to the
+amplitude, keeps the phase, and returns the real part of the inverse FFT (no fftshift, no
+residual), as the paper and the official GitHub code since 2024-07-16 do.
+
+``mode="identity"`` reproduces the PyPI ``robust-segment-anything`` 1.0.0 package, whose block
+computes the modified spectrum and then returns its input unchanged; it exists only so that
+package can serve as a parity oracle. The 1x1 convolution is kept in both modes so the
+checkpoints have the same keys.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+FourierMode = Literal["paper", "identity"]
+FOURIER_MODES: tuple[str, ...] = ("paper", "identity")
+
+
+class FourierDegradationSuppression(nn.Module):
+    """``B x C x H x W -> B x C x H x W``: ``real(ifft2(conv1x1(|F|) * exp(i angle(F))))``."""
+
+    def __init__(self, channels: int, mode: FourierMode = "paper") -> None:
+        super().__init__()
+        if mode not in FOURIER_MODES:
+            raise ValueError(f"unknown Fourier mode {mode!r}; expected one of {FOURIER_MODES}")
+        self.mode = mode
+        self.amplitude_conv = nn.Conv2d(channels, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "identity":
+            return x
+        # cuFFT/pocketfft in half precision is limited; always transform in float32.
+        spectrum = torch.fft.fft2(x.float(), dim=(-2, -1))
+        amplitude = self.amplitude_conv(spectrum.abs())
+        phase = spectrum.angle()
+        # The learned amplitude may be negative, so rebuild with cos/sin rather than torch.polar.
+        rebuilt = torch.complex(amplitude * torch.cos(phase), amplitude * torch.sin(phase))
+        return torch.fft.ifft2(rebuilt, dim=(-2, -1)).real.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"

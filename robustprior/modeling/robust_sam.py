@@ -1,0 +1,249 @@
+"""RobustSAM: frozen SAM plus the paper's robust modules.
+
+The SAM parts are the installed ``segment_anything`` modules, unchanged and under their usual
+state-dict names (``image_encoder``, ``prompt_encoder``, ``mask_decoder``), so any SAM or MobileSAM
+checkpoint loads into them directly. Everything RobustSAM adds lives under ``robust``:
+
+* ``robust.output_tokens``: the Robust Output Tokens (ROT), ``T x D`` (T = 4 mask tokens);
+* ``robust.fusion``: three AMFG blocks and the HQ-SAM-style fusion (:class:`RobustFeatureFusion`);
+* ``robust.token_generation``: AOTG (:class:`AntiDegradationOutputTokens`);
+* ``robust.robust_mlp``: the 3-layer MLP turning a robust token into a mask classifier (D -> D -> D/8).
+
+Two decoding paths share the frozen transformer: ``"robust"`` (RobustSAM, used at inference) and
+``"sam"`` (the untouched SAM decoder: the plain-SAM baseline and the clear teacher in training).
+Prompts are batched: P prompts, each pointing at one of B encoded images through ``image_index``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import MaskDecoder, PromptEncoder
+from segment_anything.modeling.mask_decoder import MLP
+from torch import nn
+
+from .anti_degradation_output_tokens import AntiDegradationOutputTokens, TokenMode
+from .early_features import EarlyFeatureHook
+from .feature_fusion import RobustFeatureFusion
+from .fourier_degradation_suppression import FourierMode
+
+DecoderPath = Literal["robust", "sam"]
+
+
+@dataclass
+class ImageFeatures:
+    """Encoder outputs for B images."""
+
+    embedding: torch.Tensor  # B x D x h x w, the final image embedding
+    complementary: torch.Tensor  # B x C_enc x h x w, the early (first global block) feature
+
+    def __len__(self) -> int:
+        return self.embedding.shape[0]
+
+    def to(self, *args, **kwargs) -> "ImageFeatures":
+        return ImageFeatures(self.embedding.to(*args, **kwargs), self.complementary.to(*args, **kwargs))
+
+
+@dataclass
+class DecoderOutput:
+    """Decoder outputs for P prompts and M returned masks (1, 3 or all 4 tokens)."""
+
+    mask_logits: torch.Tensor  # P x M x 4h x 4w low-resolution logits
+    iou_predictions: torch.Tensor  # P x M, from SAM's IoU head
+    mask_tokens: torch.Tensor  # P x T x D output tokens after the two-way transformer (ROT or SAM's)
+    mask_feature: torch.Tensor  # P x D/8 x 4h x 4w: robust path, the fused robust mask feature;
+    #                             sam path, SAM's upscaled embedding that its classifiers read
+    fused_feature: torch.Tensor | None = None  # sam path with fused=True: the teacher's fused feature
+
+
+class RobustComponents(nn.Module):
+    """The five trainable parts RobustSAM adds to SAM."""
+
+    def __init__(
+        self,
+        transformer_dim: int,
+        encoder_dim: int,
+        num_mask_tokens: int = 4,
+        reduction: int = 16,
+        fourier_mode: FourierMode = "paper",
+        token_mode: TokenMode = "paper",
+        num_instance_norms: int = 2,
+    ) -> None:
+        super().__init__()
+        self.output_tokens = nn.Embedding(num_mask_tokens, transformer_dim)
+        self.fusion = RobustFeatureFusion(transformer_dim, encoder_dim, reduction, fourier_mode)
+        self.token_generation = AntiDegradationOutputTokens(
+            transformer_dim, num_mask_tokens, num_instance_norms, token_mode
+        )
+        self.robust_mlp = MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
+
+
+class RobustSam(nn.Module):
+    """SAM + RobustSAM. Images in: ``B x 3 x S x S`` from :meth:`preprocess`."""
+
+    mask_threshold: float = 0.0
+    image_format: str = "RGB"
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+        robust: RobustComponents,
+        early_feature_layer: nn.Module,
+        image_size: int,
+        config: dict | None = None,
+        pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53),
+        pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375),
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.robust = robust
+        self.image_size = image_size
+        self.config = dict(config or {})
+        self._early_feature = EarlyFeatureHook(early_feature_layer)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def sam_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the frozen SAM (encoder, prompt encoder, SAM decoder)."""
+        return [p for name, p in self.named_parameters() if not name.startswith("robust.")]
+
+    def freeze_sam(self) -> "RobustSam":
+        """Freeze every SAM parameter; only ``robust`` stays trainable (the paper's recipe)."""
+        for parameter in self.sam_parameters():
+            parameter.requires_grad_(False)
+        return self
+
+    def train(self, mode: bool = True) -> "RobustSam":
+        """Like ``nn.Module.train``, but SAM stays in eval mode (it is frozen)."""
+        super().train(mode)
+        for part in (self.image_encoder, self.prompt_encoder, self.mask_decoder):
+            part.eval()
+        return self
+
+    # ------------------------------------------------------------------ images
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """``B x 3 x H x W`` RGB in [0, 255] (long side already resized to ``image_size``) ->
+        normalised and zero-padded ``B x 3 x S x S``."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape B x 3 x H x W, got {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        if max(h, w) > self.image_size:
+            raise ValueError(f"image side {max(h, w)} exceeds the model's input size {self.image_size}; resize first")
+        images = (images - self.pixel_mean) / self.pixel_std
+        return F.pad(images, (0, self.image_size - w, 0, self.image_size - h))
+
+    def encode_image(self, images: torch.Tensor) -> ImageFeatures:
+        """Preprocessed ``B x 3 x S x S`` -> :class:`ImageFeatures` (embedding + early feature)."""
+        embedding = self.image_encoder(images)
+        return ImageFeatures(embedding=embedding, complementary=self._early_feature.pop())
+
+    def postprocess_masks(
+        self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Low-res ``P x M x 4h x 4w`` logits -> ``P x M x H x W`` at the original image size."""
+        masks = F.interpolate(masks, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        masks = masks[..., : input_size[0], : input_size[1]]
+        return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
+
+    # ------------------------------------------------------------------ prompts and decoding
+    def encode_prompts(
+        self,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        boxes: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM's prompt encoder: points ``(P x N x 2, P x N)``, boxes ``P x 4``, masks
+        ``P x 1 x 4h x 4w`` (model input frame) -> sparse ``P x K x D``, dense ``P x D x h x w``."""
+        return self.prompt_encoder(points=points, boxes=boxes, masks=masks)
+
+    def _run_transformer(
+        self,
+        features: ImageFeatures,
+        image_index: torch.Tensor,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        mask_tokens: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SAM's two-way transformer with the given ``T x D`` mask tokens.
+
+        Returns the IoU token ``P x D``, the mask tokens ``P x T x D`` and the upscaled embedding
+        ``P x D/8 x 4h x 4w``."""
+        decoder = self.mask_decoder
+        prompts = sparse.shape[0]
+        output_tokens = torch.cat((decoder.iou_token.weight, mask_tokens), dim=0)
+        tokens = torch.cat((output_tokens.unsqueeze(0).expand(prompts, -1, -1), sparse), dim=1)
+        source = features.embedding.index_select(0, image_index) + dense
+        position = self.prompt_encoder.get_dense_pe().expand(prompts, -1, -1, -1)
+        b, c, h, w = source.shape
+        hidden, source = decoder.transformer(source, position, tokens)
+        upscaled = decoder.output_upscaling(source.transpose(1, 2).reshape(b, c, h, w))
+        return hidden[:, 0], hidden[:, 1 : 1 + decoder.num_mask_tokens], upscaled
+
+    def decode(
+        self,
+        features: ImageFeatures,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        image_index: torch.Tensor | None = None,
+        multimask_output: bool | None = False,
+        path: DecoderPath = "robust",
+        fused: bool = False,
+    ) -> DecoderOutput:
+        """Decode P prompts against B encoded images.
+
+        ``image_index`` (``P`` long) says which image each prompt belongs to; None means all
+        prompts belong to image 0. ``multimask_output``: False -> token 0 (1 mask), True ->
+        tokens 1..3 (3 masks), None -> all 4. ``fused`` (sam path) also returns the teacher's
+        fused feature for the mask-feature consistency loss.
+        """
+        prompts = sparse.shape[0]
+        if image_index is None:
+            image_index = torch.zeros(prompts, dtype=torch.long, device=sparse.device)
+        if image_index.shape != (prompts,):
+            raise ValueError(f"image_index must have shape ({prompts},), got {tuple(image_index.shape)}")
+        if path == "robust":
+            output_tokens = self.robust.output_tokens.weight
+        elif path == "sam":
+            output_tokens = self.mask_decoder.mask_tokens.weight
+        else:
+            raise ValueError(f"unknown decoder path {path!r}; expected 'robust' or 'sam'")
+        iou_token, mask_tokens, upscaled = self._run_transformer(features, image_index, sparse, dense, output_tokens)
+
+        fused_feature = None
+        if path == "robust" or fused:
+            robust = path == "robust"
+            image_part = self.robust.fusion.image_features(features.embedding, features.complementary, robust)
+            fused_feature = self.robust.fusion.mask_features(upscaled, robust) + image_part.index_select(0, image_index)
+        if path == "robust":
+            classifiers = self.robust.robust_mlp(self.robust.token_generation(mask_tokens))  # P x T x D/8
+            mask_feature = fused_feature
+        else:
+            classifiers = torch.stack(
+                [mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.mask_decoder.output_hypernetworks_mlps)], dim=1
+            )
+            mask_feature = upscaled
+        b, c, h, w = mask_feature.shape
+        mask_logits = (classifiers @ mask_feature.view(b, c, h * w)).view(b, -1, h, w)
+        iou_predictions = self.mask_decoder.iou_prediction_head(iou_token)
+
+        if multimask_output is not None:
+            selected = slice(1, None) if multimask_output else slice(0, 1)
+            mask_logits, iou_predictions = mask_logits[:, selected], iou_predictions[:, selected]
+        return DecoderOutput(
+            mask_logits=mask_logits,
+            iou_predictions=iou_predictions,
+            mask_tokens=mask_tokens,
+            mask_feature=mask_feature,
+            fused_feature=fused_feature if path == "sam" else None,
+        )

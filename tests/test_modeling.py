@@ -1,0 +1,180 @@
+"""RobustSAM modules: closed forms, an independent FFT computation, gradients, freezing, batching."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from robustprior.build import build_robust_sam
+from robustprior.modeling import (
+    AntiDegradationMaskFeatures,
+    AntiDegradationOutputTokens,
+    FourierDegradationSuppression,
+)
+
+
+def _set_amplitude_conv(block: FourierDegradationSuppression, scale: float) -> None:
+    channels = block.amplitude_conv.weight.shape[0]
+    with torch.no_grad():
+        block.amplitude_conv.weight.copy_(scale * torch.eye(channels)[:, :, None, None])
+        block.amplitude_conv.bias.zero_()
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.5, -0.5])
+def test_fourier_suppression_closed_form(scale: float) -> None:
+    block = FourierDegradationSuppression(6)
+    _set_amplitude_conv(block, scale)
+    x = torch.randn(2, 6, 16, 12, dtype=torch.float32)
+    torch.testing.assert_close(block(x), scale * x, atol=1e-5, rtol=1e-5)
+
+
+def test_fourier_suppression_matches_numpy() -> None:
+    torch.manual_seed(0)
+    block = FourierDegradationSuppression(4)
+    x = torch.randn(1, 4, 8, 10)
+    weight = block.amplitude_conv.weight.detach().numpy()[:, :, 0, 0]
+    bias = block.amplitude_conv.bias.detach().numpy()
+    spectrum = np.fft.fft2(x.numpy()[0], axes=(-2, -1))
+    amplitude = np.einsum("oc,chw->ohw", weight, np.abs(spectrum)) + bias[:, None, None]
+    expected = np.real(np.fft.ifft2(amplitude * np.exp(1j * np.angle(spectrum)), axes=(-2, -1)))
+    np.testing.assert_allclose(block(x)[0].detach().numpy(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_fourier_identity_mode_is_the_pypi_no_op() -> None:
+    x = torch.randn(1, 4, 8, 8)
+    assert torch.equal(FourierDegradationSuppression(4, mode="identity")(x), x)
+    with pytest.raises(ValueError, match="unknown Fourier mode"):
+        FourierDegradationSuppression(4, mode="fft")
+
+
+def test_fourier_changes_output_and_receives_gradients() -> None:
+    torch.manual_seed(0)
+    paper = AntiDegradationMaskFeatures(16, fourier_mode="paper").eval()
+    identity = AntiDegradationMaskFeatures(16, fourier_mode="identity").eval()
+    identity.load_state_dict(paper.state_dict())
+    x = torch.randn(2, 16, 16, 16)
+    assert (paper(x) - identity(x)).abs().max() > 1e-3
+    paper(x).square().mean().backward()
+    grad = paper.fourier_suppression.amplitude_conv.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
+def test_amfg_keeps_shape_and_channels() -> None:
+    block = AntiDegradationMaskFeatures(32)
+    assert block(torch.randn(2, 32, 20, 24)).shape == (2, 32, 20, 24)
+
+
+def test_output_token_release_mode_uses_first_quarter_of_normalised_token() -> None:
+    torch.manual_seed(0)
+    release = AntiDegradationOutputTokens(16, num_tokens=4, token_mode="release")
+    tokens = torch.randn(3, 4, 16)
+    normalised = tokens
+    for _ in range(2):  # two instance norms over the features, as the release stacks
+        normalised = (normalised - normalised.mean(-1, keepdim=True)) / torch.sqrt(
+            normalised.var(-1, unbiased=False, keepdim=True) + 1e-5
+        )
+    expected = release.mlp(normalised[..., :4])
+    torch.testing.assert_close(release(tokens), expected)
+    paper = AntiDegradationOutputTokens(16, token_mode="paper")
+    assert paper.mlp[0].in_features == 16 and release.mlp[0].in_features == 4
+
+
+def test_frozen_sam_is_bit_identical_after_a_step() -> None:
+    torch.manual_seed(0)
+    model = build_robust_sam("tiny")
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("robust.")}
+    robust_before = {k: v.clone() for k, v in model.robust.state_dict().items()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("robust.") for n, p in model.named_parameters() if p.requires_grad)
+    optimizer = torch.optim.Adam(trainable, lr=1e-2)
+    images = model.preprocess(torch.rand(2, 3, 256, 256) * 255)
+    with torch.no_grad():
+        features = model.encode_image(images)
+    sparse, dense = model.encode_prompts(points=(torch.rand(2, 3, 2) * 256, torch.ones(2, 3)))
+    output = model.decode(features, sparse, dense, image_index=torch.tensor([0, 1]))
+    output.mask_logits.sigmoid().mean().backward()
+    optimizer.step()
+    after = model.state_dict()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), f"SAM tensor {key} changed"
+    changed = [k for k, v in robust_before.items() if not torch.equal(v, model.robust.state_dict()[k])]
+    assert len(changed) > 10
+
+
+def test_parameter_counts_match_the_official_package() -> None:
+    from robust_segment_anything.build_sam import build_sam_vit_b
+
+    official = build_sam_vit_b(opt=object())
+    ours = build_robust_sam("vit_b", token_mode="release")
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(ours) == count(official)
+    sam_names = ("image_encoder", "prompt_encoder")
+    official_robust = count(official) - sum(count(getattr(official, n)) for n in sam_names) - sum(
+        p.numel() for n, p in official.mask_decoder.named_parameters()
+        if n.split(".")[0] in ("transformer", "iou_token", "mask_tokens", "output_upscaling",
+                               "output_hypernetworks_mlps", "iou_prediction_head")
+    )
+    assert count(ours.robust) == official_robust
+    assert abs(count(ours) / 1e6 - 153.2) < 0.2 and abs(count(ours.robust) / 1e6 - 59.4) < 0.2  # SPEC section 5
+
+
+def test_batched_prompts_equal_single_prompt_forwards() -> None:
+    torch.manual_seed(0)
+    model = build_robust_sam("tiny")
+    with torch.no_grad():
+        features = model.encode_image(model.preprocess(torch.rand(2, 3, 256, 200) * 255))
+        points = torch.rand(5, 2, 2) * 200
+        labels = torch.tensor([[1, 1], [1, 0], [1, 1], [0, 1], [1, 1]])
+        boxes = torch.tensor([[10.0, 20, 100, 120], [0, 0, 50, 60], [30, 30, 200, 250], [5, 5, 6, 6], [60, 10, 90, 200]])
+        image_index = torch.tensor([0, 1, 1, 0, 1])
+        for path in ("robust", "sam"):
+            sparse, dense = model.encode_prompts(points=(points, labels), boxes=boxes)
+            batched = model.decode(features, sparse, dense, image_index, multimask_output=None, path=path)
+            for i in range(5):
+                sparse_i, dense_i = model.encode_prompts(points=(points[i : i + 1], labels[i : i + 1]), boxes=boxes[i : i + 1])
+                single_features = type(features)(features.embedding[image_index[i] : image_index[i] + 1],
+                                                 features.complementary[image_index[i] : image_index[i] + 1])
+                single = model.decode(single_features, sparse_i, dense_i, None, multimask_output=None, path=path)
+                torch.testing.assert_close(batched.mask_logits[i : i + 1], single.mask_logits, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(batched.iou_predictions[i : i + 1], single.iou_predictions, atol=1e-5, rtol=1e-5)
+
+
+def test_sam_path_is_segment_anything_itself() -> None:
+    """The plain-SAM baseline path equals segment_anything's own Sam on the same modules."""
+    from segment_anything.modeling import Sam
+
+    torch.manual_seed(0)
+    model = build_robust_sam("tiny")
+    sam = Sam(model.image_encoder, model.prompt_encoder, model.mask_decoder).eval()
+    images = torch.rand(1, 3, 256, 256) * 255
+    points = (torch.tensor([[[40.0, 50.0], [120.0, 90.0]]]), torch.tensor([[1, 0]]))
+    with torch.no_grad():
+        reference = sam([{"image": images[0], "original_size": (256, 256), "point_coords": points[0],
+                          "point_labels": points[1]}], multimask_output=True)[0]
+        features = model.encode_image(model.preprocess(images))
+        sparse, dense = model.encode_prompts(points=points)
+        ours = model.decode(features, sparse, dense, multimask_output=True, path="sam")
+    torch.testing.assert_close(ours.mask_logits, reference["low_res_logits"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.iou_predictions, reference["iou_predictions"], atol=1e-5, rtol=1e-5)
+
+
+def test_teacher_fused_feature_skips_amfg() -> None:
+    torch.manual_seed(0)
+    model = build_robust_sam("tiny")
+    with torch.no_grad():
+        features = model.encode_image(model.preprocess(torch.rand(1, 3, 256, 256) * 255))
+        sparse, dense = model.encode_prompts(boxes=torch.tensor([[10.0, 10, 100, 100]]))
+        teacher = model.decode(features, sparse, dense, path="sam", fused=True)
+        fusion = model.robust.fusion
+        expected = fusion.mask_feature_conv(teacher.mask_feature) + fusion.embedding_upsample(
+            features.embedding) + fusion.complementary_upsample(features.complementary)
+    torch.testing.assert_close(teacher.fused_feature, expected)
+
+
+def test_tiny_vit_early_feature_shape() -> None:
+    model = build_robust_sam("vit_t")
+    with torch.no_grad():
+        features = model.encode_image(model.preprocess(torch.rand(1, 3, 1024, 1024) * 255))
+    assert features.embedding.shape == (1, 256, 64, 64)
+    assert features.complementary.shape == (1, 160, 64, 64)

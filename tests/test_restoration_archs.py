@@ -1,0 +1,230 @@
+"""NAFNet, SAM-Deblur (MAP unit) and SAM-guided dehazing networks, at width 8 on small odd-sized images."""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+import restoration.archs.nafnet as nafnet_module
+from restoration.archs import MaskAveragePooling, NAFNet, SAMDeblurNet, SAMGuidedDehazeNet, register_arch
+from restoration.archs.nafnet import local_average_pool
+from restoration.structure import drop_masks
+from robustprior._basicsr import ARCH_REGISTRY
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """These tiny networks run ~10x faster on one thread than on two contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SMALL = {"width": 8, "enc_blocks": (1, 1), "middle_blocks": 1, "dec_blocks": (1, 1)}
+HEIGHT, WIDTH = 37, 45
+
+
+def _inputs(batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.rand(batch, 3, HEIGHT, WIDTH, generator=generator)
+    label_map = torch.randint(0, 6, (batch, HEIGHT, WIDTH), generator=generator)
+    prior_features = torch.randn(batch, 4, 9, 11, generator=generator)
+    return image, label_map, prior_features
+
+
+def _randomise_residual_scales(model: torch.nn.Module, seed: int = 0) -> None:
+    """NAFBlocks start as identities (beta = gamma = 0); give them weight so the blocks matter."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+
+
+ALL_MODELS = [
+    ("NAFNet", lambda: NAFNet(**SMALL)),
+    ("SAMDeblurNet-structure", lambda: SAMDeblurNet(prior="structure", **SMALL)),
+    ("SAMDeblurNet-none", lambda: SAMDeblurNet(prior="none", **SMALL)),
+    *[(f"dehaze-{prior}", (lambda prior=prior: SAMGuidedDehazeNet(prior=prior, prior_channels=4, **SMALL)))
+      for prior in ("none", "grayscale", "structure", "features")],
+]
+
+
+def _run(name: str, model: torch.nn.Module, image: torch.Tensor, label_map: torch.Tensor, prior_features: torch.Tensor) -> torch.Tensor:
+    if name == "NAFNet":
+        return model(image)
+    if name.startswith("dehaze"):
+        return model(image, label_map, prior_features)
+    return model(image, label_map)
+
+
+@pytest.mark.parametrize("name,build", ALL_MODELS, ids=[name for name, _ in ALL_MODELS])
+def test_odd_size_shape_and_gradients(name: str, build) -> None:
+    torch.manual_seed(0)
+    model = build()
+    _randomise_residual_scales(model)
+    image, label_map, prior_features = _inputs()
+    image.requires_grad_(True)
+    output = _run(name, model, image, label_map, prior_features)
+    assert output.shape == image.shape
+    output.square().mean().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+    for parameter_name, parameter in model.named_parameters():
+        assert parameter.grad is not None and bool(torch.isfinite(parameter.grad).all()), parameter_name
+    intro = model.intro if isinstance(model, NAFNet) else model.backbone.intro
+    assert intro.weight.grad.abs().sum() > 0
+    if name == "SAMDeblurNet-structure":
+        assert model.mask_average_pooling.spatial_conv.weight.grad.abs().sum() > 0
+    if name == "dehaze-features":  # zero-initialised injections still receive gradient
+        assert all(conv.weight.grad.abs().sum() > 0 for conv in model.prior_injections)
+
+
+def test_nafnet_default_is_sam_deblur_configuration() -> None:
+    model = SAMDeblurNet()
+    assert [len(stage) for stage in model.backbone.encoders] == [1, 1, 1, 28]
+    assert len(model.backbone.middle) == 1 and [len(stage) for stage in model.backbone.decoders] == [1, 1, 1, 1]
+    assert model.backbone.intro.in_channels == 5 and model.backbone.intro.out_channels == 32
+    assert model.mask_dropout == 0.5
+    # NAFNet-width32 (GoPro) has 17.11 M parameters; the MAP unit adds 3*2*9+2 + 2*2+2 = 62 and the 5-channel intro 2*32*9.
+    plain = sum(p.numel() for p in SAMDeblurNet(prior="none").parameters())
+    assert abs(plain - 17.11e6) < 0.01e6
+    assert sum(p.numel() for p in model.parameters()) - plain == 62 + 2 * 32 * 9
+
+
+@pytest.mark.parametrize("build", [lambda: NAFNet(**SMALL), lambda: SAMGuidedDehazeNet(prior="structure", **SMALL)])
+def test_zeroed_last_conv_returns_input_exactly(build) -> None:
+    model = build()
+    ending = model.ending if isinstance(model, NAFNet) else model.backbone.ending
+    _randomise_residual_scales(model)
+    with torch.no_grad():
+        ending.weight.zero_()
+        ending.bias.zero_()
+    image, label_map, _ = _inputs()
+    output = model(image) if isinstance(model, NAFNet) else model(image, label_map)
+    assert torch.equal(output, image)
+
+
+def test_prior_none_ignores_label_maps() -> None:
+    image, label_map, prior_features = _inputs()
+    deblur = SAMDeblurNet(prior="none", **SMALL)
+    dehaze = SAMGuidedDehazeNet(prior="none", **SMALL)
+    assert deblur.backbone.intro.in_channels == 3 and dehaze.backbone.intro.in_channels == 3
+    for model in (deblur, dehaze):
+        _randomise_residual_scales(model)
+        reference = model(image)
+        assert torch.equal(model(image, label_map), reference)
+        assert torch.equal(model(image, torch.zeros_like(label_map)), reference)
+
+
+def test_structure_priors_use_label_maps() -> None:
+    image, label_map, prior_features = _inputs()
+    for model, extra in ((SAMDeblurNet(**SMALL), ()), (SAMGuidedDehazeNet(prior="structure", **SMALL), ()),
+                         (SAMGuidedDehazeNet(prior="grayscale", **SMALL), ())):
+        model.eval()
+        assert not torch.allclose(model(image, label_map, *extra), model(image, torch.zeros_like(label_map), *extra))
+        with pytest.raises(ValueError, match="label_map"):
+            model(image)
+
+
+def test_mask_dropout_only_in_training() -> None:
+    torch.manual_seed(0)
+    model = SAMDeblurNet(mask_dropout=0.5, **SMALL)
+    image, label_map, _ = _inputs()
+    label_map = label_map + 6 * torch.arange(2)[:, None, None]  # more regions per sample
+    model.eval()
+    torch.manual_seed(1)
+    eval_first = model(image, label_map)
+    torch.manual_seed(2)
+    assert torch.equal(model(image, label_map), eval_first)
+    model.train()
+    torch.manual_seed(1)
+    train_first = model(image, label_map)
+    torch.manual_seed(2)
+    train_second = model(image, label_map)
+    assert not torch.allclose(train_first, train_second)
+    assert not torch.allclose(train_first, eval_first)
+    # Training mode == eval mode on the label map dropped with the same RNG state.
+    torch.manual_seed(1)
+    dropped = drop_masks(label_map, 0.5)
+    model.eval()
+    torch.testing.assert_close(model(image, dropped), train_first)
+    no_dropout = SAMDeblurNet(mask_dropout=0.0, **SMALL).train()
+    assert torch.equal(no_dropout(image, label_map), no_dropout.eval()(image, label_map))
+
+
+def test_feature_injection_starts_as_grayscale_variant() -> None:
+    image, label_map, prior_features = _inputs()
+    torch.manual_seed(0)
+    grayscale = SAMGuidedDehazeNet(prior="grayscale", **SMALL)
+    torch.manual_seed(0)
+    features = SAMGuidedDehazeNet(prior="features", prior_channels=4, **SMALL)
+    _randomise_residual_scales(grayscale)
+    _randomise_residual_scales(features)
+    reference = grayscale(image, label_map)
+    torch.testing.assert_close(features(image, label_map, prior_features), reference, atol=0, rtol=0)
+    with torch.no_grad():
+        for conv in features.prior_injections:
+            conv.weight.normal_(0.0, 0.1)
+    perturbed = features(image, label_map, prior_features)
+    assert (perturbed - reference).abs().max() > 1e-4
+    assert not torch.allclose(perturbed, features(image, label_map, prior_features.flip(-1)))
+    with pytest.raises(ValueError, match="prior_features"):
+        features(image, label_map)
+
+
+def test_map_unit_outputs_region_constant_channels() -> None:
+    image, label_map, _ = _inputs()
+    pooled = MaskAveragePooling()(image, label_map)
+    assert pooled.shape == (2, 2, HEIGHT, WIDTH)
+    for sample in range(2):
+        for label in range(6):
+            inside = pooled[sample][:, label_map[sample] == label]
+            torch.testing.assert_close(inside, inside[:, :1].expand_as(inside))
+
+
+def test_local_average_pool_matches_brute_force() -> None:
+    x = torch.randn(1, 2, 7, 9, generator=torch.Generator().manual_seed(4))
+    window = 4
+    expected = torch.empty_like(x)
+    for row in range(7):
+        top = min(max(row - (window - 1) // 2, 0), 7 - window)
+        for column in range(9):
+            left = min(max(column - (window - 1) // 2, 0), 9 - window)
+            expected[..., row, column] = x[..., top : top + window, left : left + window].mean(dim=(-2, -1))
+    torch.testing.assert_close(local_average_pool(x, window), expected)
+    torch.testing.assert_close(local_average_pool(x, 9), x.mean(dim=(2, 3), keepdim=True))
+
+
+def test_local_pool_option() -> None:
+    torch.manual_seed(0)
+    global_net = NAFNet(**SMALL)
+    _randomise_residual_scales(global_net)
+    local_net = NAFNet(**SMALL, local_pool=True, train_size=16)
+    local_net.load_state_dict(global_net.state_dict())
+    windows = {m.downscale: m.pool_window for m in local_net.modules() if hasattr(m, "pool_window")}
+    assert windows == {1: 24, 2: 12, 4: 6}  # int(1.5 * 16) // 2**level
+    image = _inputs()[0]
+    assert not torch.allclose(local_net(image), global_net(image))
+    local_net.set_local_pool(True, train_size=64)  # windows 96/48/24 cover every level: global again
+    torch.testing.assert_close(local_net(image), global_net(image))
+    local_net.set_local_pool(False)
+    assert torch.equal(local_net(image), global_net(image))
+
+
+def test_registry_and_reimport() -> None:
+    assert ARCH_REGISTRY.get("NAFNet") is NAFNet
+    assert ARCH_REGISTRY.get("SAMDeblurNet") is SAMDeblurNet
+    assert ARCH_REGISTRY.get("SAMGuidedDehazeNet") is SAMGuidedDehazeNet
+    try:
+        reloaded = importlib.reload(nafnet_module)  # registers the module's classes again
+        assert ARCH_REGISTRY.get("SAMDeblurNet") is reloaded.SAMDeblurNet
+    finally:
+        for cls in (NAFNet, SAMDeblurNet):
+            register_arch(cls)
+    assert ARCH_REGISTRY.get("SAMDeblurNet") is SAMDeblurNet
+    impostor = type("SAMDeblurNet", (torch.nn.Module,), {"__module__": "somewhere.else"})
+    with pytest.raises(KeyError, match="different"):
+        register_arch(impostor)
+    built = ARCH_REGISTRY.get("SAMGuidedDehazeNet")(prior="structure", **SMALL)
+    assert isinstance(built, SAMGuidedDehazeNet)
