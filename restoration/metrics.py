@@ -23,8 +23,8 @@ METRIC_PROTOCOL = "BasicSR 1.4.2 calculate_psnr/calculate_ssim on uint8 RGB, cro
 def _check_pair(restored: np.ndarray, target: np.ndarray) -> None:
     for name, image in (("restored", restored), ("target", target)):
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"{name} must be a uint8 H x W x 3 RGB numpy array, got {getattr(image, 'dtype', type(image))} "
-                             f"{getattr(image, 'shape', '')}")
+            found = f"{getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}"
+            raise ValueError(f"{name} must be a uint8 H x W x 3 RGB numpy array, got {found}")
     if restored.shape != target.shape:
         raise ValueError(f"shapes differ: restored {restored.shape}, target {target.shape}")
 
@@ -35,7 +35,8 @@ def _basicsr_metric(
     _check_pair(restored, target)
     # RGB -> BGR: only the Y-channel conversion cares, but the order is made right unconditionally.
     bgr_restored, bgr_target = np.ascontiguousarray(restored[..., ::-1]), np.ascontiguousarray(target[..., ::-1])
-    return float(metric(bgr_restored, bgr_target, crop_border=crop_border, input_order="HWC", test_y_channel=test_y_channel))
+    value = metric(bgr_restored, bgr_target, crop_border=crop_border, input_order="HWC", test_y_channel=test_y_channel)
+    return float(value)
 
 
 def psnr(restored: np.ndarray, target: np.ndarray, crop_border: int = 0, test_y_channel: bool = False) -> float:
@@ -95,8 +96,15 @@ class MetricAccumulator:
     def mean(self) -> dict[str, float]:
         """``{"psnr": mean, "ssim": mean}`` over the images seen (NaN when none)."""
         count = len(self.per_image)
-        return {key: (sum(float(r[key]) for r in self.per_image) / count if count else math.nan) for key in ("psnr", "ssim")}
+        if not count:
+            return {"psnr": math.nan, "ssim": math.nan}
+        return {key: sum(float(record[key]) for record in self.per_image) / count for key in ("psnr", "ssim")}
 
     def to_dict(self) -> dict[str, object]:
         """Protocol, image count, means and the per-image records, ready for JSON (``inf`` aside)."""
-        return {"protocol": self.protocol, "num_images": len(self.per_image), **self.mean(), "per_image": list(self.per_image)}
+        return {
+            "protocol": self.protocol,
+            "num_images": len(self.per_image),
+            **self.mean(),
+            "per_image": list(self.per_image),
+        }

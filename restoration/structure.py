@@ -55,7 +55,9 @@ def _check_label_map(label_map: torch.Tensor, batch: int, height: int, width: in
     if label_map.dtype.is_floating_point or label_map.dtype == torch.bool or label_map.is_complex():
         raise TypeError(f"label_map must have an integer dtype, got {label_map.dtype}")
     if tuple(label_map.shape) != (batch, height, width):
-        raise ValueError(f"label_map shape {tuple(label_map.shape)} does not match B x H x W = {(batch, height, width)}")
+        raise ValueError(
+            f"label_map shape {tuple(label_map.shape)} does not match B x H x W = {(batch, height, width)}"
+        )
     label_map = label_map.long()
     if label_map.numel() and int(label_map.min()) < 0:
         raise ValueError("label_map must be non-negative (0 = uncovered, 1..K = regions)")

@@ -60,7 +60,9 @@ def _axis_weights(spans: list[tuple[int, int]], discard: int) -> list[torch.Tens
     return profiles
 
 
-def _crop_aux(aux: torch.Tensor | None, image_size: tuple[int, int], top: int, left: int, height: int, width: int) -> torch.Tensor | None:
+def _crop_aux(
+    aux: torch.Tensor | None, image_size: tuple[int, int], top: int, left: int, height: int, width: int
+) -> torch.Tensor | None:
     """The part of an auxiliary map under one window.
 
     Maps of the image's size (label maps B x H x W, per-pixel maps B x C x H x W) are cropped.
@@ -125,13 +127,18 @@ def tiled_forward(
                 aux_tiles = [aux.to(device) if aux is not None else None for aux in aux_tiles]
                 restored = model_fn(image_tile, *aux_tiles)
                 if restored.ndim != 4 or tuple(restored.shape[-2:]) != (tile_height, tile_width):
-                    raise ValueError(f"model output {tuple(restored.shape)} does not match the tile {(tile_height, tile_width)}")
+                    raise ValueError(
+                        f"model output {tuple(restored.shape)} does not match the tile {(tile_height, tile_width)}"
+                    )
                 if output is None:
-                    output = torch.zeros(restored.shape[0], restored.shape[1], height, width, dtype=restored.dtype, device=image.device)
+                    output = torch.zeros(
+                        *restored.shape[:2], height, width, dtype=restored.dtype, device=image.device
+                    )
                 weight = torch.outer(row_weight, column_weight).to(image.device)
-                output[..., top : top + tile_height, left : left + tile_width] += restored.to(image.device) * weight.to(restored.dtype)
+                weighted = restored.to(image.device) * weight.to(restored.dtype)
+                output[..., top : top + tile_height, left : left + tile_width] += weighted
                 weight_sum[top : top + tile_height, left : left + tile_width] += weight
-                del restored, image_tile, aux_tiles
+                del restored, weighted, image_tile, aux_tiles
     assert output is not None
     if not bool((weight_sum > 0).all()):
         raise RuntimeError("tile blending left pixels without weight; increase tile or decrease overlap")

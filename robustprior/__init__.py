@@ -2,3 +2,17 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+_LAZY_EXPORTS = {"RobustSAMPrior": ".priors", "SAMPrior": ".priors", "StructurePrior": ".priors"}
+
+
+def __getattr__(name: str):
+    """Import the prior API on first use (``from robustprior import RobustSAMPrior``): it pulls in
+    torch and segment_anything, which a bare ``import robustprior`` does not."""
+    if name in _LAZY_EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -100,7 +100,9 @@ def _torch_load(path: Path) -> Mapping[str, torch.Tensor]:
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The tensors of a ``.safetensors`` / ``.pth`` / ``.pt`` file and its metadata (safetensors only)."""
+    """The tensors of a ``.safetensors`` / ``.pth`` / ``.pt`` file and its metadata (safetensors only).
+
+    Half-precision tensors are returned as float32."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -108,7 +110,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = dict(handle.metadata() or {})
-            return load_file(str(path)), metadata
+            state = load_file(str(path))
+            return {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in state.items()}, metadata
         except (SafetensorError, OSError, ValueError) as error:
             raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or truncated ({error})") from error
     return dict(_torch_load(path)), {}
@@ -195,12 +198,19 @@ def load_state(model: RobustSam, state: Mapping[str, torch.Tensor], checkpoint_f
     return checkpoint_format
 
 
-def save_checkpoint(model: RobustSam, path: str | Path, extra_metadata: Mapping[str, str] | None = None) -> Path:
-    """Write ``model`` as safetensors with its config in the metadata, atomically."""
+def save_checkpoint(model: RobustSam, path: str | Path, extra_metadata: Mapping[str, str] | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write ``model`` as safetensors with its config in the metadata, atomically.
+
+    ``dtype=torch.float16`` halves the file (bundled weights); loading casts back to float32.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "robustprior", "config": json.dumps(model.config), **(extra_metadata or {})}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:

@@ -82,6 +82,41 @@ def command_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_train(args: argparse.Namespace) -> int:
+    """Train RobustSAM's robust parts (DDP under torchrun)."""
+    from .trainer import RobustSamTrainer, load_config
+
+    config = load_config(args.config)
+    if args.iterations is not None:
+        config["train"]["iterations"] = args.iterations
+    RobustSamTrainer(config, args.output, resume=args.resume, overwrite=args.overwrite).train()
+    return 0
+
+
+def command_cache(args: argparse.Namespace) -> int:
+    """Fill the encoder feature cache for a training config."""
+    from .trainer import RobustSamTrainer, load_config
+
+    trainer = RobustSamTrainer(load_config(args.config), args.output, resume=True)
+    counts = trainer.fill_cache()
+    print(f"feature cache {trainer.cache.directory}: {counts['misses']} encoded, {counts['hits']} already cached")
+    return 0
+
+
+def command_eval(args: argparse.Namespace) -> int:
+    """Evaluate SAM vs RobustSAM per degradation (the paper's Table 2 layout)."""
+    import yaml
+
+    from .evaluate import run_evaluation
+
+    with open(args.config) as handle:
+        config = yaml.safe_load(handle)
+    result = run_evaluation(config, args.checkpoint, Path(args.output), overwrite=args.overwrite)
+    print(result.to_markdown())
+    print(f"report written to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robustprior", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--device", default="cpu")
     segment.add_argument("--seed", type=int, default=0)
     segment.set_defaults(handler=command_segment)
+
+    train = commands.add_parser("train", help="train RobustSAM (torchrun --nproc_per_node N for DDP)")
+    train.add_argument("config", help="training YAML (see robustprior/configs/)")
+    train.add_argument("--output", required=True, help="run folder (config, logs, checkpoints, weights)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="start again in an --output that holds a run")
+    train.add_argument("--iterations", type=int, default=None, help="override train.iterations")
+    train.set_defaults(handler=command_train)
+
+    cache = commands.add_parser("cache", help="precompute the encoder feature cache of a training config")
+    cache.add_argument("config")
+    cache.add_argument("--output", required=True, help="run folder (the cache goes to feature_cache.dir or OUTPUT/feature_cache)")
+    cache.set_defaults(handler=command_cache)
+
+    evaluate = commands.add_parser("eval", help="evaluate SAM vs RobustSAM per degradation")
+    evaluate.add_argument("config", help="evaluation YAML (model, data.test, eval)")
+    evaluate.add_argument("--checkpoint", default=None, help="file path or known name; default: the config's or bundled tiny")
+    evaluate.add_argument("--output", default="outputs/eval", help="report folder")
+    evaluate.add_argument("--overwrite", action="store_true")
+    evaluate.set_defaults(handler=command_eval)
     return parser
 
 
@@ -110,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

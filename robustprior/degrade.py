@@ -558,18 +558,32 @@ class RandomDegradation:
             f"severity={self.severity_range}, max_ops={self.max_ops})"
         )
 
+    def plan(self, seed: int) -> list[tuple[str, float, int]]:
+        """The ``(kind, severity, op_seed)`` operations ``seed`` selects (empty for identity), without
+        touching any image; ``__call__`` applies exactly this plan."""
+        rng = np.random.default_rng(seed)
+        if rng.random() < self.p_identity:
+            return []
+        op_count = int(rng.integers(1, min(self.max_ops, len(self.operations)) + 1))
+        chosen_indices = rng.choice(len(self.operations), op_count, replace=False)
+        operations = []
+        for index in chosen_indices:
+            op_severity = rng.uniform(*self.severity_range)
+            op_seed = int(rng.integers(2**63 - 1))
+            operations.append((self.operations[index], float(op_severity), op_seed))
+        return operations
+
+    def name(self, seed: int) -> str:
+        """The applied kinds joined with "+" (or "identity") for ``seed``."""
+        return "+".join(kind for kind, _, _ in self.plan(seed)) or "identity"
+
     def __call__(self, image: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
         """Returns the degraded image and the applied kinds joined with "+" (or "identity")."""
         image = _validated_image(image)
-        rng = np.random.default_rng(seed)
-        if rng.random() < self.p_identity:
+        operations = self.plan(seed)
+        if not operations:
             return image.copy(), "identity"
-        op_count = int(rng.integers(1, min(self.max_ops, len(self.operations)) + 1))
-        chosen_indices = rng.choice(len(self.operations), op_count, replace=False)
-        chosen = [self.operations[index] for index in chosen_indices]
         degraded = image
-        for kind in chosen:
-            op_severity = rng.uniform(*self.severity_range)
-            op_seed = int(rng.integers(2**63 - 1))
+        for kind, op_severity, op_seed in operations:
             degraded = _DEGRADATION_FUNCTIONS[kind](degraded, np.random.default_rng(op_seed), op_severity)
-        return degraded, "+".join(chosen)
+        return degraded, "+".join(kind for kind, _, _ in operations)

@@ -51,7 +51,9 @@ ALL_MODELS = [
 ]
 
 
-def _run(name: str, model: torch.nn.Module, image: torch.Tensor, label_map: torch.Tensor, prior_features: torch.Tensor) -> torch.Tensor:
+def _run(
+    name: str, model: torch.nn.Module, image: torch.Tensor, label_map: torch.Tensor, prior_features: torch.Tensor
+) -> torch.Tensor:
     if name == "NAFNet":
         return model(image)
     if name.startswith("dehaze"):
@@ -86,7 +88,8 @@ def test_nafnet_default_is_sam_deblur_configuration() -> None:
     assert len(model.backbone.middle) == 1 and [len(stage) for stage in model.backbone.decoders] == [1, 1, 1, 1]
     assert model.backbone.intro.in_channels == 5 and model.backbone.intro.out_channels == 32
     assert model.mask_dropout == 0.5
-    # NAFNet-width32 (GoPro) has 17.11 M parameters; the MAP unit adds 3*2*9+2 + 2*2+2 = 62 and the 5-channel intro 2*32*9.
+    # NAFNet-width32 (GoPro) has 17.11 M parameters; the MAP unit adds 3*2*9+2 + 2*2+2 = 62 and the
+    # 5-channel intro 2*32*9.
     plain = sum(p.numel() for p in SAMDeblurNet(prior="none").parameters())
     assert abs(plain - 17.11e6) < 0.01e6
     assert sum(p.numel() for p in model.parameters()) - plain == 62 + 2 * 32 * 9
@@ -106,7 +109,7 @@ def test_zeroed_last_conv_returns_input_exactly(build) -> None:
 
 
 def test_prior_none_ignores_label_maps() -> None:
-    image, label_map, prior_features = _inputs()
+    image, label_map, _ = _inputs()
     deblur = SAMDeblurNet(prior="none", **SMALL)
     dehaze = SAMGuidedDehazeNet(prior="none", **SMALL)
     assert deblur.backbone.intro.in_channels == 3 and dehaze.backbone.intro.in_channels == 3
@@ -118,11 +121,12 @@ def test_prior_none_ignores_label_maps() -> None:
 
 
 def test_structure_priors_use_label_maps() -> None:
-    image, label_map, prior_features = _inputs()
-    for model, extra in ((SAMDeblurNet(**SMALL), ()), (SAMGuidedDehazeNet(prior="structure", **SMALL), ()),
-                         (SAMGuidedDehazeNet(prior="grayscale", **SMALL), ())):
+    image, label_map, _ = _inputs()
+    models = (SAMDeblurNet(**SMALL), SAMGuidedDehazeNet(prior="structure", **SMALL),
+              SAMGuidedDehazeNet(prior="grayscale", **SMALL))
+    for model in models:
         model.eval()
-        assert not torch.allclose(model(image, label_map, *extra), model(image, torch.zeros_like(label_map), *extra))
+        assert not torch.allclose(model(image, label_map), model(image, torch.zeros_like(label_map)))
         with pytest.raises(ValueError, match="label_map"):
             model(image)
 

@@ -72,7 +72,8 @@ def test_tensor_to_uint8() -> None:
     np.testing.assert_array_equal(converted, expected)
     np.testing.assert_array_equal(tensor_to_uint8(image[0]), expected)
     rgb = torch.rand(3, 5, 6, generator=torch.Generator().manual_seed(0))
-    np.testing.assert_array_equal(tensor_to_uint8(rgb), np.round(rgb.double().numpy() * 255).astype(np.uint8).transpose(1, 2, 0))
+    expected_rgb = np.round(rgb.double().numpy() * 255).astype(np.uint8).transpose(1, 2, 0)
+    np.testing.assert_array_equal(tensor_to_uint8(rgb), expected_rgb)
     with pytest.raises(ValueError):
         tensor_to_uint8(torch.rand(2, 3, 4, 4))
 

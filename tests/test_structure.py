@@ -112,7 +112,8 @@ def test_region_mean_pool_matches_loop_and_uncovered_mean() -> None:
         expected = features[sample][:, uncovered].mean(dim=1)
         torch.testing.assert_close(pooled[sample][:, uncovered], expected[:, None].expand(-1, int(uncovered.sum())))
     kept = region_mean_pool(features, label_map, uncovered="keep")
-    torch.testing.assert_close(kept[label_map[:, None].expand_as(features) == 0], features[label_map[:, None].expand_as(features) == 0])
+    uncovered = label_map[:, None].expand_as(features) == 0
+    torch.testing.assert_close(kept[uncovered], features[uncovered])
 
 
 def test_region_mean_pool_gradient() -> None:

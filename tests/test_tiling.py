@@ -123,7 +123,8 @@ def test_argument_validation() -> None:
     with pytest.raises(ValueError, match="overlap"):
         tiled_forward(identity, image, tile=32, overlap=32, multiple=16)
     with pytest.raises(ValueError, match="neither matches"):
-        tiled_forward(lambda tile, aux: tile, image, torch.zeros(1, 10, 10, dtype=torch.long), tile=16, overlap=8, multiple=8)
+        small_labels = torch.zeros(1, 10, 10, dtype=torch.long)
+        tiled_forward(lambda tile, aux: tile, image, small_labels, tile=16, overlap=8, multiple=8)
     with pytest.raises(ValueError, match="does not match the tile"):
         tiled_forward(lambda tile: tile[..., :-1], image, tile=16, overlap=8, multiple=8)
     torch.testing.assert_close(tiled_forward(identity, image, tile=16, overlap=8, multiple=8), image)

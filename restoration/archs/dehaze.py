@@ -55,7 +55,9 @@ class SAMGuidedDehazeNet(nn.Module):
             raise ValueError(f"prior must be one of {sorted(PRIOR_CHANNELS)}, got {prior!r}")
         self.prior = prior
         # The backbone is built first so that, for one seed, "features" and "grayscale" share its weights.
-        self.backbone = NAFNet(width, enc_blocks, middle_blocks, dec_blocks, 3 + PRIOR_CHANNELS[prior], 3, local_pool, train_size)
+        self.backbone = NAFNet(
+            width, enc_blocks, middle_blocks, dec_blocks, 3 + PRIOR_CHANNELS[prior], 3, local_pool, train_size
+        )
         self.prior_injections = None
         if prior == "features":
             self.prior_injections = nn.ModuleList(

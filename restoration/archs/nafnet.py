@@ -78,12 +78,16 @@ class LayerNorm2d(nn.Module):
 
 
 class SimplifiedChannelAttention(nn.Module):
-    """``x * conv1x1(average(x))``, B x C x H x W; global average, or local with ``pool_window`` pixels."""
+    """``x * conv1x1(average(x))``, B x C x H x W; global average, or local over ``pool_window`` pixels.
 
-    def __init__(self, channels: int, pool_window: int | None = None) -> None:
+    ``downscale``: how many input pixels one feature pixel spans (2**level), to size local windows.
+    """
+
+    def __init__(self, channels: int, downscale: int = 1) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, kernel_size=1)
-        self.pool_window = pool_window
+        self.downscale = downscale
+        self.pool_window: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pool_window is None:
@@ -96,13 +100,13 @@ class SimplifiedChannelAttention(nn.Module):
 class NAFBlock(nn.Module):
     """Nonlinear-activation-free block (see module docstring). B x C x H x W -> B x C x H x W."""
 
-    def __init__(self, channels: int, expansion: int = 2, ffn_expansion: int = 2) -> None:
+    def __init__(self, channels: int, expansion: int = 2, ffn_expansion: int = 2, downscale: int = 1) -> None:
         super().__init__()
         hidden, ffn_hidden = channels * expansion, channels * ffn_expansion
         self.norm1 = LayerNorm2d(channels)
         self.expand = nn.Conv2d(channels, hidden, kernel_size=1)
         self.depthwise = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
-        self.channel_attention = SimplifiedChannelAttention(hidden // 2)
+        self.channel_attention = SimplifiedChannelAttention(hidden // 2, downscale)
         self.project = nn.Conv2d(hidden // 2, channels, kernel_size=1)
         self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.norm2 = LayerNorm2d(channels)
@@ -117,17 +121,13 @@ class NAFBlock(nn.Module):
 
 
 def _stage(channels: int, num_blocks: int, downscale: int) -> nn.Sequential:
-    """``num_blocks`` NAFBlocks; their channel attention remembers the level's ``downscale`` for local pooling."""
-    stage = nn.Sequential(*(NAFBlock(channels) for _ in range(num_blocks)))
-    for module in stage.modules():
-        if isinstance(module, SimplifiedChannelAttention):
-            module.downscale = downscale
-    return stage
+    """``num_blocks`` NAFBlocks of a level whose pixels span ``downscale`` input pixels."""
+    return nn.Sequential(*(NAFBlock(channels, downscale=downscale) for _ in range(num_blocks)))
 
 
 @register_arch
 class NAFNet(nn.Module):
-    """NAFNet U-Net. Input B x in_channels x H x W (first ``out_channels`` channels: the image) -> B x out_channels x H x W.
+    """NAFNet U-Net: B x in_channels x H x W (the first ``out_channels`` being the image) -> B x out_channels x H x W.
 
     Defaults are SAM-Deblur's NAFNet (width 32, encoder blocks [1, 1, 1, 28], middle 1, decoder
     [1, 1, 1, 1]). Any H x W: the input is replicate-padded at the bottom/right to a multiple of
@@ -148,9 +148,9 @@ class NAFNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(enc_blocks) != len(dec_blocks):
-            raise ValueError(f"enc_blocks {list(enc_blocks)} and dec_blocks {list(dec_blocks)} need the same number of levels")
+            raise ValueError(f"enc_blocks {list(enc_blocks)} and dec_blocks {list(dec_blocks)} differ in length")
         if in_channels < out_channels:
-            raise ValueError("the global residual adds the first out_channels input channels: need in_channels >= out_channels")
+            raise ValueError("the global residual adds the first out_channels input channels: need more in_channels")
         self.out_channels = out_channels
         self.num_levels = len(enc_blocks)
         self.intro = nn.Conv2d(in_channels, width, kernel_size=3, padding=1)
@@ -163,7 +163,8 @@ class NAFNet(nn.Module):
         self.middle = _stage(channels, middle_blocks, 2**self.num_levels)
         self.ups, self.decoders = nn.ModuleList(), nn.ModuleList()
         for level, num_blocks in reversed(list(enumerate(dec_blocks))):
-            self.ups.append(nn.Sequential(nn.Conv2d(channels, 2 * channels, kernel_size=1, bias=False), nn.PixelShuffle(2)))
+            up = nn.Sequential(nn.Conv2d(channels, 2 * channels, kernel_size=1, bias=False), nn.PixelShuffle(2))
+            self.ups.append(up)
             channels //= 2
             self.decoders.append(_stage(channels, num_blocks, 2**level))
         self.ending = nn.Conv2d(width, out_channels, kernel_size=3, padding=1)
@@ -171,7 +172,7 @@ class NAFNet(nn.Module):
         self.set_local_pool(local_pool, train_size)
 
     def set_local_pool(self, enabled: bool, train_size: int = 256) -> None:
-        """Switch the channel attention between global pooling and local pooling of ``int(1.5 * train_size)`` input pixels."""
+        """Channel attention pools globally, or (``enabled``) over ``int(1.5 * train_size)`` input pixels."""
         for module in self.modules():
             if isinstance(module, SimplifiedChannelAttention):
                 module.pool_window = max(1, int(1.5 * train_size) // module.downscale) if enabled else None
@@ -256,7 +257,9 @@ class SAMDeblurNet(nn.Module):
         self.mask_dropout = mask_dropout
         self.mask_average_pooling = MaskAveragePooling(3, structure_channels) if prior == "structure" else None
         extra_channels = structure_channels if prior == "structure" else 0
-        self.backbone = NAFNet(width, enc_blocks, middle_blocks, dec_blocks, 3 + extra_channels, 3, local_pool, train_size)
+        self.backbone = NAFNet(
+            width, enc_blocks, middle_blocks, dec_blocks, 3 + extra_channels, 3, local_pool, train_size
+        )
 
     def forward(self, image: torch.Tensor, label_map: torch.Tensor | None = None) -> torch.Tensor:
         if self.mask_average_pooling is None:

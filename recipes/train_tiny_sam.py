@@ -1,0 +1,559 @@
+"""Train the tiny SAM base (the SAM parts of ``build_robust_sam("tiny")``) from scratch.
+
+Data: the scene world (:mod:`robustprior.scenes`), pre-generated once into a cache under the output
+folder. Training follows SAM: each step takes B images and P prompts per image (one positive point,
+a few points with an optional negative, or a jittered box, all drawn from a random object's exact
+mask), with focal + dice losses on the 128 x 128 low-resolution logits (against the exact masks
+area-averaged to that size: soft targets keep thin objects) and an MSE
+loss between the predicted and the actual IoU. Single points use the three multimask outputs and
+back-propagate only the lowest-loss one; boxes and multi-point prompts use token 0.
+
+Usage::
+
+    python recipes/train_tiny_sam.py --config recipes/configs/tiny_sam.yaml --output runs/tiny_sam [--resume]
+
+Outputs in ``--output``: ``config.yaml``, the scene cache, ``checkpoint.pt`` (atomic, with optimizer,
+scheduler and RNG states; ``--resume`` continues exactly), ``losses.csv``, ``evaluations.csv`` and
+``metrics.json``; at the end the weights and model card named in the config's ``export`` section.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import random
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from tqdm import tqdm
+
+from robustprior.build import build_robust_sam
+from robustprior.checkpoint import save_checkpoint
+from robustprior.metrics import mask_iou
+from robustprior.modeling.robust_sam import ImageFeatures, RobustSam
+from robustprior.prompts import center_point, jitter_box, mask_to_box, sample_points
+from robustprior.scenes import TextureBank, derive_seed, generate_scene
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT_NAME = "checkpoint.pt"
+LOSS_COLUMNS = ("iteration", "lr", "loss", "focal", "dice", "iou_mse", "seconds")
+EVALUATION_COLUMNS = ("iteration", "objects", "single_point_iou", "single_point_oracle_iou", "token0_iou", "box_iou")
+PAD_LABEL = -1  # SAM's label for a padding point (ignored by the prompt encoder)
+
+
+# ----------------------------------------------------------------------------- files
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(handle)`` on a temporary file beside ``path``, then move it over ``path``."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def load_config(path: str | Path) -> dict:
+    """The YAML recipe config as a dict."""
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def git_commit() -> str:
+    """``git rev-parse HEAD`` of the repository, or ``"unknown"``."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------- scenes
+def generate_scene_arrays(seed: int, count: int, description: str) -> tuple[np.ndarray, np.ndarray]:
+    """Scenes ``derive_seed(seed, i)`` for ``i < count``: images ``N x H x W x 3`` uint8 and instance
+    maps ``N x H x W`` uint8 (0 = background, k = k-th object)."""
+    textures = TextureBank.load(None)
+    images, instances = [], []
+    for index in tqdm(range(count), desc=description, mininterval=5):
+        scene = generate_scene(derive_seed(seed, index), textures=textures)
+        images.append(scene.image)
+        instances.append(scene.instances.astype(np.uint8))
+    return np.stack(images), np.stack(instances)
+
+
+def cached_scenes(folder: Path, seed: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training scenes, generated once into ``folder/scenes_seed{seed}_n{count}.npz``."""
+    path = folder / f"scenes_seed{seed}_n{count}.npz"
+    source = str(TextureBank.load(None).source)
+    if path.is_file():
+        with np.load(path) as cache:
+            if str(cache["texture_source"]) == source:
+                return cache["images"], cache["instances"]
+    images, instances = generate_scene_arrays(seed, count, "generating train scenes")
+    atomic_write(path, lambda handle: np.savez(handle, images=images, instances=instances,
+                                                texture_source=np.array(source)))
+    return images, instances
+
+
+# ----------------------------------------------------------------------------- prompts
+@dataclass
+class PromptGroup:
+    """Prompts of one kind for a training step (P prompts over B images)."""
+
+    image_index: torch.Tensor  # P long: which image of the batch
+    targets: torch.Tensor  # P x 1 x H x W float {0, 1}: the object's exact mask
+    point_coords: torch.Tensor | None = None  # P x N x 2 (x, y), padded with PAD_LABEL points
+    point_labels: torch.Tensor | None = None  # P x N int
+    boxes: torch.Tensor | None = None  # P x 4 XYXY
+    single_point: torch.Tensor | None = None  # P bool: one positive point (multimask supervision)
+
+    def __len__(self) -> int:
+        return self.image_index.shape[0]
+
+
+def sample_prompt_groups(instances: np.ndarray, rng: np.random.Generator, batch: dict) -> list[PromptGroup]:
+    """Draw ``prompts_per_image`` prompts per image of ``instances`` (``B x H x W``): a point group
+    (single and multi-point prompts) and a box group; empty groups are left out."""
+    kinds = list(batch["prompt_mix"])
+    probabilities = np.array([batch["prompt_mix"][kind] for kind in kinds], dtype=np.float64)
+    probabilities /= probabilities.sum()
+    height, width = instances.shape[1:]
+    points: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, bool]] = []
+    boxes: list[tuple[int, np.ndarray, np.ndarray]] = []
+    for image_index, instance_map in enumerate(instances):
+        object_ids = np.unique(instance_map)
+        object_ids = object_ids[object_ids > 0]
+        if object_ids.size == 0:
+            continue
+        for _ in range(batch["prompts_per_image"]):
+            mask = instance_map == rng.choice(object_ids)
+            kind = kinds[rng.choice(len(kinds), p=probabilities)]
+            if kind == "box":
+                box = jitter_box(mask_to_box(mask), rng, batch["box_jitter"], image_size=(height, width))
+                boxes.append((image_index, mask, box))
+            elif kind == "single_point":
+                coords, labels = sample_points(mask, 1, rng)
+                points.append((image_index, mask, coords, labels, True))
+            else:
+                negatives = int(rng.random() < batch["negative_probability"] and not mask.all())
+                coords, labels = sample_points(mask, int(rng.integers(2, 4)), rng, n_negative=negatives)
+                points.append((image_index, mask, coords, labels, False))
+    groups = []
+    if points:
+        longest = max(len(labels) for _, _, _, labels, _ in points)
+        coords = np.zeros((len(points), longest, 2), dtype=np.float32)
+        labels = np.full((len(points), longest), PAD_LABEL, dtype=np.int64)
+        for row, (_, _, point_coords, point_labels, _) in enumerate(points):
+            coords[row, : len(point_labels)] = point_coords
+            labels[row, : len(point_labels)] = point_labels
+        groups.append(PromptGroup(
+            image_index=torch.tensor([entry[0] for entry in points]),
+            targets=torch.from_numpy(np.stack([entry[1] for entry in points])[:, None]).float(),
+            point_coords=torch.from_numpy(coords),
+            point_labels=torch.from_numpy(labels),
+            single_point=torch.tensor([entry[4] for entry in points]),
+        ))
+    if boxes:
+        groups.append(PromptGroup(
+            image_index=torch.tensor([entry[0] for entry in boxes]),
+            targets=torch.from_numpy(np.stack([entry[1] for entry in boxes])[:, None]).float(),
+            boxes=torch.from_numpy(np.stack([entry[2] for entry in boxes])),
+        ))
+    return groups
+
+
+# ----------------------------------------------------------------------------- losses
+def focal_and_dice(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-mask sigmoid focal loss (pixel mean; ``alpha < 0``: no class weighting) and dice loss:
+    logits ``P x M x H x W``, targets ``P x 1 x H x W`` -> two ``P x M`` tensors."""
+    targets = targets.expand_as(logits)
+    probabilities = logits.sigmoid()
+    cross_entropy = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    correct = probabilities * targets + (1 - probabilities) * (1 - targets)
+    focal = (1 - correct) ** gamma * cross_entropy
+    if alpha >= 0:
+        focal = (alpha * targets + (1 - alpha) * (1 - targets)) * focal
+    focal = focal.mean(dim=(-2, -1))
+    overlap = (probabilities * targets).sum(dim=(-2, -1))
+    dice = 1 - (2 * overlap + 1) / (probabilities.sum(dim=(-2, -1)) + targets.sum(dim=(-2, -1)) + 1)
+    return focal, dice
+
+
+def actual_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """IoU of ``logits > 0`` (``P x M x H x W``) with ``targets >= 0.5`` (``P x 1 x H x W``) -> ``P x M``."""
+    predicted = logits > 0
+    truth = targets >= 0.5
+    intersection = (predicted & truth).sum(dim=(-2, -1)).float()
+    union = (predicted | truth).sum(dim=(-2, -1)).float()
+    return intersection / union.clamp(min=1)
+
+
+def group_losses(model: RobustSam, features: ImageFeatures, group: PromptGroup, weights: dict
+                 ) -> dict[str, torch.Tensor]:
+    """Summed (over prompts) focal, dice and IoU-MSE terms of one prompt group, on the ``P x 4 x 128 x 128``
+    low-resolution logits against the exact masks area-averaged to that size (soft targets).
+
+    All four mask tokens are decoded. Token 0 is supervised for multi-point and box prompts, and with
+    weight ``single_point_token0`` for single points; single points also supervise the lowest-loss
+    multimask token (1..3) and the IoU prediction of all three."""
+    points = (group.point_coords, group.point_labels) if group.point_coords is not None else None
+    sparse, dense = model.encode_prompts(points=points, boxes=group.boxes)
+    output = model.decode(features, sparse, dense, image_index=group.image_index, multimask_output=None, path="sam")
+    logits = output.mask_logits.float()
+    targets = F.adaptive_avg_pool2d(group.targets, logits.shape[-2:])  # soft targets at the low resolution
+    focal, dice = focal_and_dice(logits, targets, weights["focal_alpha"], weights["focal_gamma"])
+    mask_loss = weights["focal"] * focal + weights["dice"] * dice  # P x 4
+
+    prompts = len(group)
+    mask_weights = torch.zeros(prompts, 4)
+    iou_weights = torch.zeros(prompts, 4)
+    mask_weights[:, 0] = 1.0
+    iou_weights[:, 0] = 1.0
+    if group.single_point is not None and bool(group.single_point.any()):
+        single = group.single_point
+        best = mask_loss[:, 1:].detach().argmin(dim=1) + 1
+        chosen = torch.zeros(prompts, 4).scatter_(1, best[:, None], 1.0)
+        mask_weights[single] = chosen[single]
+        mask_weights[single, 0] = weights["single_point_token0"]
+        iou_weights[single] = torch.tensor([weights["single_point_token0"], 1.0, 1.0, 1.0])
+    target_iou = actual_iou(logits.detach(), targets)
+    iou_error = (output.iou_predictions.float() - target_iou) ** 2
+    return {
+        "focal": (mask_weights * focal).sum(),
+        "dice": (mask_weights * dice).sum(),
+        "iou_mse": (iou_weights * iou_error).sum(),
+        "mask_loss": (mask_weights * mask_loss).sum(),
+    }
+
+
+def training_step_loss(model: RobustSam, images: np.ndarray, groups: list[PromptGroup], config: dict
+                       ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss of one step (mean over prompts) for ``images`` (``B x H x W x 3`` uint8)."""
+    weights = config["loss"]
+    pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config["optimizer"]["bf16_autocast"]):
+        features = model.encode_image(model.preprocess(pixels))
+        terms = [group_losses(model, features, group, weights) for group in groups]
+    prompts = sum(len(group) for group in groups)
+    summed = {name: sum(term[name] for term in terms) / prompts for name in terms[0]}
+    loss = summed["mask_loss"] + weights["iou"] * summed["iou_mse"]
+    logged = {"loss": loss.item(), **{name: summed[name].item() for name in ("focal", "dice", "iou_mse")}}
+    return loss, logged
+
+
+# ----------------------------------------------------------------------------- evaluation
+def held_out_scenes(seed: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out scenes (small enough to regenerate every run)."""
+    return generate_scene_arrays(seed, count, "generating held-out scenes")
+
+
+@torch.no_grad()
+def evaluate(model: RobustSam, images: np.ndarray, instances: np.ndarray, images_per_batch: int = 8
+             ) -> dict[str, float]:
+    """Single-click, token-0 and box IoU over every object of the scenes (``N x H x W x 3`` / ``N x H x W``).
+
+    Single point: the object's ``center_point``, multimask output, the mask with the highest
+    predicted IoU (SAM's protocol); the oracle best of the three is reported too. Token 0: the same
+    click, single output. Box: the tight ``mask_to_box`` box, single output."""
+    model.eval()
+    scores: dict[str, list[float]] = {"single_point_iou": [], "single_point_oracle_iou": [], "token0_iou": [],
+                                      "box_iou": []}
+    height, width = images.shape[1:3]
+    for start in range(0, len(images), images_per_batch):
+        chunk = images[start : start + images_per_batch]
+        pixels = torch.from_numpy(np.ascontiguousarray(chunk)).permute(0, 3, 1, 2).float()
+        features = model.encode_image(model.preprocess(pixels))
+        masks, image_index = [], []
+        for offset, instance_map in enumerate(instances[start : start + images_per_batch]):
+            for object_id in np.unique(instance_map)[1:]:
+                masks.append(instance_map == object_id)
+                image_index.append(offset)
+        if not masks:
+            continue
+        truth = np.stack(masks)
+        index = torch.tensor(image_index)
+        centers = torch.from_numpy(np.stack([center_point(mask) for mask in masks]))[:, None]
+        sparse, dense = model.encode_prompts(points=(centers, torch.ones(len(masks), 1, dtype=torch.long)))
+        clicks = model.decode(features, sparse, dense, image_index=index, multimask_output=None, path="sam")
+        click_masks = model.postprocess_masks(clicks.mask_logits, (height, width), (height, width)) > 0
+        ious = np.stack([mask_iou(click_masks[:, token].numpy(), truth) for token in range(4)], axis=1)
+        chosen = clicks.iou_predictions[:, 1:].argmax(dim=1).numpy() + 1
+        scores["single_point_iou"] += ious[np.arange(len(masks)), chosen].tolist()
+        scores["single_point_oracle_iou"] += ious[:, 1:].max(axis=1).tolist()
+        scores["token0_iou"] += ious[:, 0].tolist()
+        boxes = torch.from_numpy(np.stack([mask_to_box(mask) for mask in masks]))
+        sparse, dense = model.encode_prompts(boxes=boxes)
+        boxed = model.decode(features, sparse, dense, image_index=index, multimask_output=False, path="sam")
+        box_masks = model.postprocess_masks(boxed.mask_logits, (height, width), (height, width))[:, 0] > 0
+        scores["box_iou"] += np.atleast_1d(mask_iou(box_masks.numpy(), truth)).tolist()
+    results = {name: float(np.mean(values)) for name, values in scores.items()}
+    results["objects"] = len(scores["box_iou"])
+    return results
+
+
+# ----------------------------------------------------------------------------- optimisation
+def parameter_groups(model: RobustSam, weight_decay: float) -> list[dict]:
+    """SAM parameters, without weight decay for biases, norms and position embeddings."""
+    decayed, plain = [], []
+    for name, parameter in model.named_parameters():
+        if name.startswith("robust.") or not parameter.requires_grad:
+            continue
+        no_decay = parameter.ndim <= 1 or "pos_embed" in name or "rel_pos" in name or "point_embeddings" in name
+        (plain if no_decay else decayed).append(parameter)
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float) -> Any:
+    """LR multiplier: linear warmup over ``warmup`` steps, then cosine down to ``min_ratio`` at ``total``."""
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return multiplier
+
+
+def trainable_model(model_type: str) -> RobustSam:
+    """A fresh model whose SAM parameters train (the robust parts stay frozen and untouched)."""
+    model = build_robust_sam(model_type)
+    for parameter in model.sam_parameters():
+        parameter.requires_grad_(True)
+    return model
+
+
+def save_training_state(path: Path, state: dict) -> None:
+    """Atomically write the training checkpoint (``torch.save`` to a temporary file, then ``os.replace``)."""
+    atomic_write(path, lambda handle: torch.save(state, handle))
+
+
+def append_rows(path: Path, columns: tuple[str, ...], rows: list[dict], keep_until: int | None = None) -> None:
+    """Append ``rows`` to a CSV (header on creation); ``keep_until`` first drops rows past that iteration."""
+    existing = []
+    if path.is_file():
+        with open(path, newline="") as handle:
+            existing = list(csv.DictReader(handle))
+    if keep_until is not None:
+        existing = [row for row in existing if int(row["iteration"]) <= keep_until]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(existing + rows)
+
+
+# ----------------------------------------------------------------------------- training
+def train(config: dict, output: str | Path, resume: bool = False, iterations: int | None = None,
+          stop_after: int | None = None, export: bool = True) -> dict:
+    """Run (or resume) the recipe; returns ``{"iteration", "last_loss", "metrics", ...}``.
+
+    ``iterations`` overrides the schedule length; ``stop_after`` ends the run early at that
+    iteration with a checkpoint (as an interruption would); ``export`` writes the weights and model
+    card named in ``config["export"]`` after the final evaluation."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = output / CHECKPOINT_NAME
+    state = None
+    if resume:
+        if not checkpoint_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}")
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        config = state["config"]
+    config = copy.deepcopy(config)
+    if iterations is not None:
+        config["optimizer"]["iterations"] = iterations
+    torch.set_num_threads(config["threads"])
+    (output / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    data, batch, optimizer_config = config["data"], config["batch"], config["optimizer"]
+    total = optimizer_config["iterations"]
+    torch.manual_seed(config["seed"])
+    random.seed(config["seed"])
+    rng = np.random.default_rng(config["seed"])
+    train_images, train_instances = cached_scenes(output, data["train_seed"], data["train_scenes"])
+    test_images, test_instances = held_out_scenes(data["test_seed"], data["test_scenes"])
+    quick = slice(0, data["quick_eval_scenes"])
+
+    model = trainable_model(config["model_type"])
+    optimizer = torch.optim.AdamW(parameter_groups(model, optimizer_config["weight_decay"]),
+                                  lr=optimizer_config["lr"], betas=tuple(optimizer_config["betas"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
+        optimizer_config["warmup_iterations"], total, optimizer_config["min_lr_ratio"]))
+    iteration, elapsed = 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        iteration, elapsed = state["iteration"], state["elapsed_seconds"]
+    loss_log, evaluation_log = output / "losses.csv", output / "evaluations.csv"
+    append_rows(loss_log, LOSS_COLUMNS, [], keep_until=iteration)
+    append_rows(evaluation_log, EVALUATION_COLUMNS, [], keep_until=iteration)
+
+    def checkpoint() -> None:
+        save_training_state(checkpoint_path, {
+            "config": config, "iteration": iteration, "elapsed_seconds": elapsed,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+        })
+
+    logging = config["logging"]
+    end = total if stop_after is None else min(total, stop_after)
+    pending: list[dict] = []
+    last_checkpoint = time.monotonic()
+    last_loss = float("nan")
+    progress = tqdm(total=total, initial=iteration, desc="train", mininterval=10, dynamic_ncols=False)
+    model.train()
+    while iteration < end:
+        started = time.monotonic()
+        chosen = rng.choice(len(train_images), size=batch["images"], replace=False)
+        images, instances = train_images[chosen], train_instances[chosen]
+        if data["flip_augmentation"]:
+            if rng.random() < 0.5:
+                images, instances = images[:, :, ::-1], instances[:, :, ::-1]
+            if rng.random() < 0.5:
+                images, instances = images[:, ::-1], instances[:, ::-1]
+        groups = sample_prompt_groups(np.ascontiguousarray(instances), rng, batch)
+        loss, logged = training_step_loss(model, images, groups, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.sam_parameters(), optimizer_config["gradient_clip"])
+        learning_rate = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        iteration += 1
+        seconds = time.monotonic() - started
+        elapsed += seconds
+        last_loss = logged["loss"]
+        pending.append({"iteration": iteration, "lr": f"{learning_rate:.3e}", "seconds": f"{seconds:.3f}",
+                        **{name: f"{value:.6f}" for name, value in logged.items()}})
+        progress.update(1)
+        progress.set_postfix({name: f"{value:.3f}" for name, value in logged.items()} | {"s/it": f"{seconds:.2f}"},
+                             refresh=False)
+        due_checkpoint = time.monotonic() - last_checkpoint > 60 * logging["checkpoint_minutes"] or iteration == end
+        if iteration % logging["log_every"] == 0 or due_checkpoint:
+            append_rows(loss_log, LOSS_COLUMNS, pending)
+            pending = []
+        if iteration % logging["quick_eval_every"] == 0 and iteration < total:
+            scores = evaluate(model, test_images[quick], test_instances[quick])
+            model.train()
+            append_rows(evaluation_log, EVALUATION_COLUMNS, [{"iteration": iteration, **scores}])
+            progress.write(f"[{iteration}] quick eval: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        if due_checkpoint:
+            checkpoint()
+            last_checkpoint = time.monotonic()
+    progress.close()
+    result = {"iteration": iteration, "last_loss": last_loss, "elapsed_seconds": elapsed}
+    if iteration < total:
+        return result
+
+    metrics = evaluate(model, test_images, test_instances)
+    append_rows(evaluation_log, EVALUATION_COLUMNS, [{"iteration": iteration, **metrics}])
+    with open(loss_log, newline="") as handle:
+        losses = list(csv.DictReader(handle))
+    step_time = float(np.median([float(row["seconds"]) for row in losses])) if losses else float("nan")
+    summary = {
+        "metrics": metrics, "iterations": iteration, "train_seconds": elapsed, "median_step_seconds": step_time,
+        "train_scenes": data["train_scenes"], "test_scenes": data["test_scenes"], "git_commit": git_commit(),
+    }
+    (output / "metrics.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    if export:
+        export_model(model, config, summary)
+    return {**result, "metrics": metrics}
+
+
+# ----------------------------------------------------------------------------- export
+def export_model(model: RobustSam, config: dict, summary: dict) -> None:
+    """Write the fp16 safetensors weights and the model card named in ``config["export"]``."""
+    with torch.no_grad():
+        model.robust.output_tokens.weight.copy_(model.mask_decoder.mask_tokens.weight)
+    metrics = summary["metrics"]
+    weights_path = REPO_ROOT / config["export"]["weights"]
+    metadata = {
+        "trained_by": "recipes/train_tiny_sam.py",
+        "git_commit": summary["git_commit"],
+        "iterations": str(summary["iterations"]),
+        "train_scenes": str(summary["train_scenes"]),
+        **{name: f"{value:.4f}" if isinstance(value, float) else str(value) for name, value in metrics.items()},
+    }
+    save_checkpoint(model, weights_path, extra_metadata=metadata, dtype=torch.float16)
+    weights_path.chmod(0o644)  # save_checkpoint's temporary file is private (0600); the bundled file is not
+    card_path = REPO_ROOT / config["export"]["model_card"]
+    card_path.write_text(model_card(config, summary, weights_path))
+
+
+def model_card(config: dict, summary: dict, weights_path: Path) -> str:
+    """The markdown model card of an exported run."""
+    data, batch, metrics = config["data"], config["batch"], summary["metrics"]
+    size_kib = weights_path.stat().st_size / 1024
+    return f"""# sam_tiny: the tiny SAM base, trained from scratch
+
+`{weights_path.name}` holds a full `RobustSam` of type `tiny` ({size_kib:.0f} KiB, float16; loading casts to
+float32): SAM parts (image encoder, prompt encoder, mask decoder) trained by `recipes/train_tiny_sam.py`; the
+robust parts are fresh (untrained), with the Robust Output Tokens copied from SAM's mask tokens, as when a
+SAM checkpoint is loaded. Load it with `robustprior.checkpoint.load_model`.
+
+## Data
+
+The scene world of `robustprior.scenes` (default `SceneConfig`: 256 x 256, 2-6 textured objects on a photo
+background, textures from the shared photos). Train: {data['train_scenes']} scenes
+`generate_scene(derive_seed({data['train_seed']}, i))`, random flips. Held-out test: {data['test_scenes']} scenes
+`generate_scene(derive_seed({data['test_seed']}, i))` ({metrics['objects']} objects), a different seed stream.
+
+## Training
+
+{summary['iterations']} iterations of {batch['images']} images x {batch['prompts_per_image']} prompts
+(mix {batch['prompt_mix']}), AdamW lr {config['optimizer']['lr']} (warmup {config['optimizer']['warmup_iterations']},
+cosine), weight decay {config['optimizer']['weight_decay']}, gradient clip {config['optimizer']['gradient_clip']},
+bf16 autocast {config['optimizer']['bf16_autocast']}; loss {config['loss']['focal']} x focal + {config['loss']['dice']} x dice
+(+ IoU MSE), multimask min-loss for single points. Wall time {summary['train_seconds'] / 60:.1f} min of training
+(CPU threads: {config['threads']}; median step {summary['median_step_seconds']:.2f} s, shared CPU).
+Git commit `{summary['git_commit']}`. Full config: `recipes/configs/tiny_sam.yaml`.
+
+Reproduce:
+
+```
+python recipes/train_tiny_sam.py --config recipes/configs/tiny_sam.yaml --output runs/tiny_sam
+```
+
+## Held-out metrics (mean IoU over {metrics['objects']} objects)
+
+| prompt | IoU |
+|---|---|
+| single click at `center_point`, multimask, highest predicted IoU | {metrics['single_point_iou']:.4f} |
+| same click, oracle best of the 3 masks | {metrics['single_point_oracle_iou']:.4f} |
+| same click, single output (token 0) | {metrics['token0_iou']:.4f} |
+| tight box, single output | {metrics['box_iou']:.4f} |
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="recipes/configs/tiny_sam.yaml")
+    parser.add_argument("--output", default="runs/tiny_sam")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUTPUT/checkpoint.pt (with the config stored in it)")
+    parser.add_argument("--iterations", type=int, help="override the schedule length")
+    parser.add_argument("--stop-after", type=int, help="stop (with a checkpoint) at this iteration")
+    parser.add_argument("--no-export", action="store_true", help="do not write the weights and model card")
+    arguments = parser.parse_args()
+    train(load_config(arguments.config), arguments.output, resume=arguments.resume, iterations=arguments.iterations,
+          stop_after=arguments.stop_after, export=not arguments.no_export)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,453 @@
+"""SAM / RobustSAM structure priors for image restoration, with an on-disk cache.
+
+A :class:`StructurePrior` bundles what restoration networks take from a segmentation model for one
+image: the automatic masks, their label map and structure map (SAM-Deblur's image-domain prior) and
+two latent feature maps (the encoder's embedding and a mask-feature map). :class:`SAMPrior` (plain
+SAM decoder path) and :class:`RobustSAMPrior` (RobustSAM path) extract it with ONE image-encoder
+forward per image, and with ``cache_dir`` store it under a fingerprint of the model and settings so
+that a changed model never reuses stale priors::
+
+    prior = RobustSAMPrior.from_pretrained("tiny", cache_dir="priors_cache")
+    result = prior(image)            # H x W x 3 uint8 -> StructurePrior
+    prior.precompute(image_paths)    # fill the cache for a data set
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from restoration.structure import masks_to_label_map, structure_map
+
+from .automatic_mask_generator import RobustAutomaticMaskGenerator
+from .image_io import load_image
+from .modeling.robust_sam import DecoderPath, ImageFeatures, RobustSam
+from .predictor import RobustSamPredictor, as_rgb_uint8
+
+FILE_FORMAT = "robustprior.structure_prior"
+FILE_FORMAT_VERSION = "1"  # bump when the stored content or its computation changes: invalidates caches
+FLOAT16_MAX = float(torch.finfo(torch.float16).max)
+
+
+@dataclass(eq=False)
+class StructurePrior:
+    """The structure prior of one ``H x W`` image (``K`` masks; ``D x h x w`` embedding grid).
+
+    ``embedding`` and ``mask_feature`` are CPU float32 tensors covering the model's padded square
+    input (as SAM's embeddings do); everything else is at the image's resolution.
+    """
+
+    masks: np.ndarray  # K x H x W bool: automatic masks, sorted by area (largest first)
+    label_map: np.ndarray  # H x W int64: masks_to_label_map(masks); 0 = uncovered
+    structure_map: np.ndarray  # H x W x 3 uint8: each region filled with the image's mean colour there
+    embedding: torch.Tensor  # D x h x w float32: the encoder's final embedding
+    mask_feature: torch.Tensor  # D/8 x 4h x 4w float32: see SAMPrior / RobustSAMPrior
+    scores: np.ndarray  # K float32: the predicted IoU of each mask
+
+    @property
+    def num_masks(self) -> int:
+        return int(self.masks.shape[0])
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The prior as CPU tensors, e.g. to batch into a restoration model: ``masks`` K x H x W bool,
+        ``label_map`` H x W int64, ``structure_map`` H x W x 3 uint8, ``embedding`` D x h x w,
+        ``mask_feature`` D/8 x 4h x 4w and ``scores`` K (float32)."""
+        return {
+            "masks": torch.from_numpy(self.masks),
+            "label_map": torch.from_numpy(self.label_map),
+            "structure_map": torch.from_numpy(self.structure_map),
+            "embedding": self.embedding,
+            "mask_feature": self.mask_feature,
+            "scores": torch.from_numpy(self.scores),
+        }
+
+    def save(self, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
+        """Write the prior as safetensors, atomically (temporary file + ``os.replace``).
+
+        Masks are stored bit-packed, the label map in the smallest integer type that holds K (uint8,
+        int16 or int32) and the features as float16 (float32 when a value does not fit in float16). ``metadata`` adds string entries to the header.
+        """
+        path = Path(path)
+        _write_safetensors_atomically(self._storage_tensors(), path, self._storage_metadata(metadata))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> StructurePrior:
+        """Read a prior written by :meth:`save`; anything else raises ``ValueError``."""
+        return _read_prior_file(Path(path))[0]
+
+    def _storage_metadata(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        height, width = self.label_map.shape
+        metadata = {"format": FILE_FORMAT, "format_version": FILE_FORMAT_VERSION,
+                    "height": str(height), "width": str(width)}
+        return {**metadata, **(extra or {})}
+
+    def _storage_tensors(self) -> dict[str, torch.Tensor]:
+        """The compact on-disk form: packed masks, small-integer label map, float16 features."""
+        packed = np.packbits(self.masks.reshape(self.num_masks, self.label_map.size), axis=1)  # K x ceil(H*W / 8)
+        return {
+            "masks_packed": torch.from_numpy(np.ascontiguousarray(packed)),
+            "label_map": torch.from_numpy(self.label_map.astype(_smallest_label_dtype(self.num_masks))),
+            "structure_map": torch.from_numpy(np.ascontiguousarray(self.structure_map)),
+            "embedding": _compact_float(self.embedding),
+            "mask_feature": _compact_float(self.mask_feature),
+            "scores": torch.from_numpy(self.scores.astype(np.float32)),
+        }
+
+    @classmethod
+    def _from_storage(cls, tensors: Mapping[str, torch.Tensor], height: int, width: int) -> StructurePrior:
+        """Inverse of :meth:`_storage_tensors`; checks that the parts fit together."""
+        missing = {"masks_packed", "label_map", "structure_map", "embedding", "mask_feature", "scores"} - set(tensors)
+        if missing:
+            raise ValueError(f"missing tensors {sorted(missing)}")
+        packed = tensors["masks_packed"].numpy()
+        scores = tensors["scores"].numpy().astype(np.float32)
+        label_map = tensors["label_map"].numpy().astype(np.int64)
+        image_map = tensors["structure_map"].numpy()
+        if (packed.ndim != 2 or packed.dtype != np.uint8 or packed.shape[1] != -(-height * width // 8)
+                or scores.shape != (packed.shape[0],) or label_map.shape != (height, width)
+                or image_map.shape != (height, width, 3) or image_map.dtype != np.uint8
+                or tensors["embedding"].ndim != 3 or tensors["mask_feature"].ndim != 3):
+            raise ValueError("the stored tensors do not describe one H x W image")
+        masks = np.unpackbits(packed, axis=1, count=height * width).astype(bool).reshape(-1, height, width)
+        return cls(masks=masks, label_map=label_map, structure_map=image_map,
+                   embedding=tensors["embedding"].float(), mask_feature=tensors["mask_feature"].float(),
+                   scores=scores)
+
+
+def _smallest_label_dtype(num_masks: int) -> type[np.integer]:
+    """The smallest safetensors-storable integer type holding labels 0..num_masks."""
+    return next(dtype for dtype in (np.uint8, np.int16, np.int32) if num_masks <= np.iinfo(dtype).max)
+
+
+def _compact_float(tensor: torch.Tensor) -> torch.Tensor:
+    """float16 copy of a feature tensor, or float32 when some value would overflow float16."""
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.numel() and float(tensor.abs().max()) > FLOAT16_MAX:
+        return tensor.float()
+    return tensor.half()
+
+
+def _write_safetensors_atomically(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write into a temporary file beside ``path`` and rename it: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(tensors, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    """The safetensors header metadata of ``path`` (reads the header only)."""
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+def _read_prior_file(path: Path) -> tuple[StructurePrior, dict[str, str]]:
+    """A stored prior and its header metadata; ``ValueError`` for a missing, corrupt or foreign file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no structure prior file at {path}")
+    try:
+        metadata = _read_metadata(path)
+        if metadata.get("format") != FILE_FORMAT or metadata.get("format_version") != FILE_FORMAT_VERSION:
+            raise ValueError(f"not a version-{FILE_FORMAT_VERSION} structure prior file "
+                             f"(format {metadata.get('format')!r}, version {metadata.get('format_version')!r})")
+        prior = StructurePrior._from_storage(load_file(str(path)), int(metadata["height"]), int(metadata["width"]))
+    except Exception as error:  # safetensors raises its own error types for truncated or garbled files
+        raise ValueError(f"cannot read structure prior {path}: {error}") from error
+    return prior, metadata
+
+
+def image_hash(image: np.ndarray) -> str:
+    """sha256 (hex, first 32 characters) of an ``H x W x 3`` uint8 RGB image's shape and bytes."""
+    digest = hashlib.sha256(f"{image.shape}|{image.dtype}".encode())
+    digest.update(np.ascontiguousarray(image).data)
+    return digest.hexdigest()[:32]
+
+
+class _FeatureRecordingPredictor(RobustSamPredictor):
+    """A predictor that keeps the features of the image it last encoded after ``reset_image``.
+
+    The automatic mask generator calls ``set_image`` on each crop and ``reset_image`` when the crop
+    is done, which drops ``features``; this predictor records them as they are computed, so the
+    prior reads the very encoding the masks were decoded from instead of encoding the image again.
+    """
+
+    def __init__(self, model: RobustSam, path: DecoderPath) -> None:
+        super().__init__(model, path=path)
+        self.recorded: list[tuple[tuple[int, int], ImageFeatures]] = []
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_size: tuple[int, ...]) -> None:
+        super().set_torch_image(transformed_image, original_size)
+        self.recorded.append((self.original_size, self.features))
+
+    def pop_single_encoding(self, image_size: tuple[int, int]) -> ImageFeatures:
+        """The features of the one encoding of an ``image_size`` image since the last call."""
+        recorded, self.recorded = self.recorded, []
+        if len(recorded) != 1 or recorded[0][0] != tuple(image_size):
+            raise RuntimeError(f"expected one encoding of the whole {image_size} image, got "
+                               f"{[size for size, _ in recorded]}")
+        return recorded[0][1]
+
+
+class _AutomaticMaskPrior(ABC):
+    """Structure priors from the automatic mask generator on one decoder path (see subclasses)."""
+
+    path: ClassVar[DecoderPath]
+
+    def __init__(
+        self,
+        model: RobustSam,
+        *,
+        points_per_side: int = 32,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        box_nms_thresh: float = 0.7,
+        min_mask_region_area: int = 0,
+        points_per_batch: int = 64,
+        cache_dir: str | Path | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        """``model`` is put in eval mode (and moved to ``device`` when given); the keyword arguments
+        are the automatic mask generator's. ``cache_dir`` enables the disk cache."""
+        self.model = (model if device is None else model.to(device)).eval()
+        self.settings: dict[str, Any] = {
+            "points_per_side": points_per_side,
+            "pred_iou_thresh": pred_iou_thresh,
+            "stability_score_thresh": stability_score_thresh,
+            "box_nms_thresh": box_nms_thresh,
+            "min_mask_region_area": min_mask_region_area,
+            "points_per_batch": points_per_batch,
+        }
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.generator = RobustAutomaticMaskGenerator(self.model, path=self.path, **self.settings)
+        self.generator.predictor = _FeatureRecordingPredictor(self.model, self.path)
+        self._fingerprint_memo: tuple[tuple, str] | None = None
+
+    @classmethod
+    def from_pretrained(cls, checkpoint: str | Path = "tiny", *, model_type: str | None = None,
+                        device: str | torch.device | None = None, **kwargs: Any) -> _AutomaticMaskPrior:
+        """A prior on :func:`robustprior.pretrained.load_robust_sam` (``"tiny"``, a known name or a
+        file); ``kwargs`` go to the constructor."""
+        from .pretrained import load_robust_sam
+
+        model = load_robust_sam(checkpoint, model_type=model_type, device=str(device or "cpu"))
+        return cls(model, device=device, **kwargs)
+
+    # ------------------------------------------------------------------ fingerprint
+    @property
+    def fingerprint(self) -> str:
+        """16 hex characters of sha256 over the prior class, decoder path, settings, model config
+        and every state-dict tensor (name, dtype, shape, bytes).
+
+        The hash is memoised while no tensor is replaced or modified in place; PyTorch's version
+        counters see in-place updates (``load_state_dict``, optimiser steps, ``p.add_()``) but not
+        writes through ``p.data``: build a new prior object after such edits.
+        """
+        state = self.model.state_dict()
+        change_key = tuple((name, tensor.data_ptr(), tensor._version) for name, tensor in state.items())
+        if self._fingerprint_memo is None or self._fingerprint_memo[0] != change_key:
+            self._fingerprint_memo = (change_key, self._hash_model(state))
+        return self._fingerprint_memo[1]
+
+    def _hash_model(self, state: Mapping[str, torch.Tensor]) -> str:
+        description = {"prior": type(self).__name__, "path": self.path, "settings": self.settings,
+                       "config": self.model.config, "format_version": FILE_FORMAT_VERSION}
+        digest = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode())
+        for name in sorted(state):
+            tensor = state[name].detach()
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+            digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().data)
+        return digest.hexdigest()[:16]
+
+    # ------------------------------------------------------------------ extraction
+    def __call__(self, image: np.ndarray) -> StructurePrior:
+        """The prior of an ``H x W x 3`` uint8 RGB image (grayscale / RGBA converted).
+
+        With a cache, a valid stored prior is returned without running the model; otherwise it is
+        computed and stored. Cached or not, its features then carry the stored (float16) precision,
+        so a cache hit returns exactly what the first call returned.
+        """
+        image = as_rgb_uint8(image)
+        if self.cache_dir is None:
+            return self._compute(image)
+        digest = image_hash(image)
+        cached = self._read_cache(digest, image.shape[:2])
+        if cached is not None:
+            return cached
+        return self._store(self._compute(image), digest)
+
+    def precompute(self, images: Iterable[np.ndarray | str | Path], progress: bool = True) -> list[Path]:
+        """Fill the cache for ``images`` (arrays, image files or ``skimage:NAME``) and return their
+        cache files (``cache_folder / <image hash>.safetensors``).
+
+        Images with a valid cache file are skipped; the progress bar counts computed and cached ones.
+        """
+        if self.cache_dir is None:
+            raise ValueError("precompute needs a cache: create the prior with cache_dir=...")
+        total = len(images) if hasattr(images, "__len__") else None
+        paths: list[Path] = []
+        counts = {"computed": 0, "cached": 0}
+        with tqdm(images, total=total, desc=f"{type(self).__name__} priors", unit="image", disable=not progress) as bar:
+            for item in bar:
+                image = load_image(item)[0] if isinstance(item, (str, Path)) else as_rgb_uint8(item)
+                digest = image_hash(image)
+                if self._is_cached(digest):
+                    counts["cached"] += 1
+                else:
+                    self._store(self._compute(image), digest)
+                    counts["computed"] += 1
+                paths.append(self._cache_file(digest))
+                bar.set_postfix(counts)
+        return paths
+
+    @torch.no_grad()
+    def _compute(self, image: np.ndarray) -> StructurePrior:
+        """Run the generator (which encodes the image once) and derive every part of the prior."""
+        predictor: _FeatureRecordingPredictor = self.generator.predictor
+        predictor.recorded = []
+        records = self.generator.generate(image)
+        features = predictor.pop_single_encoding(image.shape[:2])
+        height, width = image.shape[:2]
+        order = np.argsort([-record["area"] for record in records], kind="stable")
+        masks = np.stack([records[i]["segmentation"] for i in order]) if records else np.zeros((0, height, width), bool)
+        scores = np.array([records[i]["predicted_iou"] for i in order], dtype=np.float32)
+        label_map = masks_to_label_map(masks)
+        return StructurePrior(
+            masks=masks,
+            label_map=label_map,
+            structure_map=structure_map(image, label_map),
+            embedding=features.embedding[0].detach().float().cpu(),
+            mask_feature=self._mask_feature(features)[0].detach().float().cpu(),
+            scores=scores,
+        )
+
+    @abstractmethod
+    def _mask_feature(self, features: ImageFeatures) -> torch.Tensor:
+        """The ``1 x D/8 x 4h x 4w`` latent mask feature of one encoded image."""
+
+    # ------------------------------------------------------------------ cache
+    @property
+    def cache_folder(self) -> Path:
+        """``cache_dir / fingerprint``: the cache of this model and these settings."""
+        if self.cache_dir is None:
+            raise ValueError("this prior has no cache_dir")
+        return self.cache_dir / self.fingerprint
+
+    def cache_path(self, image: np.ndarray) -> Path:
+        """Where the prior of ``image`` is cached (grayscale / RGBA converted first)."""
+        return self._cache_file(image_hash(as_rgb_uint8(image)))
+
+    def _cache_file(self, digest: str) -> Path:
+        return self.cache_folder / f"{digest}.safetensors"
+
+    def _cache_metadata(self, digest: str) -> dict[str, str]:
+        """Header entries that tie a cache file to this model, these settings and one image."""
+        return {"fingerprint": self.fingerprint, "image_sha256": digest}
+
+    def _is_cached(self, digest: str) -> bool:
+        """Whether a cache file with this model's and image's header exists (reads the header only)."""
+        cache_file = self._cache_file(digest)
+        if not cache_file.is_file():
+            return False
+        try:
+            metadata = _read_metadata(cache_file)
+        except Exception:  # unreadable header: recompute
+            return False
+        expected = {**self._cache_metadata(digest), "format": FILE_FORMAT, "format_version": FILE_FORMAT_VERSION}
+        return all(metadata.get(key) == value for key, value in expected.items())
+
+    def _read_cache(self, digest: str, image_size: tuple[int, int]) -> StructurePrior | None:
+        """The cached prior, or None: absent, or unusable (corrupt, another model's or image's file),
+        which warns and lets the caller recompute and overwrite it."""
+        cache_file = self._cache_file(digest)
+        if not cache_file.is_file():
+            return None
+        try:
+            prior, metadata = _read_prior_file(cache_file)
+        except ValueError as error:
+            warnings.warn(f"recomputing the structure prior: {error}", RuntimeWarning, stacklevel=3)
+            return None
+        expected = self._cache_metadata(digest)
+        found = {key: metadata.get(key) for key in expected}
+        if found != expected or prior.label_map.shape != tuple(image_size):
+            warnings.warn(f"recomputing the structure prior: {cache_file} was written for another model or "
+                          f"image ({found}, size {prior.label_map.shape})", RuntimeWarning, stacklevel=3)
+            return None
+        return prior
+
+    def _store(self, prior: StructurePrior, digest: str) -> StructurePrior:
+        """Write ``prior`` to the cache and return it as stored (features at storage precision)."""
+        self._write_manifest()
+        tensors = prior._storage_tensors()
+        _write_safetensors_atomically(tensors, self._cache_file(digest),
+                                      prior._storage_metadata(self._cache_metadata(digest)))
+        return StructurePrior._from_storage(tensors, *prior.label_map.shape)
+
+    def _write_manifest(self) -> None:
+        """``manifest.json`` in the fingerprint folder, describing what its priors were made with."""
+        manifest_path = self.cache_folder / "manifest.json"
+        if manifest_path.is_file():
+            return
+        manifest = {
+            "fingerprint": self.fingerprint,
+            "prior": type(self).__name__,
+            "path": self.path,
+            "settings": self.settings,
+            "model_config": self.model.config,
+            "format_version": FILE_FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        manifest_path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=manifest_path.parent, prefix=".manifest.", suffix=".tmp")
+        with os.fdopen(handle, "w") as file:
+            json.dump(manifest, file, indent=2, default=str)
+        os.replace(temporary, manifest_path)
+
+
+class SAMPrior(_AutomaticMaskPrior):
+    """Plain-SAM structure prior (decoder path ``"sam"``): the baseline.
+
+    ``mask_feature`` is SAM's own upscaled feature space with no prompt:
+    ``mask_decoder.output_upscaling(embedding + prompt_encoder.no_mask_embed)``, i.e. what SAM's
+    mask classifiers read, before the two-way transformer mixes in any prompt.
+    """
+
+    path: ClassVar[DecoderPath] = "sam"
+
+    def _mask_feature(self, features: ImageFeatures) -> torch.Tensor:
+        no_mask = self.model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return self.model.mask_decoder.output_upscaling(features.embedding + no_mask)
+
+
+class RobustSAMPrior(_AutomaticMaskPrior):
+    """RobustSAM structure prior (decoder path ``"robust"``).
+
+    ``mask_feature`` is the per-image part of RobustSAM's robust mask feature:
+    ``robust.fusion.image_features(embedding, complementary, robust=True)``, the AMFG-cleaned early
+    (complementary) feature plus the AMFG-cleaned final embedding, each upsampled 4x.
+    """
+
+    path: ClassVar[DecoderPath] = "robust"
+
+    def _mask_feature(self, features: ImageFeatures) -> torch.Tensor:
+        return self.model.robust.fusion.image_features(features.embedding, features.complementary, robust=True)

@@ -1,0 +1,459 @@
+"""RobustSAM training: frozen SAM, the paper's losses, feature cache, DDP, exact resume.
+
+``robustprior train CONFIG.yaml --output DIR`` (or ``torchrun --nproc_per_node N -m robustprior.cli
+train ...`` for DDP; gloo on CPU, NCCL on GPU). Each item pairs a clear image (teacher: SAM's own
+decoder) with a degraded copy (student: the robust path). Degraded copies are drawn from a fixed set
+of ``variants_per_image`` seeds per image (epoch ``e`` uses variant ``e % V``), like the release's
+pre-rendered degradation folders, so the encoder features can be cached and reused across epochs.
+
+What is saved under DIR: ``config.yaml``; ``log.csv`` (every logged step) and ``val_log.csv``; ``checkpoints/last.pt``
+(atomic, everything needed to resume exactly); ``best.safetensors`` (best validation degraded IoU);
+``final.safetensors``; ``metrics.json``.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from .build import build_robust_sam
+from .checkpoint import load_model, read_state_dict, save_checkpoint
+from .datasets import RobustSegmentationDataset
+from .degrade import DEGRADATIONS, RandomDegradation
+from .feature_cache import FeatureCache, image_hash
+from .losses import LossWeights, robust_sam_losses
+from .modeling.robust_sam import ImageFeatures, RobustSam
+from .training_samples import PromptBatch, SamplePreparer
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "seed": 0,
+    "device": "auto",
+    "model": {"type": "tiny", "checkpoint": None, "fourier_mode": "paper", "token_mode": None},
+    "data": {"prompt": "points", "n_points": 3, "box_jitter": 0.1, "min_area": 64, "instances_per_image": None},
+    "degradations": {"kinds": "all", "p_identity": None, "severity": 1.0, "variants_per_image": 16},
+    "feature_cache": {"enabled": True, "dir": None},
+    "train": {
+        "iterations": 1000, "batch_size": 2, "optimizer": "adam", "lr": 5e-4, "weight_decay": 1e-5,
+        "schedule": "constant", "step_size": 1000, "gamma": 0.5, "warmup": 0, "grad_clip": 1.0, "amp": True,
+        "loss_weights": {"mask_feature": 100.0, "token": 2.0, "dice": 1.0, "focal": 20.0},
+        "log_every": 10, "val_every": 200, "checkpoint_every": 100, "val_kinds": None,
+    },
+}
+
+
+def merge_config(base: dict, override: dict) -> dict:
+    """Recursive dict merge (override wins); unknown top-level sections are kept."""
+    merged = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        merged[key] = merge_config(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def load_config(path: str | Path) -> dict:
+    with open(path) as handle:
+        return merge_config(DEFAULT_CONFIG, yaml.safe_load(handle) or {})
+
+
+def atomic_torch_save(payload: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def load_base_model(model_config: dict) -> RobustSam:
+    """The model to train: a RobustSAM built from ``model.type`` with ``model.checkpoint`` (SAM /
+    MobileSAM / official / ours) loaded; SAM frozen."""
+    checkpoint = model_config.get("checkpoint")
+    if checkpoint is not None and str(checkpoint).endswith(".safetensors"):
+        _, metadata = read_state_dict(checkpoint)
+        if "config" in metadata:
+            return load_model(checkpoint).freeze_sam()
+    return build_robust_sam(model_config["type"], checkpoint, fourier_mode=model_config.get("fourier_mode", "paper"),
+                            token_mode=model_config.get("token_mode")).freeze_sam()
+
+
+class RobustTrainingStep(nn.Module):
+    """One forward of the training objective; wrapped in DDP so gradients are averaged."""
+
+    def __init__(self, model: RobustSam, weights: LossWeights) -> None:
+        super().__init__()
+        self.model = model
+        self.weights = weights
+
+    def forward(self, clear: ImageFeatures, degraded: ImageFeatures, prompts: PromptBatch) -> dict[str, torch.Tensor]:
+        model = self.model
+        points = (prompts.point_coords, prompts.point_labels) if prompts.point_coords is not None else None
+        sparse, dense = model.encode_prompts(points=points, boxes=prompts.boxes)
+        image_index = torch.arange(sparse.shape[0], device=sparse.device)
+        with torch.no_grad():
+            teacher = model.decode(clear, sparse, dense, image_index, multimask_output=False, path="sam", fused=True)
+        student = model.decode(degraded, sparse, dense, image_index, multimask_output=False, path="robust")
+        logits = student.mask_logits[:, 0].float()
+        terms = robust_sam_losses(logits, prompts.targets, student.mask_feature.float(), teacher.fused_feature.float(),
+                                  student.mask_tokens.float(), teacher.mask_tokens.float(), self.weights,
+                                  prompts.pixel_weights)
+        terms["logits"] = logits.detach()
+        return terms
+
+
+@dataclass
+class TrainingState:
+    iteration: int = 0
+    epoch: int = 0
+    position: int = 0  # index into the epoch's permutation of the global batch start
+    best_iou: float = -1.0
+
+
+class RobustSamTrainer:
+    """Train the robust parts of a RobustSAM per a config (see :data:`DEFAULT_CONFIG`)."""
+
+    def __init__(self, config: dict, output_dir: str | Path, resume: bool = False, overwrite: bool = False) -> None:
+        self.config = merge_config(DEFAULT_CONFIG, config)
+        self.output_dir = Path(output_dir)
+        self._setup_distributed()
+        self._check_output_dir(resume, overwrite)
+        seed = int(self.config["seed"])
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+
+        self.model = load_base_model(self.config["model"]).to(self.device)
+        self.model.train()
+        self.preparer = SamplePreparer(self.model)
+        train_config = self.config["train"]
+        self.weights = LossWeights(**train_config["loss_weights"])
+        self.step_module = RobustTrainingStep(self.model, self.weights)
+        self.wrapped = self.step_module
+        if self.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped = nn.parallel.DistributedDataParallel(self.step_module, device_ids=device_ids)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[train_config["optimizer"].lower()]
+        self.optimizer = optimizer_class(trainable, lr=float(train_config["lr"]), weight_decay=float(train_config["weight_decay"]))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+
+        self.degradation = self._build_degradation()
+        self.train_set, self.val_set = self._build_datasets()
+        cache_config = self.config["feature_cache"]
+        self.cache = None
+        if cache_config.get("enabled", True):
+            cache_dir = cache_config.get("dir") or (self.output_dir / "feature_cache")
+            self.cache = FeatureCache(cache_dir, self.model)
+        self.state = TrainingState()
+        if resume and self.checkpoint_path.exists():
+            self._load_checkpoint()
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.output_dir / "config.yaml", "w") as handle:
+                yaml.safe_dump(self.config, handle, sort_keys=False)
+
+    # ------------------------------------------------------------------ setup
+    def _setup_distributed(self) -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        wanted = self.config.get("device", "auto")
+        use_cuda = torch.cuda.is_available() and wanted in ("auto", "cuda")
+        self.device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+        if use_cuda:
+            torch.cuda.set_device(self.device)
+        if self.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        self.is_main = self.rank == 0
+
+    def _check_output_dir(self, resume: bool, overwrite: bool) -> None:
+        existing = [p for p in ("checkpoints", "final.safetensors", "log.csv") if (self.output_dir / p).exists()]
+        if existing and not (resume or overwrite):
+            raise FileExistsError(
+                f"{self.output_dir} already holds a run ({', '.join(existing)}); pass --resume to continue it or "
+                "--overwrite to start again"
+            )
+        if overwrite and not resume and self.is_main:
+            for name in ("checkpoints/last.pt", "log.csv", "val_log.csv", "final.safetensors", "best.safetensors",
+                         "metrics.json"):
+                (self.output_dir / name).unlink(missing_ok=True)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.output_dir / "checkpoints" / "last.pt"
+
+    def _lr_factor(self, iteration: int) -> float:
+        config = self.config["train"]
+        warmup = int(config.get("warmup", 0))
+        if iteration < warmup:
+            return (iteration + 1) / warmup
+        schedule = config["schedule"]
+        if schedule == "constant":
+            return 1.0
+        if schedule == "step":
+            return float(config["gamma"]) ** (iteration // int(config["step_size"]))
+        if schedule == "cosine":
+            total = max(1, int(config["iterations"]) - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (iteration - warmup) / total)))
+        raise ValueError(f"unknown schedule {schedule!r}; expected constant, step or cosine")
+
+    def _build_degradation(self) -> RandomDegradation:
+        config = self.config["degradations"]
+        kinds = DEGRADATIONS if config["kinds"] in ("all", None) else tuple(config["kinds"])
+        return RandomDegradation(kinds, p_identity=config.get("p_identity"), severity=config.get("severity", 1.0))
+
+    def _build_datasets(self) -> tuple[RobustSegmentationDataset, RobustSegmentationDataset | None]:
+        from .data_config import build_instance_source
+
+        data = self.config["data"]
+        cache_root = self.output_dir.parent / "data_cache"
+        options = dict(prompt=data["prompt"], n_points=data["n_points"], box_jitter=data["box_jitter"],
+                       min_area=data["min_area"], instances_per_image=data["instances_per_image"])
+        train = RobustSegmentationDataset(build_instance_source(data["train"], cache_root), None,
+                                          seed=int(self.config["seed"]), **options)
+        if len(train) < self.world_size * int(self.config["train"]["batch_size"]):
+            raise ValueError(f"the training set has {len(train)} items, fewer than one global batch")
+        val = None
+        if data.get("val"):
+            val = RobustSegmentationDataset(build_instance_source(data["val"], cache_root), None,
+                                            seed=int(self.config["seed"]) + 1, **options)
+        return train, val
+
+    # ------------------------------------------------------------------ data
+    @staticmethod
+    def _degradation_seed(dataset: RobustSegmentationDataset, index: int, variant: int) -> int:
+        """Seed of variant ``variant`` of the image behind item ``index`` (shared by its instances)."""
+        record = dataset.pairs[index][0]
+        sequence = np.random.SeedSequence([dataset.seed, record, variant])
+        return int(sequence.generate_state(1, dtype=np.uint32)[0])
+
+    def _encode(self, keys: list[str], images: list, metadata: list[dict]) -> tuple[ImageFeatures, list[dict]]:
+        """Features of lazily produced images (``images[i]()`` -> H x W x 3 uint8), cached when enabled."""
+
+        def make_inputs(indices: list[int]) -> tuple[torch.Tensor, list[dict]]:
+            tensors = torch.stack([self.preparer.image_tensor(images[i]()) for i in indices])
+            return tensors, [metadata[i] for i in indices]
+
+        if self.cache is not None:
+            return self.cache.features(keys, make_inputs)
+        with torch.no_grad():
+            tensors, meta = make_inputs(list(range(len(keys))))
+            return self.model.encode_image(tensors.to(self.device)), meta
+
+    def _batch(self, dataset: RobustSegmentationDataset, indices: list[int], variant: int):
+        """Clear features, degraded features, prompts and degradation names for dataset items."""
+        items = [dataset[i] for i in indices]
+        clear_keys = [image_hash(item["clear_image"]) for item in items]
+        spec = repr(self.degradation)
+        degraded_keys, degraded_images = [], []
+        for item, index, clear_key in zip(items, indices, clear_keys):
+            seed = self._degradation_seed(dataset, index, variant)
+            degraded_keys.append(hashlib.sha256(f"{clear_key}|{spec}|{seed}".encode()).hexdigest())
+            degraded_images.append(lambda image=item["clear_image"], seed=seed: self.degradation(image, seed)[0])
+        kinds = [self.degradation.name(self._degradation_seed(dataset, i, variant)) for i in indices]
+        clear, _ = self._encode(clear_keys, [lambda image=item["clear_image"]: image for item in items],
+                                [{"kind": "identity"}] * len(items))
+        degraded, _ = self._encode(degraded_keys, degraded_images, [{"kind": kind} for kind in kinds])
+        return clear, degraded, self.preparer.prompts(items).to(self.device), kinds
+
+    def _rank_indices(self) -> list[int]:
+        """This rank's items of the next global batch; advances epoch/position (drop-last)."""
+        batch = int(self.config["train"]["batch_size"])
+        global_batch = batch * self.world_size
+        if self.state.position + global_batch > len(self.train_set):
+            self.state.epoch += 1
+            self.state.position = 0
+        generator = torch.Generator().manual_seed(int(self.config["seed"]) * 1_000_003 + self.state.epoch)
+        permutation = torch.randperm(len(self.train_set), generator=generator).tolist()
+        chosen = permutation[self.state.position : self.state.position + global_batch]
+        self.state.position += global_batch
+        return chosen[self.rank :: self.world_size]
+
+    def fill_cache(self, progress: bool = True) -> dict[str, int]:
+        """Encode every training/validation image and all its degradation variants into the cache."""
+        if self.cache is None:
+            raise ValueError("the feature cache is disabled in this config (feature_cache.enabled: false)")
+        variants = int(self.config["degradations"]["variants_per_image"])
+        batch = int(self.config["train"]["batch_size"])
+        datasets = [d for d in (self.train_set, self.val_set) if d is not None]
+        jobs = [(d, start, variant) for d in datasets for variant in range(variants if d is self.train_set else 1)
+                for start in range(0, len(d), batch)]
+        for dataset, start, variant in tqdm(jobs, desc="feature cache", disable=not (progress and self.is_main)):
+            self._batch(dataset, list(range(start, min(start + batch, len(dataset)))), variant)
+        return {"hits": self.cache.hits, "misses": self.cache.misses}
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self) -> None:
+        if not self.is_main:
+            return
+        atomic_torch_save({
+            "state": self.state.__dict__,
+            "robust": self.model.robust.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "config": self.config,
+        }, self.checkpoint_path)
+
+    def _load_checkpoint(self) -> None:
+        payload = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        self.state = TrainingState(**payload["state"])
+        self.model.robust.load_state_dict(payload["robust"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        torch.set_rng_state(payload["torch_rng"])
+        if self.is_main:
+            print(f"[robustprior] resuming {self.output_dir} at iteration {self.state.iteration}")
+            self._truncate_log(self.state.iteration)
+
+    def _truncate_log(self, iteration: int) -> None:
+        """Drop log rows written after the checkpoint we resume from (they will be redone)."""
+        for name in ("log.csv", "val_log.csv"):
+            log = self.output_dir / name
+            if not log.exists():
+                continue
+            with open(log) as handle:
+                rows = list(csv.reader(handle))
+            kept = [rows[0]] + [row for row in rows[1:] if int(row[0]) <= iteration]
+            with open(log, "w", newline="") as handle:
+                csv.writer(handle).writerows(kept)
+
+    def _log(self, row: dict[str, float], name: str = "log.csv") -> None:
+        if not self.is_main:
+            return
+        log = self.output_dir / name
+        new = not log.exists()
+        with open(log, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    # ------------------------------------------------------------------ loops
+    def _autocast(self):
+        if self.device.type == "cuda" and self.config["train"].get("amp", True):
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean IoU on the validation set's degraded copies (variant 0), robust vs SAM path."""
+        if self.val_set is None:
+            return {}
+        self.model.eval()
+        scores: dict[str, list[float]] = {"robust": [], "sam": []}
+        batch = int(self.config["train"]["batch_size"])
+        for start in range(0, len(self.val_set), batch):
+            indices = list(range(start, min(start + batch, len(self.val_set))))
+            _, degraded, prompts, _ = self._batch(self.val_set, indices, variant=0)
+            points = (prompts.point_coords, prompts.point_labels) if prompts.point_coords is not None else None
+            sparse, dense = self.model.encode_prompts(points=points, boxes=prompts.boxes)
+            image_index = torch.arange(len(indices), device=self.device)
+            for path in scores:
+                logits = self.model.decode(degraded, sparse, dense, image_index, path=path).mask_logits[:, 0]
+                predicted, target, valid = logits > 0, prompts.targets > 0.5, prompts.pixel_weights > 0
+                intersection = (predicted & target & valid).flatten(1).sum(1).float()
+                union = ((predicted | target) & valid).flatten(1).sum(1).float()
+                scores[path].extend(torch.where(union > 0, intersection / union.clamp_min(1), 1.0).tolist())
+        self.model.train()
+        return {f"val_iou_{path}": float(np.mean(values)) for path, values in scores.items()}
+
+    def train(self) -> dict[str, Any]:
+        config = self.config["train"]
+        total = int(config["iterations"])
+        variants = int(self.config["degradations"]["variants_per_image"])
+        progress = tqdm(total=total, initial=self.state.iteration, disable=not self.is_main, desc="train", dynamic_ncols=True)
+        started = time.time()
+        while self.state.iteration < total:
+            indices = self._rank_indices()
+            self.train_set.set_epoch(self.state.epoch)
+            clear, degraded, prompts, kinds = self._batch(self.train_set, indices, self.state.epoch % variants)
+            with self._autocast():
+                terms = self.wrapped(clear, degraded, prompts)
+            self.optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            for parameter in trainable:  # as the release does, a NaN gradient is zeroed rather than applied
+                if parameter.grad is not None:
+                    torch.nan_to_num_(parameter.grad, nan=0.0, posinf=0.0, neginf=0.0)
+            if config.get("grad_clip"):
+                torch.nn.utils.clip_grad_norm_(trainable, float(config["grad_clip"]))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.state.iteration += 1
+            values = {name: float(terms[name].detach()) for name in ("total", "mask_feature", "token", "dice", "focal")}
+            progress.update(1)
+            progress.set_postfix({k: f"{v:.3g}" for k, v in values.items()})
+            if self.state.iteration % int(config["log_every"]) == 0 or self.state.iteration == total:
+                self._log({"iteration": self.state.iteration, "epoch": self.state.epoch,
+                           "lr": self.optimizer.param_groups[0]["lr"], **values,
+                           "elapsed_s": round(time.time() - started, 2)})
+            if self.val_set is not None and (self.state.iteration % int(config["val_every"]) == 0
+                                             or self.state.iteration == total):
+                self._validate_and_keep_best()
+            if self.state.iteration % int(config["checkpoint_every"]) == 0 or self.state.iteration == total:
+                self._save_checkpoint()
+        progress.close()
+        return self._finish(time.time() - started)
+
+    def _validate_and_keep_best(self) -> None:
+        if not self.is_main:
+            if self.world_size > 1:
+                dist.barrier()
+            return
+        metrics = self.validate()
+        self._log({"iteration": self.state.iteration, "epoch": self.state.epoch, **metrics}, "val_log.csv")
+        if metrics["val_iou_robust"] > self.state.best_iou:
+            self.state.best_iou = metrics["val_iou_robust"]
+            save_checkpoint(self.model, self.output_dir / "best.safetensors",
+                            {"iteration": str(self.state.iteration), "val_iou_robust": f"{self.state.best_iou:.6f}"})
+        if self.world_size > 1:
+            dist.barrier()
+
+    def robust_state_hash(self) -> str:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.robust.state_dict().items()):
+            digest.update(name.encode() + tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def _finish(self, seconds: float) -> dict[str, Any]:
+        hashes = [self.robust_state_hash()]
+        if self.world_size > 1:
+            gathered: list[str] = [""] * self.world_size
+            dist.all_gather_object(gathered, hashes[0])
+            hashes = gathered
+        metrics: dict[str, Any] = {
+            "iterations": self.state.iteration, "epochs": self.state.epoch, "seconds": round(seconds, 2),
+            "world_size": self.world_size, "rank_weight_hashes": hashes, "ranks_agree": len(set(hashes)) == 1,
+            "best_val_iou_robust": self.state.best_iou,
+        }
+        if self.cache is not None:
+            metrics["feature_cache"] = {"hits": self.cache.hits, "misses": self.cache.misses, "dir": str(self.cache.directory)}
+        if self.val_set is not None and self.is_main:
+            metrics.update(self.validate())
+        if self.is_main:
+            save_checkpoint(self.model, self.output_dir / "final.safetensors", {"iterations": str(self.state.iteration)})
+            with open(self.output_dir / "metrics.json", "w") as handle:
+                json.dump(metrics, handle, indent=2)
+            print(f"[robustprior] training done: {self.output_dir / 'final.safetensors'} ({json.dumps(metrics)})")
+        if self.world_size > 1:
+            dist.barrier()
+        return metrics
