@@ -18,7 +18,7 @@ package's no-op) and ``token_mode`` ("paper" or "release"; see
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable

@@ -37,16 +37,15 @@ with ``{block} -> {amfg}``: ``fourier_mask_features -> robust.fusion.mask_featur
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 
+from .atomic import save_safetensors_atomically
 from .modeling.robust_sam import RobustSam
 
 OFFICIAL_BLOCKS: dict[str, str] = {
@@ -211,14 +210,7 @@ def save_checkpoint(model: RobustSam, path: str | Path, extra_metadata: Mapping[
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
         for k, v in model.state_dict().items()
     }
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    save_safetensors_atomically(tensors, path, metadata)
     return path
 
 

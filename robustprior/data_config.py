@@ -160,6 +160,17 @@ def _scenes_folder_name(n_images: int, seed: int, scene_config: SceneConfig) -> 
     return f"{name}-{hashlib.sha256(options.encode()).hexdigest()[:8]}"
 
 
+def _flattened(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level of dotted keys (``scene.image_size``), for readable differences."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            flat.update(_flattened(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _check_scenes_folder(root: Path, expected: dict[str, Any], section: str) -> None:
     """Raises ValueError unless ``root`` holds scenes written with exactly ``expected``."""
     params_path = root / SCENES_PARAMS_FILE
@@ -170,10 +181,11 @@ def _check_scenes_folder(root: Path, expected: dict[str, Any], section: str) -> 
         )
     recorded = json.loads(params_path.read_text())
     if recorded != expected:
+        recorded_flat, expected_flat = _flattened(recorded), _flattened(expected)
         differences = [
-            f"{key}: folder {recorded.get(key)!r} vs config {expected.get(key)!r}"
-            for key in sorted(set(recorded) | set(expected))
-            if recorded.get(key) != expected.get(key)
+            f"{key}: folder {recorded_flat.get(key)!r} vs config {expected_flat.get(key)!r}"
+            for key in sorted(set(recorded_flat) | set(expected_flat))
+            if recorded_flat.get(key) != expected_flat.get(key)
         ]
         raise ValueError(
             f"{section}: scenes folder {root} was written with other parameters ({'; '.join(differences)}); "

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from robustprior.data_config import build_instance_source
 from robustprior.datasets import CLEAR_KIND, InstanceSource
 from robustprior.degrade import DEGRADATIONS, degrade
-from robustprior.metrics import METRIC_NAMES, ImagePredictions, SegmentationMeter, box_prompt_ap
+from robustprior.metrics import ImagePredictions, SegmentationMeter, box_prompt_ap
 from robustprior.modeling.robust_sam import RobustSam
 from robustprior.predictor import RobustSamPredictor
 from robustprior.prompts import center_point, mask_to_box

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,8 +18,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 
+from .atomic import save_safetensors_atomically, write_text_atomically
 from .modeling.robust_sam import ImageFeatures, RobustSam
 
 ENCODER_CONFIG_FIELDS = ("model_type", "encoder", "image_size", "patch_size", "encoder_dim", "encoder_depth",
@@ -59,16 +58,9 @@ class FeatureCache:
         self.misses = 0
         manifest = self.directory / "manifest.json"
         if not manifest.exists():
-            self._atomic_write_text(manifest, json.dumps(
+            write_text_atomically(manifest, json.dumps(
                 {"model_id": self.model_id, "config": model.config, "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
                 indent=2, default=list))
-
-    @staticmethod
-    def _atomic_write_text(path: Path, text: str) -> None:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
 
     def path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.safetensors"
@@ -91,20 +83,11 @@ class FeatureCache:
 
     def put(self, key: str, features: ImageFeatures, metadata: dict[str, str] | None = None) -> None:
         """Store one image's features (``1 x ...``) as float16, atomically."""
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {
             "embedding": features.embedding[0].detach().to(torch.float16).cpu().contiguous(),
             "complementary": features.complementary[0].detach().to(torch.float16).cpu().contiguous(),
         }
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file(tensors, temporary, metadata={**(metadata or {}), "model_id": self.model_id, "key": key})
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        save_safetensors_atomically(tensors, self.path(key), {**(metadata or {}), "model_id": self.model_id, "key": key})
 
     @torch.no_grad()
     def features(

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -28,11 +26,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from restoration.structure import masks_to_label_map, structure_map
 
+from .atomic import save_safetensors_atomically, write_text_atomically
 from .automatic_mask_generator import RobustAutomaticMaskGenerator
 from .image_io import load_image
 from .modeling.robust_sam import DecoderPath, ImageFeatures, RobustSam
@@ -144,15 +143,7 @@ def _compact_float(tensor: torch.Tensor) -> torch.Tensor:
 
 def _write_safetensors_atomically(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     """Write into a temporary file beside ``path`` and rename it: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    save_safetensors_atomically(tensors, path, metadata)
 
 
 def _read_metadata(path: Path) -> dict[str, str]:
@@ -417,11 +408,7 @@ class _AutomaticMaskPrior(ABC):
             "format_version": FILE_FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        manifest_path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=manifest_path.parent, prefix=".manifest.", suffix=".tmp")
-        with os.fdopen(handle, "w") as file:
-            json.dump(manifest, file, indent=2, default=str)
-        os.replace(temporary, manifest_path)
+        write_text_atomically(manifest_path, json.dumps(manifest, indent=2, default=str))
 
 
 class SAMPrior(_AutomaticMaskPrior):

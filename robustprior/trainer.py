@@ -19,7 +19,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
+from .atomic import save_torch_atomically
 from .build import build_robust_sam
 from .checkpoint import load_model, read_state_dict, save_checkpoint
 from .datasets import RobustSegmentationDataset
@@ -69,18 +69,6 @@ def merge_config(base: dict, override: dict) -> dict:
 def load_config(path: str | Path) -> dict:
     with open(path) as handle:
         return merge_config(DEFAULT_CONFIG, yaml.safe_load(handle) or {})
-
-
-def atomic_torch_save(payload: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def load_base_model(model_config: dict) -> RobustSam:
@@ -224,7 +212,7 @@ class RobustSamTrainer:
         from .data_config import build_instance_source
 
         data = self.config["data"]
-        cache_root = self.output_dir.parent / "data_cache"
+        cache_root = None  # generated scenes without a root go to the shared data cache
         options = dict(prompt=data["prompt"], n_points=data["n_points"], box_jitter=data["box_jitter"],
                        min_area=data["min_area"], instances_per_image=data["instances_per_image"])
         train = RobustSegmentationDataset(build_instance_source(data["train"], cache_root), None,
@@ -301,10 +289,18 @@ class RobustSamTrainer:
         return {"hits": self.cache.hits, "misses": self.cache.misses}
 
     # ------------------------------------------------------------------ checkpoints
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's BatchNorm running statistics (each rank updated them with its
+        own batches; DDP only re-broadcasts them at the next forward)."""
+        if self.world_size > 1:
+            for buffer in self.model.robust.buffers():
+                dist.broadcast(buffer, src=0)
+
     def _save_checkpoint(self) -> None:
+        self._sync_buffers()
         if not self.is_main:
             return
-        atomic_torch_save({
+        save_torch_atomically({
             "state": self.state.__dict__,
             "robust": self.model.robust.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -435,6 +431,7 @@ class RobustSamTrainer:
         return digest.hexdigest()
 
     def _finish(self, seconds: float) -> dict[str, Any]:
+        self._sync_buffers()
         hashes = [self.robust_state_hash()]
         if self.world_size > 1:
             gathered: list[str] = [""] * self.world_size

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from robustprior.trainer import RobustSamTrainer, merge_config
