@@ -72,6 +72,7 @@ class RobustSamPredictor:
 
     def reset_image(self) -> None:
         self.features: ImageFeatures | None = None
+        self.image_part: torch.Tensor | None = None  # robust path's per-image fusion part, computed once
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
         self.is_image_set = False
@@ -213,7 +214,10 @@ class RobustSamPredictor:
 
         points = (point_coords, point_labels) if point_coords is not None else None
         sparse, dense = self.model.encode_prompts(points=points, boxes=boxes, masks=mask_input)
-        output = self.model.decode(self.features, sparse, dense, multimask_output=multimask_output, path=self.path)
+        if self.path == "robust" and self.image_part is None:
+            self.image_part = self.model.robust_image_part(self.features)
+        output = self.model.decode(self.features, sparse, dense, multimask_output=multimask_output, path=self.path,
+                                   image_part=self.image_part)
         masks = self.model.postprocess_masks(output.mask_logits, self.input_size, self.original_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold

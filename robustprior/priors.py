@@ -437,4 +437,4 @@ class RobustSAMPrior(_AutomaticMaskPrior):
     path: ClassVar[DecoderPath] = "robust"
 
     def _mask_feature(self, features: ImageFeatures) -> torch.Tensor:
-        return self.model.robust.fusion.image_features(features.embedding, features.complementary, robust=True)
+        return self.model.robust_image_part(features)

@@ -22,7 +22,7 @@ FOURIER_MODES: tuple[str, ...] = ("paper", "identity")
 
 
 class FourierDegradationSuppression(nn.Module):
-    """``B x C x H x W -> B x C x H x W``: ``real(ifft2(conv1x1(|F|) * exp(i angle(F))))``."""
+    """``B x C x H x W -> B x C x H x W``: ``real(ifft2(conv1x1(|F|) * exp(i angle(F))))``, F = fft2(x)."""
 
     def __init__(self, channels: int, mode: FourierMode = "paper") -> None:
         super().__init__()
@@ -34,13 +34,18 @@ class FourierDegradationSuppression(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "identity":
             return x
-        # cuFFT/pocketfft in half precision is limited; always transform in float32.
-        spectrum = torch.fft.fft2(x.float(), dim=(-2, -1))
+        # The spectrum of a real map is Hermitian, and so is the rebuilt one (the 1x1 conv acts on each
+        # frequency's amplitudes, which are symmetric; the phase stays antisymmetric), so the real
+        # FFT's half spectrum gives exactly real(ifft2(...)) at half the memory and work.
+        # Half-precision FFTs are limited; always transform in float32.
+        height, width = x.shape[-2:]
+        spectrum = torch.fft.rfft2(x.float(), dim=(-2, -1))
         amplitude = self.amplitude_conv(spectrum.abs())
         phase = spectrum.angle()
+        del spectrum
         # The learned amplitude may be negative, so rebuild with cos/sin rather than torch.polar.
         rebuilt = torch.complex(amplitude * torch.cos(phase), amplitude * torch.sin(phase))
-        return torch.fft.ifft2(rebuilt, dim=(-2, -1)).real.to(x.dtype)
+        return torch.fft.irfft2(rebuilt, s=(height, width), dim=(-2, -1)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"

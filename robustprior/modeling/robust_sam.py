@@ -167,6 +167,11 @@ class RobustSam(nn.Module):
         ``P x 1 x 4h x 4w`` (model input frame) -> sparse ``P x K x D``, dense ``P x D x h x w``."""
         return self.prompt_encoder(points=points, boxes=boxes, masks=masks)
 
+    def robust_image_part(self, features: ImageFeatures) -> torch.Tensor:
+        """The per-image part of the robust mask feature, ``B x D/8 x 4h x 4w``: upsampled AMFG of
+        the complementary feature plus upsampled AMFG of the final embedding."""
+        return self.robust.fusion.image_features(features.embedding, features.complementary, robust=True)
+
     def _run_transformer(
         self,
         features: ImageFeatures,
@@ -199,13 +204,16 @@ class RobustSam(nn.Module):
         multimask_output: bool | None = False,
         path: DecoderPath = "robust",
         fused: bool = False,
+        image_part: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """Decode P prompts against B encoded images.
 
         ``image_index`` (``P`` long) says which image each prompt belongs to; None means all
         prompts belong to image 0. ``multimask_output``: False -> token 0 (1 mask), True ->
         tokens 1..3 (3 masks), None -> all 4. ``fused`` (sam path) also returns the teacher's
-        fused feature for the mask-feature consistency loss.
+        fused feature for the mask-feature consistency loss. ``image_part`` (robust path): the
+        per-image part of the fusion (:meth:`robust_image_part`) when already computed, so
+        repeated prompts on one image do not recompute it.
         """
         prompts = sparse.shape[0]
         if image_index is None:
@@ -223,7 +231,8 @@ class RobustSam(nn.Module):
         fused_feature = None
         if path == "robust" or fused:
             robust = path == "robust"
-            image_part = self.robust.fusion.image_features(features.embedding, features.complementary, robust)
+            if image_part is None or not robust:
+                image_part = self.robust.fusion.image_features(features.embedding, features.complementary, robust)
             fused_feature = self.robust.fusion.mask_features(upscaled, robust) + image_part.index_select(0, image_index)
         if path == "robust":
             classifiers = self.robust.robust_mlp(self.robust.token_generation(mask_tokens))  # P x T x D/8

@@ -1,0 +1,273 @@
+"""Paired restoration data with SAM / RobustSAM structure priors attached to every item.
+
+The priors of the **degraded inputs** (lq images) are computed once, before training, through the
+prior's disk cache (:meth:`robustprior.priors.SAMPrior.precompute`); :class:`PriorIndex` then maps
+each lq file to its cache file (found by the image's content hash), and :class:`PriorPairedDataset`
+loads it per item:
+
+* ``label_map``: H x W int64 (0 = no mask, k = the k-th largest mask), at the lq image's resolution;
+* ``prior_features`` (optional): a latent map of the prior (``mask_feature`` or ``embedding``),
+  C x h x w.
+
+Training crops and flips are the :class:`~restoration.paired_data.PairedImageDataset`'s own: the
+dataset's augmentation is re-run with the same ``(seed, epoch, index)`` on a stack of the label map
+and two pixel-coordinate channels, so the label map is cropped, mirror-padded, flipped and
+transposed exactly like the image, and the coordinate channels say where every output pixel came
+from. Latent features are bilinearly sampled at those source coordinates (at the crop's pixel grid);
+at test time they are resampled over the image at their own density
+(:func:`~restoration.structure.resample_prior_features`).
+
+SAM's features cover the model's padded square input: an H x W image is resized so that its long
+side fills the square, so the feature map covers the image-plane square ``[0, S) x [0, S)`` with
+``S = max(H, W)``, the image occupying its top-left part.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from restoration.paired_data import PairedImageDataset, read_rgb
+from restoration.structure import resample_prior_features
+from robustprior.priors import RobustSAMPrior, SAMPrior, StructurePrior
+
+PRIOR_KINDS: tuple[str, ...] = ("none", "sam", "robustsam")
+PRIOR_CLASSES: dict[str, type[SAMPrior] | type[RobustSAMPrior]] = {"sam": SAMPrior, "robustsam": RobustSAMPrior}
+FEATURE_NAMES: tuple[str, ...] = ("mask_feature", "embedding")
+GENERATOR_SETTINGS: tuple[str, ...] = (
+    "points_per_side",
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "box_nms_thresh",
+    "min_mask_region_area",
+    "points_per_batch",
+)
+DEFAULT_PRIOR_OPTIONS: dict[str, Any] = {
+    "kind": "none",  # none | sam | robustsam
+    "checkpoint": "tiny",  # "tiny" (bundled), a known name (sam_vit_h, robustsam_vit_h, ...) or a file
+    "model_type": None,  # inferred from the checkpoint when None
+    "points_per_side": 32,  # automatic mask generator settings (SAM's defaults)
+    "pred_iou_thresh": 0.88,
+    "stability_score_thresh": 0.95,
+    "box_nms_thresh": 0.7,
+    "min_mask_region_area": 0,
+    "points_per_batch": 64,
+    "cache_dir": None,  # None: <run folder>/prior_cache
+    "features": None,  # None | mask_feature | embedding: the latent map handed to a "features" network
+    "num_segments": "auto",  # grey-level scale of the grayscale coding: "auto" = most masks of any image
+}
+
+
+# ----------------------------------------------------------------------------- prior index
+class LazyImages(Sequence[np.ndarray]):
+    """Image files read on access as H x W x 3 uint8 RGB (:func:`read_rgb`), so that a whole data set
+    can be handed to ``precompute`` without holding it in memory."""
+
+    def __init__(self, paths: Sequence[str | Path]) -> None:
+        self.paths = [Path(path) for path in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
+        return read_rgb(self.paths[index])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (read_rgb(path) for path in self.paths)
+
+
+@dataclass
+class PriorIndex:
+    """Where the cached prior of every lq image lives, and how the restoration network reads it.
+
+    ``files``: lq image path (as ``str(path)``) -> the prior's cache file. ``feature``: which latent
+    map items carry (None: none). ``description``: model, checkpoint, fingerprint and settings, for
+    checkpoints and reports.
+    """
+
+    kind: str
+    files: dict[str, Path]
+    feature: str | None = None
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def load(self, lq_path: str | Path) -> StructurePrior:
+        """The stored prior of the lq image at ``lq_path``."""
+        try:
+            return StructurePrior.load(self.files[str(lq_path)])
+        except KeyError:
+            raise KeyError(f"no {self.kind} prior was prepared for {lq_path}") from None
+
+    def max_segments(self, progress: bool = False) -> int:
+        """The largest mask count of any indexed image (reads every prior file once)."""
+        counts = (StructurePrior.load(path).num_masks for path in self.files.values())
+        return max(tqdm(counts, total=len(self.files), desc="scanning priors", disable=not progress), default=0)
+
+
+def complete_prior_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``options`` over :data:`DEFAULT_PRIOR_OPTIONS`, validated."""
+    completed = {**DEFAULT_PRIOR_OPTIONS, **(options or {})}
+    unknown = set(completed) - set(DEFAULT_PRIOR_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown prior option(s) {sorted(unknown)}; known: {sorted(DEFAULT_PRIOR_OPTIONS)}")
+    if completed["kind"] not in PRIOR_KINDS:
+        raise ValueError(f"prior kind must be one of {PRIOR_KINDS}, got {completed['kind']!r}")
+    if completed["features"] not in (None, *FEATURE_NAMES):
+        raise ValueError(f"prior features must be None or one of {FEATURE_NAMES}, got {completed['features']!r}")
+    if completed["num_segments"] != "auto" and not isinstance(completed["num_segments"], int):
+        raise ValueError(f"prior num_segments must be 'auto' or an integer, got {completed['num_segments']!r}")
+    return completed
+
+
+def build_prior_extractor(
+    options: Mapping[str, Any], cache_dir: str | Path, device: str | torch.device = "cpu"
+) -> SAMPrior | RobustSAMPrior:
+    """The SAM (``kind: sam``) or RobustSAM (``kind: robustsam``) prior extractor of ``options``, caching in ``cache_dir``."""
+    prior_class = PRIOR_CLASSES[options["kind"]]
+    settings = {name: options[name] for name in GENERATOR_SETTINGS}
+    return prior_class.from_pretrained(
+        options["checkpoint"], model_type=options["model_type"], device=device, cache_dir=cache_dir, **settings
+    )
+
+
+def describe_prior_model(kind: str, checkpoint: str | Path | None) -> str:
+    """Human-readable name of the model behind a prior, saying when the bundled tiny weights are missing."""
+    if kind == "none":
+        return "none"
+    from robustprior.pretrained import BUNDLED
+
+    decoder = "SAM decoder path" if kind == "sam" else "RobustSAM decoder path"
+    if checkpoint is None or str(checkpoint) in BUNDLED:
+        bundled = BUNDLED["tiny" if checkpoint is None else str(checkpoint)]
+        if bundled.is_file():
+            name = "SAM-tiny" if kind == "sam" else "RobustSAM-tiny"
+            return f"{name} (bundled {bundled.name}, {decoder})"
+        return (f"RANDOMLY INITIALISED tiny model ({decoder}): the bundled {bundled.name} was missing, "
+                "so its masks are meaningless")
+    return f"{checkpoint} ({decoder})"
+
+
+def prepare_priors(
+    options: Mapping[str, Any],
+    lq_paths: Sequence[str | Path],
+    cache_dir: str | Path,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> PriorIndex:
+    """Compute (or find in the cache) the priors of every lq image, once; returns their index.
+
+    Under ``torch.distributed`` each rank computes its share of the images (``paths[rank::world]``),
+    then every rank indexes all of them (all cache hits). Cache files are written atomically, one per
+    image, so ranks never write the same file.
+    """
+    options = complete_prior_options(options)
+    if options["kind"] == "none":
+        raise ValueError("prior kind 'none' has no priors to prepare")
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    unique_paths = list(dict.fromkeys(str(path) for path in lq_paths))
+    extractor = build_prior_extractor(options, cache_dir, device)
+    extractor.precompute(LazyImages(unique_paths[rank::world_size]), progress=progress)
+    if distributed:
+        dist.barrier()
+    files = extractor.precompute(LazyImages(unique_paths), progress=False)
+    description = {
+        "kind": options["kind"],
+        "model": describe_prior_model(options["kind"], options["checkpoint"]),
+        "checkpoint": str(options["checkpoint"]),
+        "fingerprint": extractor.fingerprint,
+        "settings": {name: options[name] for name in GENERATOR_SETTINGS},
+        "cache_folder": str(extractor.cache_folder),
+    }
+    return PriorIndex(options["kind"], dict(zip(unique_paths, files)), options["features"], description)
+
+
+# ----------------------------------------------------------------------------- geometry
+def feature_square(image_size: tuple[int, int]) -> tuple[int, int]:
+    """The image-plane square ``(S, S)``, ``S = max(H, W)``, that a SAM feature map covers."""
+    side = max(image_size)
+    return side, side
+
+
+def image_covering_features(features: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """The part of a C x h x w SAM feature map over the H x W image, at the map's own density: C x h' x w'."""
+    height, width = image_size
+    square = feature_square(image_size)
+    output_size = (
+        max(1, round(height * features.shape[-2] / square[0])),
+        max(1, round(width * features.shape[-1] / square[1])),
+    )
+    return resample_prior_features(features[None], square, output_size, region=(0.0, 0.0, height, width))[0]
+
+
+def sample_features_at(features: torch.Tensor, rows: np.ndarray, columns: np.ndarray, image_size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear samples of a C x h x w SAM feature map at the centres of image pixels ``(rows, columns)``.
+
+    ``rows`` / ``columns``: h' x w' integer pixel coordinates in the H x W image (e.g. the source of
+    every pixel of an augmented crop). Returns C x h' x w' (border replicated).
+    """
+    square_height, square_width = feature_square(image_size)
+    grid_y = torch.from_numpy((2.0 * (rows + 0.5) / square_height - 1.0).astype(np.float32))
+    grid_x = torch.from_numpy((2.0 * (columns + 0.5) / square_width - 1.0).astype(np.float32))
+    grid = torch.stack((grid_x, grid_y), dim=-1)[None].to(features.dtype)
+    return F.grid_sample(features[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+
+
+# ----------------------------------------------------------------------------- dataset
+class PriorPairedDataset(PairedImageDataset):
+    """:class:`PairedImageDataset` items plus the lq image's prior, augmented identically.
+
+    ``opt`` as :class:`PairedImageDataset`; ``priors`` None gives plain items. Items add
+    ``label_map`` (H x W int64) and, when ``priors.feature`` is set, ``prior_features`` (training:
+    C x crop x crop, sampled at the crop's pixels; test: C x h' x w' over the image).
+    """
+
+    def __init__(self, opt: dict[str, Any], priors: PriorIndex | None = None) -> None:
+        super().__init__(opt)
+        self.priors = priors
+        if priors is not None:
+            missing = [str(lq) for lq, _ in self.pairs if str(lq) not in priors.files]
+            if missing:
+                raise ValueError(f"{len(missing)} lq image(s) have no prepared {priors.kind} prior, e.g. {missing[0]}")
+
+    def augment_prior(self, label_map: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Apply item ``index``'s crop and flips to an H x W label map (current epoch).
+
+        Returns the augmented label map and, for each of its pixels, the source row and column in
+        the full image (all crop x crop; int64).
+        """
+        height, width = label_map.shape
+        rows, columns = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+        stack = np.stack([label_map, rows, columns], axis=-1).astype(np.float64)  # exact for any label / size
+        augmented, _ = self._augment(stack, stack, index)
+        label_map, rows, columns = (np.ascontiguousarray(np.rint(augmented[..., c]).astype(np.int64)) for c in range(3))
+        return label_map, rows, columns
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """As :meth:`PairedImageDataset.__getitem__`, plus ``label_map`` and optionally ``prior_features``."""
+        item = super().__getitem__(index)
+        if self.priors is None:
+            return item
+        prior = self.priors.load(item["lq_path"])
+        image_size = prior.label_map.shape
+        features = getattr(prior, self.priors.feature) if self.priors.feature else None
+        if self.phase == "train":
+            label_map, rows, columns = self.augment_prior(prior.label_map, index)
+            if features is not None:
+                item["prior_features"] = sample_features_at(features, rows, columns, image_size)
+        else:
+            label_map = prior.label_map
+            if features is not None:
+                item["prior_features"] = image_covering_features(features, image_size)
+        if label_map.shape != tuple(item["lq"].shape[-2:]):
+            raise ValueError(f"the prior of {item['lq_path']} ({image_size}) does not fit the image "
+                             f"({tuple(item['lq'].shape[-2:])}): was the file changed after its prior was computed?")
+        item["label_map"] = torch.from_numpy(label_map)
+        return item
+
