@@ -3,11 +3,22 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_LAZY_EXPORTS = {"RobustSAMPrior": ".priors", "SAMPrior": ".priors", "StructurePrior": ".priors"}
+_LAZY_EXPORTS = {
+    "RobustSAMPrior": ".priors",
+    "SAMPrior": ".priors",
+    "StructurePrior": ".priors",
+    "build_robust_sam": ".build",
+    "robust_sam_model_registry": ".build",
+    "RobustSam": ".modeling.robust_sam",
+    "RobustSamPredictor": ".predictor",
+    "RobustAutomaticMaskGenerator": ".automatic_mask_generator",
+    "load_robust_sam": ".pretrained",
+}
+__all__ = sorted(_LAZY_EXPORTS)
 
 
 def __getattr__(name: str):
-    """Import the prior API on first use (``from robustprior import RobustSAMPrior``): it pulls in
+    """Import the public API on first use (``from robustprior import RobustSAMPrior``): it pulls in
     torch and segment_anything, which a bare ``import robustprior`` does not."""
     if name in _LAZY_EXPORTS:
         import importlib
