@@ -8,7 +8,8 @@ Recipe config (YAML): the :mod:`restoration.train` options (``name``, ``manual_s
 with the prior rows' ``prior``, ``datasets``, ``train``, ``val``, ``prior`` with the automatic-mask
 settings shared by both prior rows) plus
 
-* ``task``: dehaze | deblur;  ``threads``: torch CPU threads (null: torch's default);
+* ``task``: dehaze | deblur;  ``threads``: torch CPU threads (a number, null = torch's default,
+  or auto: see :func:`resolve_threads`);
 * ``recipe.roots``: ``{train: TEMPLATE, test: TEMPLATE}``, the datasets' ``dataroot`` made from
   ``--data-root`` (``{data_root}`` is replaced), or from ``<output>/data`` for generated data;
 * ``recipe.generate``: the generated data set (absent: ``--data-root`` is required);
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import shutil
 import sys
 import time
@@ -106,12 +108,20 @@ def load_recipe_config(task: str, path: str | Path | None) -> dict[str, Any]:
     return config
 
 
-def variant_options(config: dict[str, Any], row: str, roots: dict[str, str], prior_cache: Path) -> dict[str, Any]:
-    """The :mod:`restoration.train` options of one table row (``none``, ``sam`` or ``robustsam``)."""
+def variant_options(
+    config: dict[str, Any], row: str, roots: dict[str, str] | None, prior_cache: Path
+) -> dict[str, Any]:
+    """The :mod:`restoration.train` options of one table row (``none``, ``sam`` or ``robustsam``).
+
+    ``roots``: the train / test ``dataroot`` (None: keep the config's own).
+    """
     options = {key: copy.deepcopy(value) for key, value in config.items() if key not in RECIPE_KEYS}
     options["name"] = f"{config['task']}_{row}"
     for phase in ("train", "test"):
-        options["datasets"][phase]["dataroot"] = roots[phase]
+        if roots is not None:
+            options["datasets"][phase]["dataroot"] = roots[phase]
+        if not options["datasets"][phase].get("dataroot"):
+            raise ValueError(f"datasets.{phase}.dataroot is not set: pass --data-root")
     if row == "none":
         options["network_g"]["prior"] = "none"
         options["prior"] = {"kind": "none"}
@@ -141,6 +151,24 @@ def build_parser(task: str, description: str) -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- recipe
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the platform has none)."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def resolve_threads(setting: int | str | None) -> int | None:
+    """The ``threads`` config: a number, None (torch's default) or ``"auto"``: the CPU cores not already
+    busy (core count minus the rounded 1-minute load average), at least 1. On a shared CPU, more
+    OpenMP threads than idle cores make training several times slower, not faster."""
+    if setting is None or isinstance(setting, int):
+        return setting
+    if setting != "auto":
+        raise ValueError(f"threads must be a number, null or 'auto', got {setting!r}")
+    cores = os.cpu_count() or 1
+    busy = round(_load_average() or 0.0)
+    return max(1, min(cores, cores - busy))
+
+
 def check_output(output: Path, resume: bool, overwrite: bool) -> None:
     """Refuse an output folder that holds a previous run unless resuming or overwriting; clear it for overwrite."""
     previous = [output / name for name in ("runs", *REPORT_FILES) if (output / name).exists()]
@@ -155,7 +183,7 @@ def check_output(output: Path, resume: bool, overwrite: bool) -> None:
 def run_recipe(task: str, description: str, argv: Sequence[str] | None = None) -> int:
     """The whole recipe (module docstring); returns the process exit status."""
     args = build_parser(task, description).parse_args(argv)
-    started = time.perf_counter()
+    started, load_start = time.perf_counter(), _load_average()
     config = load_recipe_config(task, args.config)
     overrides: dict[str, Any] = {"recipe": {"checkpoints": {}}}
     if args.sam_checkpoint:
@@ -172,8 +200,9 @@ def run_recipe(task: str, description: str, argv: Sequence[str] | None = None) -
     except RunExistsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if config.get("threads"):
-        torch.set_num_threads(int(config["threads"]))
+    threads = resolve_threads(config.get("threads"))
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     embedded = args.config is None and args.data_root is None and not (args.sam_checkpoint or args.robustsam_checkpoint)
     if embedded:
@@ -185,15 +214,17 @@ def run_recipe(task: str, description: str, argv: Sequence[str] | None = None) -
         print(f"warning: the bundled tiny weights {BUNDLED['tiny']} are missing: the tiny priors come from a RANDOMLY "
               "INITIALISED model and mean nothing (the report says so)", file=sys.stderr)
 
-    if args.data_root:
-        data_root, data_description = Path(args.data_root), f"real data at {args.data_root}"
-    elif config["recipe"].get("generate"):
-        data_root = output / "data"
-        data_description = ensure_generated_data(task, data_root, config["recipe"]["generate"], progress)
+    roots: dict[str, str] | None = None
+    if args.data_root or config["recipe"].get("generate"):
+        if args.data_root:
+            data_root, data_description = Path(args.data_root), f"real data at {args.data_root}"
+        else:
+            data_root = output / "data"
+            data_description = ensure_generated_data(task, data_root, config["recipe"]["generate"], progress)
+        roots = {phase: template.format(data_root=data_root) for phase, template in config["recipe"]["roots"].items()}
     else:
-        print("error: this config has no recipe.generate section: pass --data-root", file=sys.stderr)
-        return 2
-    roots = {phase: template.format(data_root=data_root) for phase, template in config["recipe"]["roots"].items()}
+        datasets = config["datasets"]
+        data_description = f"real data: train {datasets['train'].get('dataroot')}, test {datasets['test'].get('dataroot')}"
     output.mkdir(parents=True, exist_ok=True)
     write_text_atomically(output / "recipe_config.yaml", yaml.safe_dump(config, sort_keys=False))
 
@@ -207,7 +238,8 @@ def run_recipe(task: str, description: str, argv: Sequence[str] | None = None) -
         del trainer
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         setup = {"data": data_description, "embedded_defaults": embedded, "threads": torch.get_num_threads(),
-                 "wall_seconds": round(time.perf_counter() - started, 1), "command": " ".join(sys.argv)}
+                 "wall_seconds": round(time.perf_counter() - started, 1), "command": " ".join(sys.argv),
+                 "load_average": {"start": load_start, "end": _load_average()}}
         paths = write_report(task, output, run_dirs, setup, int(config["recipe"].get("grid_images", 4)))
         report = json.loads(paths["report.json"].read_text())
         print(format_table(report))

@@ -67,9 +67,10 @@ def _number(value: float | None, digits: int) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _network_description(network: Mapping[str, Any]) -> str:
-    settings = ", ".join(f"{key}={value}" for key, value in network.items() if key not in ("type", "prior"))
-    return f"{network['type']}({settings})"
+def _call_string(settings: Mapping[str, Any], skip: tuple[str, ...] = ()) -> str:
+    """``{"type": "AdamW", "lr": 0.001}`` -> ``"AdamW(lr=0.001)"``."""
+    arguments = ", ".join(f"{key}={value}" for key, value in settings.items() if key not in ("type", *skip))
+    return f"{settings.get('type', '?')}({arguments})"
 
 
 def build_report(task: str, results: Mapping[str, Mapping[str, Any]], setup: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,7 +107,7 @@ def build_report(task: str, results: Mapping[str, Mapping[str, Any]], setup: Map
         "protocol": {
             "metrics": f"{reference['metrics']['protocol']}; mean over {reference['metrics']['num_images']} test images",
             "method": paper["method"],
-            "network": _network_description(reference["network"]),
+            "network": _call_string(reference["network"], skip=("prior",)),
             "network_prior": (results.get("sam") or results.get("robustsam") or reference)["network"].get("prior"),
             "train": reference["train"],
             "test": reference["test"],
@@ -188,7 +189,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"- **Network**: {protocol['network']}.",
         f"- **Training** (each row, same seed): {train['total_iter']} iterations, batch {train['batch_size']}, "
         f"{train['crop_size']} px crops with flips/rotations, loss {train['loss']}, "
-        f"optimizer {train['optimizer']}, scheduler {train['scheduler']}; device {protocol['device']} "
+        f"{_call_string(train['optimizer'])}, {_call_string(train['scheduler'])} over the run; device {protocol['device']} "
         f"x {protocol['world_size']}.",
         f"- **Priors** (computed once on the degraded inputs, cached): {models}. Automatic mask generator "
         f"settings (both priors): {protocol['prior_settings']}.",
@@ -207,8 +208,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines.append(f"- **Warning**: {', '.join(empty)} produced no masks on any test image: such a row is the "
                      "no-prior network plus constant extra input channels.")
     if "wall_seconds" in setup:
+        load = setup.get("load_average") or {}
         lines.append(f"- **Wall time**: {setup['wall_seconds'] / 60:.1f} min for the whole recipe "
-                     f"({setup.get('threads', '?')} torch threads).")
+                     f"({setup.get('threads', '?')} torch threads; 1-minute load average {load.get('start')} at the "
+                     f"start, {load.get('end')} at the end).")
     lines += ["", "## Result", "", _ordering_sentence(report), "", "![grid](grid.png)", ""]
     return "\n".join(lines)
 

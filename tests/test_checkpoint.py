@@ -141,3 +141,20 @@ def test_unknown_name_is_refused() -> None:
         download_checkpoint("sam_vit_z")
     with pytest.raises(FileNotFoundError, match="neither a file nor a known name"):
         load_robust_sam("no/such/file.pth")
+
+
+def test_mobile_sam_checkpoint_loads_into_vit_t(tmp_path: Path) -> None:
+    """A MobileSAM state dict (mobile_sam.pt format) loads strictly into the vit_t base."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from mobile_sam import sam_model_registry as mobile_sam_registry
+
+    torch.manual_seed(0)
+    mobile = mobile_sam_registry["vit_t"]()
+    torch.save(mobile.state_dict(), tmp_path / "mobile_sam.pt")
+    ours = load_robust_sam(tmp_path / "mobile_sam.pt")
+    assert ours.config["model_type"] == "vit_t"
+    for key, value in mobile.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key

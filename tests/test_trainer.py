@@ -82,3 +82,18 @@ def test_ddp_two_processes_agree(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["ranks_agree"]
     assert len(metrics["rank_weight_hashes"]) == 2 and metrics["iterations"] == 3
+
+
+def test_cache_command_encodes_every_variant_once(tmp_path: Path, capsys) -> None:
+    from robustprior.cli import main
+
+    config = _without_validation(_config(tmp_path, 1))
+    config["data"]["train"].update(n_images=2, root=str(tmp_path / "two_scenes"))
+    config["data"]["instances_per_image"] = 1
+    config_path = tmp_path / "cache.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    assert main(["cache", str(config_path), "--output", str(tmp_path / "run")]) == 0
+    # 2 clear images + 2 images x 2 degraded variants, each encoded exactly once (clear ones reused)
+    assert "6 encoded," in capsys.readouterr().out
+    assert main(["cache", str(config_path), "--output", str(tmp_path / "run")]) == 0
+    assert "0 encoded" in capsys.readouterr().out
