@@ -56,7 +56,7 @@ def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
 def test_training_lowers_loss_and_raises_degraded_iou(tmp_path: Path) -> None:
     """A short run on two generated scenes (a learning check, not generalisation): the total loss
     falls and the robust path's IoU on degraded copies rises well above the untrained robust path."""
-    config = _config(tmp_path, 50, lr=1e-3, val_every=50)
+    config = _config(tmp_path, 100, lr=1e-3, val_every=100)
     config["data"]["train"].update(n_images=2, root=str(tmp_path / "two_scenes"))
     config["data"]["instances_per_image"] = 1
     config["data"]["val"] = config["data"]["train"]
@@ -67,7 +67,7 @@ def test_training_lowers_loss_and_raises_degraded_iou(tmp_path: Path) -> None:
     header = rows[0]
     total = [float(row[header.index("total")]) for row in rows[1:]]
     assert sum(total[-10:]) / 10 < 0.5 * sum(total[:10]) / 10
-    assert metrics["val_iou_robust"] > before + 0.1
+    assert metrics["val_iou_robust"] > before + 0.3
     assert metrics["feature_cache"]["hits"] > metrics["feature_cache"]["misses"]
 
 
