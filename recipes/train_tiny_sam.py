@@ -23,7 +23,6 @@ import copy
 import csv
 import json
 import math
-import os
 import random
 import subprocess
 import time
@@ -38,6 +37,7 @@ import yaml
 from segment_anything.modeling.transformer import Attention
 from tqdm import tqdm
 
+from robustprior.atomic import atomic_path, save_torch_atomically, write_text_atomically
 from robustprior.build import build_robust_sam
 from robustprior.checkpoint import save_checkpoint
 from robustprior.metrics import mask_iou
@@ -53,19 +53,6 @@ PAD_LABEL = -1  # SAM's label for a padding point (ignored by the prompt encoder
 
 
 # ----------------------------------------------------------------------------- files
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(handle)`` on a temporary file beside ``path``, then move it over ``path``."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def load_config(path: str | Path) -> dict:
     """The YAML recipe config as a dict."""
     with open(path) as handle:
@@ -103,8 +90,8 @@ def cached_scenes(folder: Path, seed: int, count: int) -> tuple[np.ndarray, np.n
             if str(cache["texture_source"]) == source:
                 return cache["images"], cache["instances"]
     images, instances = generate_scene_arrays(seed, count, "generating train scenes")
-    atomic_write(path, lambda handle: np.savez(handle, images=images, instances=instances,
-                                                texture_source=np.array(source)))
+    with atomic_path(path, suffix=".npz") as temporary:
+        np.savez(temporary, images=images, instances=instances, texture_source=np.array(source))
     return images, instances
 
 
@@ -353,11 +340,6 @@ def trainable_model(model_type: str, aligned_attention: bool = False) -> RobustS
     return model
 
 
-def save_training_state(path: Path, state: dict) -> None:
-    """Atomically write the training checkpoint (``torch.save`` to a temporary file, then ``os.replace``)."""
-    atomic_write(path, lambda handle: torch.save(state, handle))
-
-
 def append_rows(path: Path, columns: tuple[str, ...], rows: list[dict], keep_until: int | None = None) -> None:
     """Append ``rows`` to a CSV (header on creation); ``keep_until`` first drops rows past that iteration."""
     existing = []
@@ -393,7 +375,7 @@ def train(config: dict, output: str | Path, resume: bool = False, iterations: in
     if iterations is not None:
         config["optimizer"]["iterations"] = iterations
     torch.set_num_threads(config["threads"])
-    (output / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_text_atomically(output / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     data, batch, optimizer_config = config["data"], config["batch"], config["optimizer"]
     total = optimizer_config["iterations"]
@@ -423,11 +405,11 @@ def train(config: dict, output: str | Path, resume: bool = False, iterations: in
     append_rows(evaluation_log, EVALUATION_COLUMNS, [], keep_until=iteration)
 
     def checkpoint() -> None:
-        save_training_state(checkpoint_path, {
+        save_torch_atomically({
             "config": config, "iteration": iteration, "elapsed_seconds": elapsed,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-        })
+        }, checkpoint_path)
 
     logging = config["logging"]
     end = total if stop_after is None else min(total, stop_after)
@@ -488,7 +470,7 @@ def train(config: dict, output: str | Path, resume: bool = False, iterations: in
         "metrics": metrics, "iterations": iteration, "train_seconds": elapsed, "median_step_seconds": step_time,
         "train_scenes": data["train_scenes"], "test_scenes": data["test_scenes"], "git_commit": git_commit(),
     }
-    (output / "metrics.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomically(output / "metrics.json", json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     if export:
         export_model(model, config, summary)
@@ -510,9 +492,10 @@ def export_model(model: RobustSam, config: dict, summary: dict) -> None:
         **{name: f"{value:.4f}" if isinstance(value, float) else str(value) for name, value in metrics.items()},
     }
     save_checkpoint(model, weights_path, extra_metadata=metadata, dtype=torch.float16)
-    weights_path.chmod(0o644)  # save_checkpoint's temporary file is private (0600); the bundled file is not
     card_path = REPO_ROOT / config["export"]["model_card"]
-    card_path.write_text(model_card(config, summary, weights_path))
+    write_text_atomically(card_path, model_card(config, summary, weights_path))
+    for path in (weights_path, card_path):
+        path.chmod(0o644)  # the atomic writers' temporary files are private (0600); bundled files are not
 
 
 def model_card(config: dict, summary: dict, weights_path: Path) -> str:

@@ -138,6 +138,9 @@ def _ordering_sentence(report: Mapping[str, Any]) -> str:
     if ordering is None:
         return "The SAM / RobustSAM ordering cannot be checked: a row is missing."
     paired = ordering["paired_psnr"]
+    if ordering["robustsam_minus_sam_psnr"] == 0 and ordering["robustsam_minus_sam_ssim"] == 0:
+        return ("The paper's ordering (RobustSAM prior > SAM prior) **could not be tested**: the two rows are "
+                "identical (same masks, e.g. none at all, hence the same network inputs and training).")
     verdict = "held" if ordering["paper_ordering_held"] else "did not hold"
     sign = lambda value: f"{value:+.3f}"  # noqa: E731
     return (
@@ -206,7 +209,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     empty = [row["label"] for key, row in report["rows"].items() if key != "none" and row["mean_segments"] == 0]
     if empty:
         lines.append(f"- **Warning**: {', '.join(empty)} produced no masks on any test image: such a row is the "
-                     "no-prior network plus constant extra input channels.")
+                     "no-prior network plus constant extra input channels (its difference to the no-prior row "
+                     "comes from the different input layer and initialisation, not from structure).")
     if "wall_seconds" in setup:
         load = setup.get("load_average") or {}
         lines.append(f"- **Wall time**: {setup['wall_seconds'] / 60:.1f} min for the whole recipe "
@@ -244,7 +248,8 @@ def render_grid(task: str, results: Mapping[str, Mapping[str, Any]], run_dirs: M
                 image = read_rgb(first[name]["lq_path"])
                 title = f"{labels[column]}\n{psnr(image, target):.2f} dB"
             elif column == "gt":
-                image, title = target, f"{labels[column]}\n{name.split('/')[-1]}"
+                parts = name.split("/")
+                image, title = target, f"{labels[column]}\n{'/'.join(parts[-3::2]) if len(parts) > 2 else name}"
             else:
                 record = records[column][name]
                 image = read_rgb(Path(run_dirs[column]) / record["output"])

@@ -340,15 +340,22 @@ class RestorationTrainer:
         self.options = complete_options(options)
         self.run_dir = Path(run_dir)
         self.progress = progress and self.context.is_main
+        refusal = None
         if self.context.is_main:
-            prepare_run_dir(self.run_dir, resume, overwrite)
-        self.context.barrier()
+            try:
+                prepare_run_dir(self.run_dir, resume, overwrite)
+            except RunExistsError as error:
+                refusal = str(error)
+        refusal = self.context.all_gather(refusal)[0]  # also the barrier after rank 0's preparation
+        if refusal is not None:
+            raise RunExistsError(refusal)
         resuming = resume and (self.run_dir / CHECKPOINT_NAME).is_file()
 
         seed = int(self.options["manual_seed"])
-        seed_everything(seed + self.context.rank)
+        seed_everything(seed)  # the same on every rank: network init, and a randomly initialised prior model
         self.network = build_network(self.options["network_g"]).to(self.device)
         self.priors = self._prepare_priors()
+        seed_everything(seed + self.context.rank)  # per-rank streams for training (mask dropout)
         self.train_set, self.test_set = self._build_datasets()
         train_options = self.options["train"]
         self.loss_function = LOSSES[train_options["loss"]]

@@ -15,6 +15,12 @@ import torch
 from safetensors.torch import save_file
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[str]:
     """Yields a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
@@ -24,6 +30,7 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[str]:
     os.close(handle)
     try:
         yield temporary
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

@@ -10,7 +10,10 @@ from .hub import CHECKPOINTS, resolve_checkpoint
 from .modeling.robust_sam import RobustSam
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-BUNDLED = {"tiny": WEIGHTS_DIR / "robustsam_tiny.safetensors"}
+BUNDLED = {
+    "tiny": WEIGHTS_DIR / "robustsam_tiny.safetensors",  # RobustSAM-tiny (its "sam" path is SAM-tiny)
+    "sam_tiny": WEIGHTS_DIR / "sam_tiny.safetensors",  # SAM-tiny base, robust parts untrained
+}
 
 
 def _notice(message: str) -> None:
@@ -42,7 +45,11 @@ def load_robust_sam(checkpoint: str | Path | None = None, model_type: str | None
             if checkpoint is None:
                 _notice(f"no --checkpoint given: using the bundled {name} RobustSAM ({path.name})")
             return load_model(path).to(device).eval()
-        _notice(f"no --checkpoint given and no bundled {name} weights at {path}: "
+        if name == "tiny" and BUNDLED["sam_tiny"].is_file():
+            _notice(f"no bundled RobustSAM-tiny yet ({path.name}): using the bundled SAM-tiny base, whose robust "
+                    "parts are UNTRAINED (use the SAM path, e.g. --sam-baseline, for meaningful masks)")
+            return load_model(BUNDLED["sam_tiny"]).to(device).eval()
+        _notice(f"no bundled {name} weights at {path}: "
                 "using a RANDOMLY INITIALISED tiny model (its masks are meaningless)")
         return build_robust_sam("tiny", fourier_mode=fourier_mode).to(device).eval()
     path = resolve_checkpoint(checkpoint)

@@ -60,21 +60,37 @@ def test_train_checkpoint_and_exact_resume(recipe: ModuleType, small_config: dic
     assert not list(interrupted.glob(".*.tmp")), "temporary checkpoint files must be moved into place"
     assert not (interrupted / "metrics.json").exists()
 
+    def interrupted_save(payload: object, file: str) -> None:
+        Path(file).write_bytes(b"partial")
+        raise KeyboardInterrupt("interrupted while writing the checkpoint")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "save", interrupted_save)
+        with pytest.raises(KeyboardInterrupt):
+            recipe.train(small_config, interrupted, resume=True, export=False)
+    assert torch.load(checkpoint_path, map_location="cpu", weights_only=False)["iteration"] == 2
+    assert not list(interrupted.glob(".*.tmp")), "an interrupted write must leave no temporary file"
+
     resumed = recipe.train(small_config, interrupted, resume=True, export=False)
     assert resumed["iteration"] == 3
     assert loss_at(interrupted, 1) == loss_at(tmp_path / "full", 1)
     assert loss_at(interrupted, 3) == pytest.approx(loss_at(tmp_path / "full", 3), rel=1e-6)
 
 
-def test_atomic_write_keeps_the_old_file_on_failure(recipe: ModuleType, tmp_path: Path) -> None:
-    path = tmp_path / "checkpoint.pt"
-    recipe.save_training_state(path, {"iteration": 1})
+def test_export_writes_loadable_weights_and_card(recipe: ModuleType, small_config: dict, tmp_path: Path) -> None:
+    from robustprior.checkpoint import load_model, read_state_dict
 
-    def failing_write(handle) -> None:
-        handle.write(b"partial")
-        raise RuntimeError("interrupted while writing")
+    small_config["export"] = {"weights": str(tmp_path / "sam_tiny.safetensors"),
+                              "model_card": str(tmp_path / "sam_tiny.md")}
+    metrics = {"single_point_iou": 0.5, "single_point_oracle_iou": 0.6, "token0_iou": 0.4, "box_iou": 0.7,
+               "objects": 3}
+    summary = {"metrics": metrics, "iterations": 3, "train_seconds": 1.0, "median_step_seconds": 0.3,
+               "train_scenes": 4, "test_scenes": 1, "git_commit": "abc"}
+    recipe.export_model(recipe.trainable_model("tiny", aligned_attention=True), small_config, summary)
 
-    with pytest.raises(RuntimeError):
-        recipe.atomic_write(path, failing_write)
-    assert torch.load(path, weights_only=False) == {"iteration": 1}
-    assert not list(tmp_path.glob(".*.tmp"))
+    model = load_model(tmp_path / "sam_tiny.safetensors")
+    assert torch.equal(model.robust.output_tokens.weight, model.mask_decoder.mask_tokens.weight)
+    metadata = read_state_dict(tmp_path / "sam_tiny.safetensors")[1]
+    assert metadata["trained_by"] == "recipes/train_tiny_sam.py"
+    assert metadata["single_point_iou"] == "0.5000"
+    assert "| 0.5000 |" in (tmp_path / "sam_tiny.md").read_text()
