@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from restoration.metrics import METRIC_PROTOCOL, psnr  # noqa: E402
+from restoration.metrics import psnr, ssim  # noqa: E402
 from restoration.paired_data import read_rgb  # noqa: E402
 from restoration.train import RESULTS_NAME, write_json  # noqa: E402
 from robustprior.atomic import atomic_path, write_text_atomically  # noqa: E402
@@ -61,6 +61,15 @@ def _paired_difference(first: Mapping[str, Any], second: Mapping[str, Any]) -> d
     spread = statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else math.nan
     return {"images": len(differences), "mean_db": statistics.fmean(differences), "standard_error_db": spread,
             "wins": sum(difference > 0 for difference in differences)}
+
+
+def _input_scores(result: Mapping[str, Any]) -> dict[str, float]:
+    """Mean PSNR / SSIM of the degraded inputs themselves against the ground truth (no restoration)."""
+    pairs = [(read_rgb(record["lq_path"]), read_rgb(record["gt_path"])) for record in result["metrics"]["per_image"]]
+    if not pairs:
+        return {"psnr": math.nan, "ssim": math.nan}
+    return {"psnr": statistics.fmean(psnr(lq, gt) for lq, gt in pairs),
+            "ssim": statistics.fmean(ssim(lq, gt) for lq, gt in pairs)}
 
 
 def _number(value: float | None, digits: int) -> str:
@@ -116,6 +125,7 @@ def build_report(task: str, results: Mapping[str, Mapping[str, Any]], setup: Map
             "device": reference["device"],
             "world_size": reference["world_size"],
         },
+        "degraded_input": _input_scores(reference),
         "paper": {"table": "RobustSAM (CVPR 2024) Table 8", "sam": paper["sam"], "robustsam": paper["robustsam"]},
         "setup": dict(setup),
     }
@@ -187,6 +197,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"- **Metrics**: {protocol['metrics']}.",
         f"- **Data**: {setup.get('data', protocol['test']['dataroot'])}; {train['num_pairs']} training pairs, "
         f"{protocol['test']['num_pairs']} test pairs (full images).",
+        f"- **Degraded input** (no restoration) scores {_number(report['degraded_input']['psnr'], 3)} dB / "
+        f"{_number(report['degraded_input']['ssim'], 4)} on the same test images.",
         f"- **Method**: {protocol['method']}; prior rows use `prior: {protocol['network_prior']}`, the no-prior row "
         "the same network without prior input.",
         f"- **Network**: {protocol['network']}.",

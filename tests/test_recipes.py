@@ -42,7 +42,7 @@ def toy_config(task: str, folder: Path) -> Path:
     config["network_g"].update(width=4, enc_blocks=[1, 1], dec_blocks=[1, 1])
     config["datasets"]["train"]["crop_size"] = 32
     config["train"]["batch_size"] = 2
-    config["prior"]["points_per_side"] = 2
+    config["prior"].update(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0)  # some masks even untrained
     path = folder / f"{task}_toy.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
