@@ -24,14 +24,7 @@ SMALL_SCENES = {"image_size": [96, 128], "object_count_range": [1, 3]}
 # ----------------------------------------------------------------------------- fixtures and helpers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """The tiny model's operations are too small to gain from threads, and on a shared CPU the extra
-    thread makes them several times slower (measured: ~16 s vs ~100 s for this module under load)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,7 @@ from restoration.archs.nafnet import local_average_pool
 from restoration.structure import drop_masks
 from robustprior._basicsr import ARCH_REGISTRY
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tiny networks run ~10x faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 SMALL = {"width": 8, "enc_blocks": (1, 1), "middle_blocks": 1, "dec_blocks": (1, 1)}

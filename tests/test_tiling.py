@@ -10,13 +10,7 @@ from restoration.structure import resample_prior_features
 from restoration.tiling import tiled_forward
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small convolutions run much faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _image(height: int = 70, width: int = 90, seed: int = 0) -> torch.Tensor:
