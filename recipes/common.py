@@ -40,8 +40,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `python recipes/dehaze.py` from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
+from restoration.datasets import describe_prior_model  # noqa: E402
 from restoration.report import ROWS, format_table, write_report  # noqa: E402
-from restoration.train import RestorationTrainer, RunExistsError, load_options  # noqa: E402
+from restoration.train import RestorationTrainer, RunExistsError, load_options, setup_distributed  # noqa: E402
 from robustprior.atomic import write_text_atomically  # noqa: E402
 from robustprior.pretrained import BUNDLED  # noqa: E402
 from robustprior.scenes import SceneConfig, write_gopro_dataset, write_sots_dataset  # noqa: E402
@@ -194,49 +195,59 @@ def run_recipe(task: str, description: str, argv: Sequence[str] | None = None) -
         overrides["train"] = {"total_iter": args.iterations}
     config = merge_config(config, overrides)
     output = Path(args.output)
-    progress = not args.no_progress
-    try:
-        check_output(output, args.resume, args.overwrite)
-    except RunExistsError as error:
-        print(f"error: {error}", file=sys.stderr)
+    context = setup_distributed(args.device)  # under torchrun: rank 0 prepares folders and data, the others wait
+    progress = not args.no_progress and context.is_main
+    refusal = None
+    if context.is_main:
+        try:
+            check_output(output, args.resume, args.overwrite)
+        except RunExistsError as error:
+            refusal = str(error)
+    refusal = context.all_gather(refusal)[0]
+    if refusal is not None:
+        print(f"error: {refusal}", file=sys.stderr)
         return 2
     threads = resolve_threads(config.get("threads"))
     if threads is not None:
         torch.set_num_threads(threads)
 
     embedded = args.config is None and args.data_root is None and not (args.sam_checkpoint or args.robustsam_checkpoint)
-    if embedded:
+    if embedded and context.is_main:
         print(f"Using the embedded defaults: bundled tiny SAM/RobustSAM models ({BUNDLED['tiny'].name}) on generated "
               f"{'SOTS' if task == 'dehaze' else 'GoPro'}-like data (recipes/configs/{task}_default.yaml); "
               "see --help for real data, real models and the full-scale config.")
-    if any(str(checkpoint) == "tiny" for checkpoint in config["recipe"]["checkpoints"].values()) \
-            and not BUNDLED["tiny"].is_file():
-        print(f"warning: the bundled tiny weights {BUNDLED['tiny']} are missing: the tiny priors come from a RANDOMLY "
-              "INITIALISED model and mean nothing (the report says so)", file=sys.stderr)
+    for row, checkpoint in config["recipe"]["checkpoints"].items():
+        model = describe_prior_model(row, checkpoint)
+        if context.is_main and ("RANDOMLY INITIALISED" in model or "UNTRAINED" in model):
+            print(f"warning: {dict(ROWS)[row]}: {model} (the report says so)", file=sys.stderr)
 
     roots: dict[str, str] | None = None
     if args.data_root or config["recipe"].get("generate"):
         if args.data_root:
             data_root, data_description = Path(args.data_root), f"real data at {args.data_root}"
         else:
-            data_root = output / "data"
-            data_description = ensure_generated_data(task, data_root, config["recipe"]["generate"], progress)
+            data_root, data_description = output / "data", "generated data"
+            if context.is_main:
+                data_description = ensure_generated_data(task, data_root, config["recipe"]["generate"], progress)
         roots = {phase: template.format(data_root=data_root) for phase, template in config["recipe"]["roots"].items()}
     else:
         datasets = config["datasets"]
         data_description = f"real data: train {datasets['train'].get('dataroot')}, test {datasets['test'].get('dataroot')}"
-    output.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(output / "recipe_config.yaml", yaml.safe_dump(config, sort_keys=False))
+    if context.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(output / "recipe_config.yaml", yaml.safe_dump(config, sort_keys=False))
+    context.barrier()
 
     run_dirs: dict[str, Path] = {}
     for row, label in ROWS:
-        print(f"== {label} ==", flush=True)
+        if context.is_main:
+            print(f"== {label} ==", flush=True)
         run_dirs[row] = output / "runs" / row
         trainer = RestorationTrainer(variant_options(config, row, roots, output / "prior_cache"), run_dirs[row],
                                      resume=args.resume, overwrite=args.overwrite, device=args.device, progress=progress)
         trainer.run()
         del trainer
-    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+    if context.is_main:
         setup = {"data": data_description, "embedded_defaults": embedded, "threads": torch.get_num_threads(),
                  "wall_seconds": round(time.perf_counter() - started, 1), "command": " ".join(sys.argv),
                  "load_average": {"start": load_start, "end": _load_average()}}

@@ -137,20 +137,28 @@ def build_prior_extractor(
 
 
 def describe_prior_model(kind: str, checkpoint: str | Path | None) -> str:
-    """Human-readable name of the model behind a prior, saying when the bundled tiny weights are missing."""
+    """Human-readable name of the model behind a prior, following :func:`robustprior.pretrained.load_robust_sam`'s
+    choice among the bundled files (RobustSAM-tiny, else the SAM-tiny base, else a random initialisation)."""
     if kind == "none":
         return "none"
     from robustprior.pretrained import BUNDLED
 
     decoder = "SAM decoder path" if kind == "sam" else "RobustSAM decoder path"
-    if checkpoint is None or str(checkpoint) in BUNDLED:
-        bundled = BUNDLED["tiny" if checkpoint is None else str(checkpoint)]
-        if bundled.is_file():
-            name = "SAM-tiny" if kind == "sam" else "RobustSAM-tiny"
-            return f"{name} (bundled {bundled.name}, {decoder})"
+    name = "tiny" if checkpoint is None else str(checkpoint)
+    if name not in BUNDLED:
+        return f"{checkpoint} ({decoder})"
+    if name == "tiny" and not BUNDLED["tiny"].is_file() and BUNDLED["sam_tiny"].is_file():
+        name = "sam_tiny"  # load_robust_sam's fallback
+    bundled = BUNDLED[name]
+    if not bundled.is_file():
         return (f"RANDOMLY INITIALISED tiny model ({decoder}): the bundled {bundled.name} was missing, "
                 "so its masks are meaningless")
-    return f"{checkpoint} ({decoder})"
+    if name == "sam_tiny":
+        if kind == "sam":
+            return f"SAM-tiny (bundled {bundled.name}, {decoder})"
+        return (f"SAM-tiny base with an UNTRAINED robust path (bundled {bundled.name}; "
+                f"{BUNDLED['tiny'].name} was missing): not RobustSAM")
+    return f"{'SAM-tiny' if kind == 'sam' else 'RobustSAM-tiny'} (bundled {bundled.name}, {decoder})"
 
 
 def prepare_priors(

@@ -152,13 +152,16 @@ def _ordering_sentence(report: Mapping[str, Any]) -> str:
         return ("The paper's ordering (RobustSAM prior > SAM prior) **could not be tested**: the two rows are "
                 "identical (same masks, e.g. none at all, hence the same network inputs and training).")
     verdict = "held" if ordering["paper_ordering_held"] else "did not hold"
+    models = " ".join(row["prior_model"] for row in report["rows"].values())
+    caveat = (" This is not a test of the paper's claim: a prior model was untrained or random (see the warnings)."
+              if "UNTRAINED" in models or "RANDOMLY INITIALISED" in models else "")
     sign = lambda value: f"{value:+.3f}"  # noqa: E731
     return (
         f"The paper's ordering (RobustSAM prior > SAM prior in PSNR and SSIM) **{verdict}** here: RobustSAM minus "
         f"SAM is {sign(ordering['robustsam_minus_sam_psnr'])} dB PSNR and {sign(ordering['robustsam_minus_sam_ssim'])} "
         f"SSIM (paired per image: {sign(paired['mean_db'])} ± {paired['standard_error_db']:.3f} dB standard error, "
         f"RobustSAM better on {paired['wins']} of {paired['images']} images). One training run per row (one seed): "
-        "differences within about two standard errors are not evidence either way."
+        "differences within about two standard errors are not evidence either way." + caveat
     )
 
 
@@ -218,6 +221,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if any("RANDOMLY INITIALISED" in row["prior_model"] for row in report["rows"].values()):
         lines.append("- **Warning**: a prior came from a RANDOMLY INITIALISED tiny model (bundled weights missing): "
                      "its masks carry no image structure, so its row measures nothing about SAM or RobustSAM.")
+    if any("UNTRAINED robust path" in row["prior_model"] for row in report["rows"].values()):
+        lines.append("- **Warning**: the RobustSAM row used the SAM-tiny base with an UNTRAINED robust path (the "
+                     "bundled RobustSAM-tiny was missing): it is not a RobustSAM prior, so the SAM / RobustSAM "
+                     "comparison below does not test the paper's claim.")
     empty = [row["label"] for key, row in report["rows"].items() if key != "none" and row["mean_segments"] == 0]
     if empty:
         lines.append(f"- **Warning**: {', '.join(empty)} produced no masks on any test image: such a row is the "
