@@ -30,7 +30,6 @@ test images). Command line::
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import math
@@ -56,6 +55,7 @@ from tqdm.auto import tqdm
 
 import restoration.archs  # noqa: F401  (registers the networks in ARCH_REGISTRY)
 from restoration.archs import SAMDeblurNet, SAMGuidedDehazeNet
+from robustprior.csv_log import append_csv, truncate_csv
 from restoration.datasets import PriorIndex, PriorPairedDataset, complete_prior_options, prepare_priors
 from restoration.metrics import MetricAccumulator, tensor_to_uint8
 from restoration.tiling import tiled_forward
@@ -201,26 +201,6 @@ def epoch_batches(num_items: int, batch_size: int, epoch: int, seed: int) -> lis
     while len(order) < num_batches * batch_size:
         order.extend(rng.permutation(num_items).tolist())
     return [order[batch * batch_size : (batch + 1) * batch_size] for batch in range(num_batches)]
-
-
-def append_csv(path: Path, row: Mapping[str, Any]) -> None:
-    """Append ``row`` to a CSV file, writing the header first when the file is new."""
-    new = not path.exists()
-    with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def truncate_csv(path: Path, iteration: int) -> None:
-    """Drop the rows of a log written after ``iteration`` (a resumed run redoes them)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    kept = rows[:1] + [row for row in rows[1:] if int(row[0]) <= iteration]
-    write_text_atomically(path, "".join(",".join(row) + "\n" for row in kept))
 
 
 def write_rgb_png(path: Path, image: np.ndarray) -> None:

@@ -13,7 +13,6 @@ What is saved under DIR: ``config.yaml``; ``log.csv`` (every logged step) and ``
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import json
 import math
@@ -34,6 +33,7 @@ from tqdm import tqdm
 
 from .atomic import save_torch_atomically
 from .build import build_robust_sam
+from .csv_log import append_csv, truncate_csv
 from .checkpoint import load_model, read_state_dict, save_checkpoint
 from .datasets import RobustSegmentationDataset
 from .degrade import DEGRADATIONS, RandomDegradation
@@ -323,25 +323,11 @@ class RobustSamTrainer:
     def _truncate_log(self, iteration: int) -> None:
         """Drop log rows written after the checkpoint we resume from (they will be redone)."""
         for name in ("log.csv", "val_log.csv"):
-            log = self.output_dir / name
-            if not log.exists():
-                continue
-            with open(log) as handle:
-                rows = list(csv.reader(handle))
-            kept = [rows[0]] + [row for row in rows[1:] if int(row[0]) <= iteration]
-            with open(log, "w", newline="") as handle:
-                csv.writer(handle).writerows(kept)
+            truncate_csv(self.output_dir / name, iteration)
 
     def _log(self, row: dict[str, float], name: str = "log.csv") -> None:
-        if not self.is_main:
-            return
-        log = self.output_dir / name
-        new = not log.exists()
-        with open(log, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        if self.is_main:
+            append_csv(self.output_dir / name, row)
 
     # ------------------------------------------------------------------ loops
     def _autocast(self):
