@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from robustprior._basicsr import DATASET_REGISTRY
+from robustprior.image_io import read_native_rgb, read_rgb_image
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 SOTS_HAZY_FOLDERS: tuple[str, ...] = ("hazy",)
@@ -34,43 +34,15 @@ LISTED_UNMATCHED = 5  # how many unmatched file names an error message spells ou
 
 
 # ----------------------------------------------------------------------------- reading
-def _read_native(path: str | Path) -> np.ndarray:
-    """H x W x 3 RGB in the file's own dtype (uint8, uint16 or float32); alpha dropped, grayscale tripled.
-
-    Decoded with ``cv2.IMREAD_UNCHANGED`` (no EXIF rotation, full bit depth).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file {path} does not exist")
-    encoded = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED) if encoded.size else None
-    if image is None:
-        raise ValueError(f"cannot decode image file {path} (corrupt or not an image)")
-    if image.dtype not in (np.uint8, np.uint16, np.float32):
-        raise ValueError(f"image file {path} has unsupported sample type {image.dtype}")
-    if image.ndim == 2:
-        image = image[..., None]
-    channels = image.shape[2]
-    if channels in (1, 2):  # gray, gray + alpha
-        return np.repeat(image[..., :1], 3, axis=2)
-    if channels in (3, 4):  # BGR, BGRA
-        return np.ascontiguousarray(image[..., 2::-1])
-    raise ValueError(f"image file {path} has {channels} channels; expected 1-4")
-
-
 def read_rgb(path: str | Path) -> np.ndarray:
     """H x W x 3 uint8 RGB. 16-bit samples become ``round(v / 257)`` (the inverse of the usual 8->16 ``v * 257``);
     float samples are clipped to [0, 1] and scaled by 255."""
-    image = _read_native(path)
-    if image.dtype == np.uint8:
-        return image
-    scaled = image / 257.0 if image.dtype == np.uint16 else np.clip(image, 0.0, 1.0) * 255.0
-    return np.rint(scaled).astype(np.uint8)
+    return read_rgb_image(path)
 
 
 def read_rgb_float(path: str | Path) -> np.ndarray:
     """H x W x 3 float32 RGB in [0, 1] at full precision (8-bit / 255, 16-bit / 65535, float clipped)."""
-    image = _read_native(path)
+    image = read_native_rgb(path)
     if image.dtype == np.float32:
         return np.clip(image, 0.0, 1.0)
     return (image.astype(np.float32) / float(np.iinfo(image.dtype).max)).astype(np.float32)

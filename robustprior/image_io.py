@@ -7,13 +7,38 @@ import cv2
 import numpy as np
 
 
-def to_rgb_uint8(image: np.ndarray, source: str = "image") -> np.ndarray:
-    """Normalise a decoded array to ``H x W x 3`` uint8 RGB (input channel order RGB).
+def read_native_rgb(path: str | Path) -> np.ndarray:
+    """``H x W x 3`` RGB in the file's own sample type (uint8, uint16 or float32); alpha dropped,
+    grayscale tripled. Decoded with ``cv2.IMREAD_UNCHANGED`` (full bit depth, no EXIF rotation)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {path} does not exist")
+    encoded = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED) if encoded.size else None
+    if image is None:
+        raise ValueError(f"cannot decode image file {path} (corrupt or not an image)")
+    if image.dtype not in (np.uint8, np.uint16, np.float32):
+        raise ValueError(f"image file {path} has unsupported sample type {image.dtype}")
+    if image.ndim == 2:
+        image = image[..., None]
+    channels = image.shape[2]
+    if channels in (1, 2):  # gray, gray + alpha
+        return np.repeat(image[..., :1], 3, axis=2)
+    if channels in (3, 4):  # BGR, BGRA
+        return np.ascontiguousarray(image[..., 2::-1])
+    raise ValueError(f"image file {path} has {channels} channels; expected 1-4")
 
-    Grayscale is replicated, RGBA loses its alpha, 16-bit is scaled by 255/65535 and rounded.
+
+def to_rgb_uint8(image: np.ndarray, source: str = "image") -> np.ndarray:
+    """Normalise a decoded RGB array to ``H x W x 3`` uint8.
+
+    Grayscale is replicated, RGBA loses its alpha, 16-bit becomes ``round(v / 257)`` (the inverse of
+    the usual 8 -> 16 bit ``v * 257``), float samples are clipped to [0, 1] and scaled by 255.
     """
     if image.dtype == np.uint16:
-        image = np.round(image.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+        image = np.rint(image / 257.0).astype(np.uint8)
+    elif image.dtype in (np.float32, np.float64):
+        image = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise ValueError(f"{source}: unsupported pixel type {image.dtype} (expected 8- or 16-bit)")
     if image.ndim == 2:
@@ -26,19 +51,9 @@ def to_rgb_uint8(image: np.ndarray, source: str = "image") -> np.ndarray:
 
 
 def read_rgb_image(path: str | Path) -> np.ndarray:
-    """Read an image file as ``H x W x 3`` uint8 RGB; unreadable or corrupt files raise ``ValueError``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise ValueError(f"cannot decode image {path}: the file is corrupt or not an image")
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = image[:, :, ::-1]
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = image[:, :, [2, 1, 0, 3]]
-    return to_rgb_uint8(image, str(path))
+    """Read an image file as ``H x W x 3`` uint8 RGB (see :func:`to_rgb_uint8`); a missing file raises
+    ``FileNotFoundError``, an unreadable or corrupt one ``ValueError`` naming it."""
+    return to_rgb_uint8(read_native_rgb(path), str(path))
 
 
 def load_image(spec: str | Path) -> tuple[np.ndarray, str]:
