@@ -356,12 +356,15 @@ def append_rows(path: Path, columns: tuple[str, ...], rows: list[dict], keep_unt
 
 # ----------------------------------------------------------------------------- training
 def train(config: dict, output: str | Path, resume: bool = False, iterations: int | None = None,
-          stop_after: int | None = None, export: bool = True) -> dict:
+          stop_after: int | None = None, export: bool = True, threads: int | None = None) -> dict:
     """Run (or resume) the recipe; returns ``{"iteration", "last_loss", "metrics", ...}``.
 
-    ``iterations`` overrides the schedule length; ``stop_after`` ends the run early at that
-    iteration with a checkpoint (as an interruption would); ``export`` writes the weights and model
-    card named in ``config["export"]`` after the final evaluation."""
+    ``iterations`` overrides the schedule length (resuming with a longer one restarts the cosine
+    from where the longer schedule stands); ``threads`` overrides ``config["threads"]``;
+    ``stop_after`` ends the run early at that iteration with a checkpoint (as an interruption
+    would); ``export`` writes the weights and model card named in ``config["export"]`` after the
+    final evaluation. Every call appends ``{start_iteration, schedule_iterations, threads}`` to
+    ``config["history"]`` (saved in the checkpoint) for the model card."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     checkpoint_path = output / CHECKPOINT_NAME
@@ -374,6 +377,12 @@ def train(config: dict, output: str | Path, resume: bool = False, iterations: in
     config = copy.deepcopy(config)
     if iterations is not None:
         config["optimizer"]["iterations"] = iterations
+    if threads is not None:
+        config["threads"] = threads
+    # one entry per invocation, so the model card can print the exact commands that made the weights
+    config.setdefault("history", []).append({
+        "start_iteration": 0 if state is None else int(state["iteration"]),
+        "schedule_iterations": int(config["optimizer"]["iterations"]), "threads": int(config["threads"])})
     torch.set_num_threads(config["threads"])
     write_text_atomically(output / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
@@ -498,6 +507,37 @@ def export_model(model: RobustSam, config: dict, summary: dict) -> None:
         path.chmod(0o644)  # the atomic writers' temporary files are private (0600); bundled files are not
 
 
+def export_finished_run(output: str | Path) -> None:
+    """Export the weights and model card of a finished run in ``output`` (one trained with ``--no-export``)."""
+    output = Path(output)
+    state = torch.load(output / CHECKPOINT_NAME, map_location="cpu", weights_only=False)
+    config = state["config"]
+    if state["iteration"] < config["optimizer"]["iterations"]:
+        raise ValueError(f"{output} stopped at iteration {state['iteration']} of {config['optimizer']['iterations']}; "
+                         "finish it with --resume first")
+    summary = json.loads((output / "metrics.json").read_text())
+    if summary["iterations"] != state["iteration"]:
+        raise ValueError(f"{output / 'metrics.json'} is for iteration {summary['iterations']}, the checkpoint for "
+                         f"{state['iteration']}")
+    model = trainable_model(config["model_type"])
+    model.load_state_dict(state["model"])
+    export_model(model.eval(), config, summary)
+
+
+def reproduce_commands(config: dict) -> str:
+    """The commands that re-run a run's schedule history (one per invocation)."""
+    commands = []
+    for entry in config.get("history") or [{"start_iteration": 0,
+                                            "schedule_iterations": config["optimizer"]["iterations"],
+                                            "threads": config["threads"]}]:
+        command = "python recipes/train_tiny_sam.py --config recipes/configs/tiny_sam.yaml --output runs/tiny_sam"
+        if entry["start_iteration"] > 0:
+            command += " --resume"
+        command += f" --iterations {entry['schedule_iterations']} --threads {entry['threads']}"
+        commands.append(command)
+    return "\n".join(commands)
+
+
 def model_card(config: dict, summary: dict, weights_path: Path) -> str:
     """The markdown model card of an exported run."""
     data, batch, metrics = config["data"], config["batch"], summary["metrics"]
@@ -527,10 +567,11 @@ bf16 autocast {config['optimizer']['bf16_autocast']}, decoder attention initiali
 (CPU threads: {config['threads']}; median step {summary['median_step_seconds']:.2f} s, shared CPU).
 Git commit `{summary['git_commit']}`. Full config: `recipes/configs/tiny_sam.yaml`.
 
-Reproduce:
+Reproduce (one command per invocation of the run; a resume with a longer `--iterations` continues the
+cosine schedule of that length from where it stands, i.e. a warm restart):
 
 ```
-python recipes/train_tiny_sam.py --config recipes/configs/tiny_sam.yaml --output runs/tiny_sam
+{reproduce_commands(config)}
 ```
 
 ## Held-out metrics (mean IoU over {metrics['objects']} objects)
@@ -552,10 +593,17 @@ def main() -> None:
                         help="continue from OUTPUT/checkpoint.pt (with the config stored in it)")
     parser.add_argument("--iterations", type=int, help="override the schedule length")
     parser.add_argument("--stop-after", type=int, help="stop (with a checkpoint) at this iteration")
+    parser.add_argument("--threads", type=int, help="override the config's CPU thread count")
     parser.add_argument("--no-export", action="store_true", help="do not write the weights and model card")
+    parser.add_argument("--export-only", action="store_true",
+                        help="only export the finished run in --output (trained with --no-export)")
     arguments = parser.parse_args()
+    if arguments.export_only:
+        export_finished_run(arguments.output)
+        return
     train(load_config(arguments.config), arguments.output, resume=arguments.resume, iterations=arguments.iterations,
-          stop_after=arguments.stop_after, export=not arguments.no_export)
+          stop_after=arguments.stop_after, export=not arguments.no_export,
+          threads=arguments.threads)
 
 
 if __name__ == "__main__":

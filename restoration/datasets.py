@@ -253,7 +253,7 @@ class PriorPairedDataset(PairedImageDataset):
         height, width = label_map.shape
         rows, columns = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
         stack = np.stack([label_map, rows, columns], axis=-1).astype(np.float64)  # exact for any label / size
-        augmented, _ = self._augment(stack, stack, index)
+        augmented, _ = self.augment(stack, stack, index)
         label_map, rows, columns = (np.ascontiguousarray(np.rint(augmented[..., c]).astype(np.int64)) for c in range(3))
         return label_map, rows, columns
 

@@ -272,8 +272,9 @@ class PairedImageDataset(Dataset):
         lq_path = self.pairs[index][0]
         return lq_path.relative_to(self.root).with_suffix("").as_posix()
 
-    def _augment(self, lq: np.ndarray, gt: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Aligned random crop and dihedral augmentation of H x W x 3 lq and gt."""
+    def augment(self, lq: np.ndarray, gt: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Aligned random crop and dihedral augmentation of H x W x C lq and gt: item ``index``'s draw
+        for the current epoch, so any other array of that item (e.g. a prior map) can get the same."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, index]))
         images = [lq, gt]
         if self.crop_size is not None:
@@ -297,7 +298,7 @@ class PairedImageDataset(Dataset):
         lq = read_rgb_float(pair[0])
         gt = _match_clean_size(lq, read_rgb_float(pair[1]), pair)
         if self.phase == "train":
-            lq, gt = self._augment(lq, gt, index)
+            lq, gt = self.augment(lq, gt, index)
         return {
             "lq": _to_tensor(lq),
             "gt": _to_tensor(gt),

@@ -64,6 +64,7 @@ import numpy as np
 
 __all__ = [
     "DEGRADATIONS",
+    "DEGRADATIONS_VERSION",
     "RandomDegradation",
     "brightness",
     "color_jitter",
@@ -455,6 +456,10 @@ _DEGRADATION_FUNCTIONS: dict[str, DegradationFunction] = {
 }
 DEGRADATIONS: tuple[str, ...] = tuple(_DEGRADATION_FUNCTIONS)
 """The 16 kinds, identity first, in the order of the module table."""
+
+DEGRADATIONS_VERSION = 1
+"""Bump whenever any kind's output for a given (image, seed, severity) changes: cached features of
+degraded images (:mod:`robustprior.trainer`) are keyed by it, so old entries stop being used."""
 
 
 # --------------------------------------------------------------------------- public entry points

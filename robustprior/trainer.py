@@ -36,7 +36,7 @@ from .build import build_robust_sam
 from .csv_log import append_csv, truncate_csv
 from .checkpoint import load_model, read_state_dict, save_checkpoint
 from .datasets import RobustSegmentationDataset
-from .degrade import DEGRADATIONS, RandomDegradation
+from .degrade import DEGRADATIONS, DEGRADATIONS_VERSION, RandomDegradation
 from .feature_cache import FeatureCache, image_hash
 from .losses import LossWeights, robust_sam_losses
 from .modeling.robust_sam import ImageFeatures, RobustSam
@@ -250,7 +250,7 @@ class RobustSamTrainer:
         """Clear features, degraded features, prompts and degradation names for dataset items."""
         items = [dataset[i] for i in indices]
         clear_keys = [image_hash(item["clear_image"]) for item in items]
-        spec = repr(self.degradation)
+        spec = f"v{DEGRADATIONS_VERSION}|{self.degradation!r}"  # code version + kinds / severity / identity share
         degraded_keys, degraded_images = [], []
         for item, index, clear_key in zip(items, indices, clear_keys):
             seed = self._degradation_seed(dataset, index, variant)

@@ -158,3 +158,31 @@ def test_mobile_sam_checkpoint_loads_into_vit_t(tmp_path: Path) -> None:
     assert ours.config["model_type"] == "vit_t"
     for key, value in mobile.state_dict().items():
         assert torch.equal(ours.state_dict()[key], value), key
+
+
+def test_bundled_tiny_default_and_its_fallbacks(tiny: torch.nn.Module, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """No checkpoint -> the bundled RobustSAM-tiny, said in one line; without it SAM-tiny with a warning
+    about the untrained robust parts; without both a random model, said as loudly."""
+    from robustprior import pretrained
+
+    robust_file, base_file = tmp_path / "robustsam_tiny.safetensors", tmp_path / "sam_tiny.safetensors"
+    save_checkpoint(tiny, robust_file)
+    save_checkpoint(tiny, base_file)
+    monkeypatch.setitem(pretrained.BUNDLED, "tiny", robust_file)
+    monkeypatch.setitem(pretrained.BUNDLED, "sam_tiny", base_file)
+
+    loaded = load_robust_sam()
+    notice = capsys.readouterr().err
+    assert notice.count("\n") == 1 and "robustsam_tiny.safetensors" in notice
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in tiny.state_dict().items())
+    load_robust_sam("tiny")
+    assert capsys.readouterr().err == ""  # asked for by name: nothing to say
+
+    robust_file.unlink()
+    load_robust_sam()
+    assert "UNTRAINED" in capsys.readouterr().err
+    base_file.unlink()
+    random_model = load_robust_sam()
+    assert "RANDOMLY INITIALISED" in capsys.readouterr().err
+    assert random_model.config["model_type"] == "tiny"

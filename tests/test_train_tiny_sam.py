@@ -94,3 +94,29 @@ def test_export_writes_loadable_weights_and_card(recipe: ModuleType, small_confi
     assert metadata["trained_by"] == "recipes/train_tiny_sam.py"
     assert metadata["single_point_iou"] == "0.5000"
     assert "| 0.5000 |" in (tmp_path / "sam_tiny.md").read_text()
+
+
+def test_extended_schedule_history_and_export_of_finished_run(recipe: ModuleType, small_config: dict,
+                                                              tmp_path: Path) -> None:
+    from robustprior.checkpoint import load_model
+
+    small_config["export"] = {"weights": str(tmp_path / "w.safetensors"), "model_card": str(tmp_path / "w.md")}
+    run = tmp_path / "run"
+    recipe.train(small_config, run, stop_after=2, export=False)
+    with pytest.raises(ValueError, match="stopped at iteration 2 of 3"):
+        recipe.export_finished_run(run)
+    assert recipe.train(small_config, run, resume=True, iterations=4, threads=1, export=False)["iteration"] == 4
+
+    state = torch.load(run / recipe.CHECKPOINT_NAME, map_location="cpu", weights_only=False)
+    assert state["config"]["history"] == [
+        {"start_iteration": 0, "schedule_iterations": 3, "threads": small_config["threads"]},
+        {"start_iteration": 2, "schedule_iterations": 4, "threads": 1},
+    ]
+    recipe.export_finished_run(run)
+    card = (tmp_path / "w.md").read_text()
+    assert f"--output runs/tiny_sam --iterations 3 --threads {small_config['threads']}\n" in card
+    assert "--output runs/tiny_sam --resume --iterations 4 --threads 1\n" in card
+    exported = load_model(tmp_path / "w.safetensors")
+    trained = state["model"]["mask_decoder.iou_prediction_head.layers.0.weight"]
+    assert torch.allclose(exported.state_dict()["mask_decoder.iou_prediction_head.layers.0.weight"], trained,
+                          atol=1e-2, rtol=1e-2)  # float16 file

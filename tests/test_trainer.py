@@ -97,3 +97,18 @@ def test_cache_command_encodes_every_variant_once(tmp_path: Path, capsys) -> Non
     assert "6 encoded," in capsys.readouterr().out
     assert main(["cache", str(config_path), "--output", str(tmp_path / "run")]) == 0
     assert "0 encoded" in capsys.readouterr().out
+
+
+def test_changed_degradation_code_invalidates_only_degraded_features(tmp_path: Path, monkeypatch) -> None:
+    """Cached degraded features are keyed by DEGRADATIONS_VERSION: after a bump the 4 degraded copies are
+    encoded again while the 2 clear images still come from the cache (clear features are looked up once
+    per variant: 4 lookups)."""
+    from robustprior import trainer as trainer_module
+
+    config = _without_validation(_config(tmp_path, 1))
+    config["data"]["train"].update(n_images=2, root=str(tmp_path / "two_scenes"))
+    config["data"]["instances_per_image"] = 1
+    assert RobustSamTrainer(config, tmp_path / "first").fill_cache(progress=False) == {"hits": 2, "misses": 6}
+    assert RobustSamTrainer(config, tmp_path / "again").fill_cache(progress=False) == {"hits": 8, "misses": 0}
+    monkeypatch.setattr(trainer_module, "DEGRADATIONS_VERSION", trainer_module.DEGRADATIONS_VERSION + 1)
+    assert RobustSamTrainer(config, tmp_path / "bumped").fill_cache(progress=False) == {"hits": 4, "misses": 4}

@@ -1,0 +1,145 @@
+"""Bundle a finished RobustSAM-tiny run: float16 weights plus a model card.
+
+    robustprior train robustprior/configs/robustsam_tiny.yaml --output runs/robustsam_tiny
+    python recipes/export_robustsam_tiny.py --run runs/robustsam_tiny
+    robustprior eval robustprior/configs/eval_tiny.yaml --output docs/results/robustness_tiny
+    python recipes/export_robustsam_tiny.py --run runs/robustsam_tiny --eval docs/results/robustness_tiny
+
+The second call rewrites the card with the held-out evaluation (the weights are rewritten
+identically). Writes ``robustprior/weights/robustsam_tiny.safetensors`` and ``robustsam_tiny.md``
+unless ``--weights`` names another file (the card goes beside it, same stem, ``.md``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from recipes.train_tiny_sam import git_commit  # noqa: E402
+from robustprior.atomic import write_text_atomically  # noqa: E402
+from robustprior.checkpoint import load_model, read_state_dict, save_checkpoint  # noqa: E402
+from robustprior.evaluate import SUMMARY_ROWS  # noqa: E402
+from robustprior.pretrained import BUNDLED  # noqa: E402
+
+
+def evaluation_table(report: dict, prompt_type: str = "point") -> str:
+    """The Table-2 block (IoU / PA for Degrade / Clear / Average, percent) of a ``robustprior eval``
+    ``report.json`` for one prompt type, as Markdown."""
+    labels = {"sam": "SAM-tiny", "robust": "RobustSAM-tiny"}
+    header = "| Model | " + " | ".join(f"{row} {metric}" for row in SUMMARY_ROWS for metric in ("IoU", "PA")) + " |"
+    lines = [header, "|" + "---|" * (1 + 2 * len(SUMMARY_ROWS))]
+    for path, label in labels.items():
+        if prompt_type not in report["results"].get(path, {}):
+            continue
+        table = report["results"][path][prompt_type]["table"]
+        lines.append(f"| {label} | " + " | ".join(
+            "-" if table[row][metric] is None else f"{100 * table[row][metric]:.2f}"
+            for row in SUMMARY_ROWS for metric in ("IoU", "PA")) + " |")
+    return "\n".join(lines)
+
+
+def model_card(run: Path, weights: Path, metadata: dict, evaluation: Path | None, which: str = "best") -> str:
+    """The Markdown model card of an exported RobustSAM-tiny run."""
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    train, data, degradations = config["train"], config["data"], config["degradations"]
+    lines = [
+        "# robustsam_tiny: RobustSAM trained on top of the bundled SAM-tiny",
+        "",
+        f"`{weights.name}` ({weights.stat().st_size / 1024:.0f} KiB, float16; loading casts to float32) holds a full "
+        "`RobustSam` of type `tiny`: the SAM parts are the frozen SAM-tiny base "
+        f"(`{config['model']['checkpoint']}`, see `sam_tiny.md`), the robust parts (AMFG with Fourier Degradation "
+        "Suppression, AOTG, Robust Output Token, feature fusion) were trained by this project's RobustSAM trainer "
+        "with the paper's recipe (frozen SAM, degradations, consistency + segmentation losses; the weights "
+        "are below and in the run's `config.yaml`). `RobustSAMPrior.from_pretrained(\"tiny\")` and every command without "
+        "`--checkpoint` load it; the `sam` path of the same weights is SAM-tiny.",
+        "",
+        "## Training",
+        "",
+        f"Data: generated scenes ({data['train']}), validation {data['val']}; prompts: {data['prompt']} "
+        f"({data['n_points']} point(s) per instance). Degradations: {degradations['kinds']} (15 kinds + identity) "
+        f"at severity {degradations['severity']}, {degradations['variants_per_image']} cached variants per image. "
+        f"{metrics['iterations']} iterations of batch {train['batch_size']}, {train['optimizer']} lr {train['lr']} "
+        f"({train['schedule']}, warmup {train['warmup']}), loss weights {train['loss_weights']} "
+        "(mask-feature and token consistency against the clear image, Dice + Focal). "
+        f"Wall time {metrics['seconds'] / 60:.1f} min on the CPU. Git commit `{metadata['git_commit']}`.",
+        "",
+        "Validation (single point, degraded images, mean IoU) at the end: "
+        f"RobustSAM {metrics.get('val_iou_robust', float('nan')):.4f}, SAM {metrics.get('val_iou_sam', float('nan')):.4f}; "
+        f"best RobustSAM {metrics.get('best_val_iou_robust', float('nan')):.4f}. These weights: "
+        + ("the best validation checkpoint (`best.safetensors`, iteration "
+           f"{metadata['iterations']})." if which == "best" else "the final iteration (`final.safetensors`)."),
+        "",
+        "Reproduce:",
+        "",
+        "```",
+        f"robustprior train robustprior/configs/robustsam_tiny.yaml --output {run.as_posix()}",
+        f"python recipes/export_robustsam_tiny.py --run {run.as_posix()} --which {which}",
+        "```",
+    ]
+    if evaluation is not None:
+        report = json.loads((evaluation / "report.json").read_text())
+        protocol = report["protocol"]
+        lines += [
+            "",
+            "## Held-out evaluation (the paper's Table 2 in miniature, point prompts)",
+            "",
+            f"{protocol.get('images')} held-out scenes, {protocol.get('instances')} instances, "
+            f"{len(report['kinds'])} kinds (identity = Clear) at severity {protocol.get('severity')}; one centre point per "
+            "instance, single-mask output; percent. Full report: "
+            f"`{evaluation.as_posix()}/report.md`.",
+            "",
+            evaluation_table(report, "point"),
+            "",
+            "Reproduce: `robustprior eval robustprior/configs/eval_tiny.yaml --output "
+            f"{evaluation.as_posix()}`.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def export(run: Path, weights: Path, evaluation: Path | None = None, which: str = "best") -> tuple[Path, Path]:
+    """Write ``weights`` (float16) from the finished run's ``best.safetensors`` (highest validation
+    IoU of the robust path on degraded images) or ``final.safetensors``, and its model card; returns
+    both paths."""
+    if which not in ("best", "final"):
+        raise ValueError(f"which must be 'best' or 'final', got {which!r}")
+    if not (run / "final.safetensors").is_file():
+        raise FileNotFoundError(f"{run / 'final.safetensors'} not found: the run in {run} has not finished")
+    final = run / f"{which}.safetensors"
+    if not final.is_file():
+        raise FileNotFoundError(f"{final} not found (the run had no validation set?): use --which final")
+    if evaluation is not None and not (evaluation / "report.json").is_file():
+        raise FileNotFoundError(f"no report.json in {evaluation} (write it with robustprior eval --output)")
+    model = load_model(final)
+    run_metadata = read_state_dict(final)[1]
+    metadata = {"trained_by": "robustprior train + recipes/export_robustsam_tiny.py", "git_commit": git_commit(),
+                "iterations": run_metadata.get("iterations") or run_metadata.get("iteration", "unknown")}
+    save_checkpoint(model, weights, extra_metadata=metadata, dtype=torch.float16)
+    card = weights.with_suffix(".md")
+    write_text_atomically(card, model_card(run, weights, metadata, evaluation, which))
+    for path in (weights, card):
+        path.chmod(0o644)  # the atomic writers' temporary files are private (0600); bundled files are not
+    return weights, card
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, default=Path("runs/robustsam_tiny"), help="finished `robustprior train` run")
+    parser.add_argument("--weights", type=Path, default=BUNDLED["tiny"], help="where to write the float16 weights")
+    parser.add_argument("--eval", type=Path, help="a `robustprior eval` output folder to put in the card")
+    parser.add_argument("--which", choices=("best", "final"), default="best",
+                        help="best validation checkpoint (default) or the last iteration")
+    arguments = parser.parse_args()
+    for path in export(arguments.run, arguments.weights, arguments.eval, arguments.which):
+        print(f"[robustprior] wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
