@@ -22,7 +22,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from recipes.train_tiny_sam import git_commit  # noqa: E402
+from recipes.provenance import git_commit  # noqa: E402
 from robustprior.atomic import write_text_atomically  # noqa: E402
 from robustprior.checkpoint import load_model, read_state_dict, save_checkpoint  # noqa: E402
 from robustprior.evaluate import SUMMARY_ROWS  # noqa: E402
@@ -43,6 +43,12 @@ def evaluation_table(report: dict, prompt_type: str = "point") -> str:
             "-" if table[row][metric] is None else f"{100 * table[row][metric]:.2f}"
             for row in SUMMARY_ROWS for metric in ("IoU", "PA")) + " |")
     return "\n".join(lines)
+
+
+ROBUST_INIT_WORDS = {
+    "default": "at random except the Robust Output Tokens (copies of SAM's mask tokens)",
+    "sam": "as SAM's decoder (`model.robust_init: sam`: tokens, classifier MLP and mask feature start as SAM's)",
+}
 
 
 def model_card(run: Path, weights: Path, metadata: dict, evaluation: Path | None, which: str = "best") -> str:
@@ -69,6 +75,7 @@ def model_card(run: Path, weights: Path, metadata: dict, evaluation: Path | None
         f"{metrics['iterations']} iterations of batch {train['batch_size']}, {train['optimizer']} lr {train['lr']} "
         f"({train['schedule']}, warmup {train['warmup']}), loss weights {train['loss_weights']} "
         "(mask-feature and token consistency against the clear image, Dice + Focal). "
+        f"Robust parts initialised {ROBUST_INIT_WORDS[config['model'].get('robust_init', 'default')]}. "
         f"Wall time {metrics['seconds'] / 60:.1f} min on the CPU. Git commit `{metadata['git_commit']}`.",
         "",
         "Validation (single point, degraded images, mean IoU) at the end: "

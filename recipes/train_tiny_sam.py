@@ -24,7 +24,7 @@ import csv
 import json
 import math
 import random
-import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +37,16 @@ import yaml
 from segment_anything.modeling.transformer import Attention
 from tqdm import tqdm
 
-from robustprior.atomic import atomic_path, save_torch_atomically, write_text_atomically
-from robustprior.build import build_robust_sam
-from robustprior.checkpoint import save_checkpoint
-from robustprior.metrics import mask_iou
-from robustprior.modeling.robust_sam import ImageFeatures, RobustSam
-from robustprior.prompts import center_point, jitter_box, mask_to_box, sample_points
-from robustprior.scenes import TextureBank, derive_seed, generate_scene
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from recipes.provenance import git_commit  # noqa: E402
+from robustprior.atomic import atomic_path, save_torch_atomically, write_text_atomically  # noqa: E402
+from robustprior.build import build_robust_sam  # noqa: E402
+from robustprior.checkpoint import save_checkpoint  # noqa: E402
+from robustprior.metrics import mask_iou  # noqa: E402
+from robustprior.modeling.robust_sam import ImageFeatures, RobustSam  # noqa: E402
+from robustprior.prompts import center_point, jitter_box, mask_to_box, sample_points  # noqa: E402
+from robustprior.scenes import TextureBank, derive_seed, generate_scene  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -57,15 +60,6 @@ def load_config(path: str | Path) -> dict:
     """The YAML recipe config as a dict."""
     with open(path) as handle:
         return yaml.safe_load(handle)
-
-
-def git_commit() -> str:
-    """``git rev-parse HEAD`` of the repository, or ``"unknown"``."""
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 # ----------------------------------------------------------------------------- scenes

@@ -29,13 +29,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from restoration.structure import masks_to_label_map, structure_map
-
 from .atomic import save_safetensors_atomically, write_text_atomically
 from .automatic_mask_generator import RobustAutomaticMaskGenerator
 from .image_io import load_image
 from .modeling.robust_sam import DecoderPath, ImageFeatures, RobustSam
 from .predictor import RobustSamPredictor, as_rgb_uint8
+from .structure import masks_to_label_map, structure_map
 
 FILE_FORMAT = "robustprior.structure_prior"
 FILE_FORMAT_VERSION = "1"  # bump when the stored content or its computation changes: invalidates caches

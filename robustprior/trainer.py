@@ -45,7 +45,7 @@ from .training_samples import PromptBatch, SamplePreparer
 DEFAULT_CONFIG: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
-    "model": {"type": "tiny", "checkpoint": None, "fourier_mode": "paper", "token_mode": None},
+    "model": {"type": "tiny", "checkpoint": None, "fourier_mode": "paper", "token_mode": None, "robust_init": "default"},
     "data": {"prompt": "points", "n_points": 3, "box_jitter": 0.1, "min_area": 64, "instances_per_image": None},
     "degradations": {"kinds": "all", "p_identity": None, "severity": 1.0, "variants_per_image": 16},
     "feature_cache": {"enabled": True, "dir": None},
@@ -71,16 +71,31 @@ def load_config(path: str | Path) -> dict:
         return merge_config(DEFAULT_CONFIG, yaml.safe_load(handle) or {})
 
 
+ROBUST_INITS = ("default", "sam")
+
+
 def load_base_model(model_config: dict) -> RobustSam:
     """The model to train: a RobustSAM built from ``model.type`` with ``model.checkpoint`` (SAM /
-    MobileSAM / official / ours) loaded; SAM frozen."""
+    MobileSAM / official / ours) loaded; SAM frozen.
+
+    ``model.robust_init``: ``"default"`` keeps the robust parts as built or loaded (ROT copied from
+    SAM's tokens, the rest random); ``"sam"`` starts the whole robust path as SAM's decoder
+    (:meth:`RobustSam.start_robust_path_from_sam`)."""
+    robust_init = model_config.get("robust_init", "default")
+    if robust_init not in ROBUST_INITS:
+        raise ValueError(f"model.robust_init must be one of {ROBUST_INITS}, got {robust_init!r}")
     checkpoint = model_config.get("checkpoint")
+    model = None
     if checkpoint is not None and str(checkpoint).endswith(".safetensors"):
         _, metadata = read_state_dict(checkpoint)
         if "config" in metadata:
-            return load_model(checkpoint).freeze_sam()
-    return build_robust_sam(model_config["type"], checkpoint, fourier_mode=model_config.get("fourier_mode", "paper"),
-                            token_mode=model_config.get("token_mode")).freeze_sam()
+            model = load_model(checkpoint)
+    if model is None:
+        model = build_robust_sam(model_config["type"], checkpoint, fourier_mode=model_config.get("fourier_mode", "paper"),
+                                 token_mode=model_config.get("token_mode"))
+    if robust_init == "sam":
+        model.start_robust_path_from_sam()
+    return model.freeze_sam()
 
 
 class RobustTrainingStep(nn.Module):

@@ -66,6 +66,7 @@ def test_export_writes_float16_weights_and_card(finished_run: Path, tmp_path: Pa
     assert "(`best.safetensors`, iteration 8)" in text
     assert "| RobustSAM-tiny | 60.00 |" in text
     assert "12 iterations of batch 8" in text  # iterations run (metrics.json), batch from the run's config.yaml
+    assert "initialised as SAM's decoder" in text  # model.robust_init of the run's config
 
     final_weights, final_card = export(finished_run, tmp_path / "final.safetensors", which="final")
     assert_float16_copy(finished_run / "final.safetensors", final_weights)

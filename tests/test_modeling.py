@@ -179,3 +179,63 @@ def test_tiny_vit_early_feature_shape() -> None:
         features = model.encode_image(model.preprocess(torch.rand(1, 3, 1024, 1024) * 255))
     assert features.embedding.shape == (1, 256, 64, 64)
     assert features.complementary.shape == (1, 160, 64, 64)
+
+
+def test_amfg_started_as_identity_returns_its_input_and_still_learns() -> None:
+    torch.manual_seed(0)
+    block = AntiDegradationMaskFeatures(32)
+    block.start_as_identity()
+    x = torch.randn(2, 32, 12, 10, requires_grad=True)
+    out = block(x)
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=1e-5)
+    (out * torch.randn_like(out)).sum().backward()
+    for name in ("output_conv.weight", "channel_attention.excitation.2.weight", "fourier_suppression.amplitude_conv.weight"):
+        grad = dict(block.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_fusion_started_as_mask_feature_is_the_rms_normalised_mask_feature() -> None:
+    from robustprior.modeling import RobustFeatureFusion
+
+    torch.manual_seed(0)
+    fusion = RobustFeatureFusion(transformer_dim=128, encoder_dim=96)
+    fusion.start_as_mask_feature()
+    mask_feature = torch.randn(3, 16, 20, 20)
+    expected = mask_feature / torch.sqrt(mask_feature.pow(2).mean(1, keepdim=True) + 1e-6)
+    with torch.no_grad():
+        for robust in (True, False):
+            torch.testing.assert_close(fusion.mask_features(mask_feature, robust), expected, atol=1e-5, rtol=1e-5)
+            image_part = fusion.image_features(torch.randn(2, 128, 5, 5), torch.randn(2, 96, 5, 5), robust)
+            assert image_part.shape == (2, 16, 20, 20) and not image_part.any()
+
+
+def test_output_tokens_started_as_affine_equal_a_layer_norm() -> None:
+    torch.manual_seed(0)
+    block = AntiDegradationOutputTokens(16)
+    weight, bias = torch.rand(16) + 0.5, torch.randn(16)
+    block.start_as_affine(weight, bias)
+    tokens = 5 * torch.randn(3, 4, 16) + 2
+    with torch.no_grad():
+        torch.testing.assert_close(block(tokens), torch.nn.functional.layer_norm(tokens, (16,), weight, bias),
+                                   atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="token_mode='paper'"):
+        AntiDegradationOutputTokens(16, token_mode="release").start_as_affine(weight, bias)
+    with pytest.raises(ValueError, match="shape"):
+        block.start_as_affine(torch.ones(8), torch.zeros(8))
+
+
+def test_robust_path_started_from_sam_gives_sams_single_mask() -> None:
+    """With SAM's final LayerNorm at its identity init, AOTG returns SAM's token, so the robust
+    classifier is SAM's token-0 classifier and the robust logits are SAM's divided by the mask
+    feature's per-pixel RMS: the same masks."""
+    torch.manual_seed(0)
+    model = build_robust_sam("tiny").start_robust_path_from_sam()
+    with torch.no_grad():
+        features = model.encode_image(model.preprocess(torch.rand(2, 3, 256, 256) * 255))
+        sparse, dense = model.encode_prompts(points=(torch.rand(3, 2, 2) * 255, torch.tensor([[1, 0], [1, 1], [1, 0]])))
+        index = torch.tensor([0, 1, 1])
+        sam = model.decode(features, sparse, dense, index, multimask_output=False, path="sam")
+        robust = model.decode(features, sparse, dense, index, multimask_output=False, path="robust")
+    torch.testing.assert_close(robust.mask_tokens, sam.mask_tokens)
+    rms = torch.sqrt(sam.mask_feature.pow(2).mean(1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(robust.mask_logits * rms, sam.mask_logits, atol=1e-3, rtol=1e-3)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from skimage import data
 
-from restoration.structure import masks_to_label_map, structure_map
+from robustprior.structure import masks_to_label_map, structure_map
 from robustprior import RobustSAMPrior, SAMPrior, StructurePrior
 from robustprior.build import build_robust_sam
 from robustprior.predictor import RobustSamPredictor

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from restoration.structure import (
+from robustprior.structure import (
     drop_masks,
     grayscale_segment_coding,
     masks_to_label_map,

@@ -112,3 +112,24 @@ def test_changed_degradation_code_invalidates_only_degraded_features(tmp_path: P
     assert RobustSamTrainer(config, tmp_path / "again").fill_cache(progress=False) == {"hits": 8, "misses": 0}
     monkeypatch.setattr(trainer_module, "DEGRADATIONS_VERSION", trainer_module.DEGRADATIONS_VERSION + 1)
     assert RobustSamTrainer(config, tmp_path / "bumped").fill_cache(progress=False) == {"hits": 4, "misses": 4}
+
+
+def test_robust_init_sam_starts_the_robust_path_as_sams_decoder(tmp_path: Path) -> None:
+    import torch
+
+    from robustprior.build import build_robust_sam
+    from robustprior.checkpoint import save_checkpoint
+    from robustprior.trainer import load_base_model
+
+    torch.manual_seed(0)
+    base = tmp_path / "base.safetensors"
+    save_checkpoint(build_robust_sam("tiny"), base)
+    default = load_base_model({"type": "tiny", "checkpoint": str(base)})
+    started = load_base_model({"type": "tiny", "checkpoint": str(base), "robust_init": "sam"})
+    torch.testing.assert_close(started.robust.robust_mlp.state_dict(),
+                               started.mask_decoder.output_hypernetworks_mlps[0].state_dict())
+    assert not torch.equal(default.robust.robust_mlp.layers[0].weight, default.mask_decoder.output_hypernetworks_mlps[0].layers[0].weight)
+    assert all(not p.requires_grad for p in started.sam_parameters())
+    assert all(p.requires_grad for p in started.robust.parameters())
+    with pytest.raises(ValueError, match="robust_init"):
+        load_base_model({"type": "tiny", "checkpoint": None, "robust_init": "hq"})

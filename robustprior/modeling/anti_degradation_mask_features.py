@@ -44,6 +44,26 @@ class AntiDegradationMaskFeatures(nn.Module):
         self.fourier_suppression = FourierDegradationSuppression(2 * channels, mode=fourier_mode)
         self.output_conv = nn.Conv2d(2 * channels, channels, kernel_size=3, padding=1)
 
+    @torch.no_grad()
+    def start_as_identity(self, attention_bias: float = 4.0) -> None:
+        """Set weights so that ``AMFG(x) == x`` while every part still receives gradients.
+
+        Squeeze-excitation gives the constant scale ``s = sigmoid(attention_bias)``, the Fourier
+        block's amplitude conv is the identity (so the block returns its input), and the output
+        conv reads the input's channels divided by ``s`` and the selective-convolution channels
+        with zero weight."""
+        excitation = self.channel_attention.excitation[2]
+        excitation.weight.zero_()
+        excitation.bias.fill_(attention_bias)
+        amplitude = self.fourier_suppression.amplitude_conv
+        amplitude.weight.copy_(torch.eye(amplitude.in_channels)[:, :, None, None])
+        amplitude.bias.zero_()
+        channels = self.output_conv.out_channels
+        self.output_conv.weight.zero_()
+        self.output_conv.bias.zero_()
+        index = torch.arange(channels)
+        self.output_conv.weight[index, index, 1, 1] = 1.0 / torch.sigmoid(torch.tensor(attention_bias))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = torch.cat((x, self.selective_convolution(x)), dim=1)
         features = self.fourier_suppression(self.channel_attention(features))

@@ -50,6 +50,24 @@ class AntiDegradationOutputTokens(nn.Module):
             nn.Linear(self.features_in, self.features_in), nn.ReLU(), nn.Linear(self.features_in, token_dim)
         )
 
+    @torch.no_grad()
+    def start_as_affine(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Paper mode: set the MLP so that ``AOTG(t) == weight * IN(t) + bias`` (``D``-vectors).
+
+        The first layer adds ``sqrt(D)`` to the normalised token, more than any of its entries can
+        be negative, so the ReLU passes it unchanged; the second layer scales and shifts back."""
+        if self.token_mode != "paper":
+            raise ValueError("start_as_affine needs token_mode='paper' (the release's MLP sees only part of a token)")
+        first, _, second = self.mlp
+        dim = first.in_features
+        if weight.shape != (dim,) or bias.shape != (dim,):
+            raise ValueError(f"weight and bias must have shape ({dim},), got {tuple(weight.shape)} and {tuple(bias.shape)}")
+        offset = float(dim) ** 0.5
+        first.weight.copy_(torch.eye(dim))
+        first.bias.fill_(offset)
+        second.weight.copy_(torch.diag(weight))
+        second.bias.copy_(bias - offset * weight)
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         for _ in range(self.num_instance_norms):  # instance norm of a token = norm over its features
             tokens = F.layer_norm(tokens, tokens.shape[-1:], eps=self.eps)

@@ -52,6 +52,34 @@ class RobustFeatureFusion(nn.Module):
         self.embedding_amfg = AntiDegradationMaskFeatures(transformer_dim, reduction, fourier_mode)
         self.embedding_upsample = _upsample_4x(transformer_dim, transformer_dim, mask_channels)
 
+    @torch.no_grad()
+    def start_as_mask_feature(self) -> None:
+        """Set weights so that the robust mask feature of a ``P x D/8 x H x W`` mask feature ``x``
+        is ``x / rms(x)`` (root mean square over channels, per pixel): the same sign as ``x``
+        against any classifier, hence SAM's masks when the classifier is SAM's.
+
+        Every AMFG starts as the identity; the two upsampling branches end in zero so they add
+        nothing yet (their last layers still get gradients); the 3x3 conv block maps ``x`` to
+        ``[x, -x]``, whose LayerNorm2d is ``[x, -x] / rms(x)``, and ``GELU(z) - GELU(-z) = z``
+        brings it back to ``x / rms(x)``."""
+        for amfg in (self.mask_feature_amfg, self.complementary_amfg, self.embedding_amfg):
+            amfg.start_as_identity()
+        for upsample in (self.complementary_upsample, self.embedding_upsample):
+            upsample[-1].weight.zero_()
+            upsample[-1].bias.zero_()
+        expand, norm, _, reduce = self.mask_feature_conv
+        channels = reduce.out_channels
+        index = torch.arange(channels)
+        for conv in (expand, reduce):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        expand.weight[index, index, 1, 1] = 1.0
+        expand.weight[index + channels, index, 1, 1] = -1.0
+        norm.weight.fill_(1.0)
+        norm.bias.zero_()
+        reduce.weight[index, index, 1, 1] = 1.0
+        reduce.weight[index, index + channels, 1, 1] = -1.0
+
     def image_features(
         self, image_embedding: torch.Tensor, complementary_feature: torch.Tensor, robust: bool = True
     ) -> torch.Tensor:

@@ -124,6 +124,23 @@ class RobustSam(nn.Module):
             parameter.requires_grad_(False)
         return self
 
+    @torch.no_grad()
+    def start_robust_path_from_sam(self) -> "RobustSam":
+        """Initialise the robust parts so the robust path starts out as SAM's decoder.
+
+        The Robust Output Tokens become copies of SAM's mask tokens (the paper's definition), the
+        robust MLP a copy of SAM's first hypernetwork MLP (the single-mask classifier), AOTG an
+        affine map with the transformer's final LayerNorm weights (so it returns a token in SAM's
+        token scale), and the fusion the per-pixel normalised mask feature (see
+        :meth:`RobustFeatureFusion.start_as_mask_feature`). Training then only has to learn what
+        degradations change. Paper token mode only."""
+        self.robust.output_tokens.weight.copy_(self.mask_decoder.mask_tokens.weight)
+        self.robust.robust_mlp.load_state_dict(self.mask_decoder.output_hypernetworks_mlps[0].state_dict())
+        final_norm = self.mask_decoder.transformer.norm_final_attn
+        self.robust.token_generation.start_as_affine(final_norm.weight, final_norm.bias)
+        self.robust.fusion.start_as_mask_feature()
+        return self
+
     def train(self, mode: bool = True) -> "RobustSam":
         """Like ``nn.Module.train``, but SAM stays in eval mode (it is frozen)."""
         super().train(mode)
