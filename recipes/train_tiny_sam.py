@@ -63,16 +63,19 @@ def load_config(path: str | Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- scenes
-def generate_scene_arrays(seed: int, count: int, description: str) -> tuple[np.ndarray, np.ndarray]:
-    """Scenes ``derive_seed(seed, i)`` for ``i < count``: images ``N x H x W x 3`` uint8 and instance
-    maps ``N x H x W`` uint8 (0 = background, k = k-th object)."""
+def generate_scene_arrays(seed: int, count: int, description: str
+                          ) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+    """Scenes ``derive_seed(seed, i)`` for ``i < count``: images ``N x H x W x 3`` uint8, instance
+    maps ``N x H x W`` uint8 (0 = background, k = k-th object) and each scene's shape kinds (the
+    k-th object's kind at index k - 1)."""
     textures = TextureBank.load(None)
-    images, instances = [], []
+    images, instances, kinds = [], [], []
     for index in tqdm(range(count), desc=description, mininterval=5):
         scene = generate_scene(derive_seed(seed, index), textures=textures)
         images.append(scene.image)
         instances.append(scene.instances.astype(np.uint8))
-    return np.stack(images), np.stack(instances)
+        kinds.append(scene.kinds)
+    return np.stack(images), np.stack(instances), kinds
 
 
 def cached_scenes(folder: Path, seed: int, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +86,7 @@ def cached_scenes(folder: Path, seed: int, count: int) -> tuple[np.ndarray, np.n
         with np.load(path) as cache:
             if str(cache["texture_source"]) == source:
                 return cache["images"], cache["instances"]
-    images, instances = generate_scene_arrays(seed, count, "generating train scenes")
+    images, instances, _ = generate_scene_arrays(seed, count, "generating train scenes")
     with atomic_path(path, suffix=".npz") as temporary:
         np.savez(temporary, images=images, instances=instances, texture_source=np.array(source))
     return images, instances
@@ -237,22 +240,25 @@ def training_step_loss(model: RobustSam, images: np.ndarray, groups: list[Prompt
 
 
 # ----------------------------------------------------------------------------- evaluation
-def held_out_scenes(seed: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+def held_out_scenes(seed: int, count: int) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
     """The held-out scenes (small enough to regenerate every run)."""
     return generate_scene_arrays(seed, count, "generating held-out scenes")
 
 
 @torch.no_grad()
-def evaluate(model: RobustSam, images: np.ndarray, instances: np.ndarray, images_per_batch: int = 8
-             ) -> dict[str, float]:
+def evaluate(model: RobustSam, images: np.ndarray, instances: np.ndarray, kinds: list[list[str]] | None = None,
+             images_per_batch: int = 8) -> dict[str, Any]:
     """Single-click, token-0 and box IoU over every object of the scenes (``N x H x W x 3`` / ``N x H x W``).
 
     Single point: the object's ``center_point``, multimask output, the mask with the highest
     predicted IoU (SAM's protocol); the oracle best of the three is reported too. Token 0: the same
-    click, single output. Box: the tight ``mask_to_box`` box, single output."""
+    click, single output. Box: the tight ``mask_to_box`` box, single output. With ``kinds`` (each
+    scene's shape kinds, as :func:`generate_scene_arrays` returns them) the single-click IoU is also
+    broken down by shape kind: ``single_point_iou_per_kind`` and ``objects_per_kind``."""
     model.eval()
     scores: dict[str, list[float]] = {"single_point_iou": [], "single_point_oracle_iou": [], "token0_iou": [],
                                       "box_iou": []}
+    object_kinds: list[str] = []
     height, width = images.shape[1:3]
     for start in range(0, len(images), images_per_batch):
         chunk = images[start : start + images_per_batch]
@@ -263,6 +269,8 @@ def evaluate(model: RobustSam, images: np.ndarray, instances: np.ndarray, images
             for object_id in np.unique(instance_map)[1:]:
                 masks.append(instance_map == object_id)
                 image_index.append(offset)
+                if kinds is not None:
+                    object_kinds.append(kinds[start + offset][object_id - 1])
         if not masks:
             continue
         truth = np.stack(masks)
@@ -281,8 +289,14 @@ def evaluate(model: RobustSam, images: np.ndarray, instances: np.ndarray, images
         boxed = model.decode(features, sparse, dense, image_index=index, multimask_output=False, path="sam")
         box_masks = model.postprocess_masks(boxed.mask_logits, (height, width), (height, width))[:, 0] > 0
         scores["box_iou"] += np.atleast_1d(mask_iou(box_masks.numpy(), truth)).tolist()
-    results = {name: float(np.mean(values)) for name, values in scores.items()}
+    results: dict[str, Any] = {name: float(np.mean(values)) for name, values in scores.items()}
     results["objects"] = len(scores["box_iou"])
+    if kinds is not None:
+        clicks_by_kind: dict[str, list[float]] = {}
+        for kind, iou in zip(object_kinds, scores["single_point_iou"]):
+            clicks_by_kind.setdefault(kind, []).append(iou)
+        results["single_point_iou_per_kind"] = {kind: float(np.mean(v)) for kind, v in sorted(clicks_by_kind.items())}
+        results["objects_per_kind"] = {kind: len(v) for kind, v in sorted(clicks_by_kind.items())}
     return results
 
 
@@ -386,7 +400,7 @@ def train(config: dict, output: str | Path, resume: bool = False, iterations: in
     random.seed(config["seed"])
     rng = np.random.default_rng(config["seed"])
     train_images, train_instances = cached_scenes(output, data["train_seed"], data["train_scenes"])
-    test_images, test_instances = held_out_scenes(data["test_seed"], data["test_scenes"])
+    test_images, test_instances, test_kinds = held_out_scenes(data["test_seed"], data["test_scenes"])
     quick = slice(0, data["quick_eval_scenes"])
 
     model = trainable_model(config["model_type"], config["aligned_attention_init"])
@@ -464,8 +478,9 @@ def train(config: dict, output: str | Path, resume: bool = False, iterations: in
     if iteration < total:
         return result
 
-    metrics = evaluate(model, test_images, test_instances)
-    append_rows(evaluation_log, EVALUATION_COLUMNS, [{"iteration": iteration, **metrics}])
+    metrics = evaluate(model, test_images, test_instances, test_kinds)
+    append_rows(evaluation_log, EVALUATION_COLUMNS,
+                [{"iteration": iteration, **{name: metrics[name] for name in EVALUATION_COLUMNS[1:]}}])
     with open(loss_log, newline="") as handle:
         losses = list(csv.DictReader(handle))
     step_time = float(np.median([float(row["seconds"]) for row in losses])) if losses else float("nan")
@@ -492,7 +507,8 @@ def export_model(model: RobustSam, config: dict, summary: dict) -> None:
         "git_commit": summary["git_commit"],
         "iterations": str(summary["iterations"]),
         "train_scenes": str(summary["train_scenes"]),
-        **{name: f"{value:.4f}" if isinstance(value, float) else str(value) for name, value in metrics.items()},
+        **{name: f"{value:.4f}" if isinstance(value, float) else json.dumps(value) if isinstance(value, dict) else str(value)
+           for name, value in metrics.items()},
     }
     save_checkpoint(model, weights_path, extra_metadata=metadata, dtype=torch.float16)
     card_path = REPO_ROOT / config["export"]["model_card"]
@@ -501,8 +517,11 @@ def export_model(model: RobustSam, config: dict, summary: dict) -> None:
         path.chmod(0o644)  # the atomic writers' temporary files are private (0600); bundled files are not
 
 
-def export_finished_run(output: str | Path) -> None:
-    """Export the weights and model card of a finished run in ``output`` (one trained with ``--no-export``)."""
+def export_finished_run(output: str | Path, reevaluate: bool = False) -> None:
+    """Export the weights and model card of a finished run in ``output`` (one trained with ``--no-export``).
+
+    ``reevaluate``: first re-run the held-out evaluation of the final weights and rewrite
+    ``metrics.json`` with it (e.g. after the evaluation gained a breakdown)."""
     output = Path(output)
     state = torch.load(output / CHECKPOINT_NAME, map_location="cpu", weights_only=False)
     config = state["config"]
@@ -515,6 +534,10 @@ def export_finished_run(output: str | Path) -> None:
                          f"{state['iteration']}")
     model = trainable_model(config["model_type"])
     model.load_state_dict(state["model"])
+    if reevaluate:
+        data = config["data"]
+        summary["metrics"] = evaluate(model, *held_out_scenes(data["test_seed"], data["test_scenes"]))
+        write_text_atomically(output / "metrics.json", json.dumps(summary, indent=2))
     export_model(model.eval(), config, summary)
 
 
@@ -530,6 +553,16 @@ def reproduce_commands(config: dict) -> str:
         command += f" --iterations {entry['schedule_iterations']} --threads {entry['threads']}"
         commands.append(command)
     return "\n".join(commands)
+
+
+def per_kind_table(metrics: dict) -> str:
+    """The card's single-click IoU per shape kind (empty when the run's metrics have no breakdown)."""
+    if "single_point_iou_per_kind" not in metrics:
+        return ""
+    rows = [f"| {kind} | {metrics['objects_per_kind'][kind]} | {iou:.4f} |"
+            for kind, iou in metrics["single_point_iou_per_kind"].items()]
+    return "\n".join(["", "Single click (as above) per shape kind:", "", "| shape | objects | IoU |", "|---|---|---|",
+                      *rows, ""])
 
 
 def model_card(config: dict, summary: dict, weights_path: Path) -> str:
@@ -576,7 +609,7 @@ cosine schedule of that length from where it stands, i.e. a warm restart):
 | same click, oracle best of the 3 masks | {metrics['single_point_oracle_iou']:.4f} |
 | same click, single output (token 0) | {metrics['token0_iou']:.4f} |
 | tight box, single output | {metrics['box_iou']:.4f} |
-"""
+{per_kind_table(metrics)}"""
 
 
 def main() -> None:
@@ -591,9 +624,13 @@ def main() -> None:
     parser.add_argument("--no-export", action="store_true", help="do not write the weights and model card")
     parser.add_argument("--export-only", action="store_true",
                         help="only export the finished run in --output (trained with --no-export)")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="with --export-only: re-run the held-out evaluation first and rewrite metrics.json")
     arguments = parser.parse_args()
+    if arguments.reevaluate and not arguments.export_only:
+        parser.error("--reevaluate goes with --export-only (training always evaluates its final weights)")
     if arguments.export_only:
-        export_finished_run(arguments.output)
+        export_finished_run(arguments.output, reevaluate=arguments.reevaluate)
         return
     train(load_config(arguments.config), arguments.output, resume=arguments.resume, iterations=arguments.iterations,
           stop_after=arguments.stop_after, export=not arguments.no_export,

@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import math
+from collections import Counter
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
+
+from robustprior.scenes import TextureBank, derive_seed, generate_scene
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,11 +117,43 @@ def test_extended_schedule_history_and_export_of_finished_run(recipe: ModuleType
         {"start_iteration": 0, "schedule_iterations": 3, "threads": small_config["threads"]},
         {"start_iteration": 2, "schedule_iterations": 4, "threads": 1},
     ]
-    recipe.export_finished_run(run)
+    recipe.export_finished_run(run, reevaluate=True)
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    scene = generate_scene(derive_seed(small_config["data"]["test_seed"], 0), textures=TextureBank.load(None))
+    assert metrics["objects_per_kind"] == dict(sorted(Counter(scene.kinds).items()))  # 1 held-out scene
+    per_kind_total = sum(metrics["objects_per_kind"][k] * iou for k, iou in metrics["single_point_iou_per_kind"].items())
+    assert per_kind_total / metrics["objects"] == pytest.approx(metrics["single_point_iou"])
     card = (tmp_path / "w.md").read_text()
+    assert "Single click (as above) per shape kind:" in card
     assert f"--output runs/tiny_sam --iterations 3 --threads {small_config['threads']}\n" in card
     assert "--output runs/tiny_sam --resume --iterations 4 --threads 1\n" in card
     exported = load_model(tmp_path / "w.safetensors")
     trained = state["model"]["mask_decoder.iou_prediction_head.layers.0.weight"]
     assert torch.allclose(exported.state_dict()["mask_decoder.iou_prediction_head.layers.0.weight"], trained,
                           atol=1e-2, rtol=1e-2)  # float16 file
+
+
+def test_evaluation_per_shape_kind_matches_object_by_object_clicks(recipe: ModuleType) -> None:
+    """Each object's single click, decoded on its own, averaged per kind of that object."""
+    from robustprior.metrics import mask_iou
+    from robustprior.prompts import center_point
+
+    torch.manual_seed(0)
+    model = recipe.trainable_model("tiny").eval()
+    images, instances, kinds = recipe.held_out_scenes(5, 2)
+    metrics = recipe.evaluate(model, images, instances, kinds)
+    expected: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for image, instance_map, scene_kinds in zip(images, instances, kinds):
+            features = model.encode_image(model.preprocess(torch.from_numpy(image).permute(2, 0, 1)[None].float()))
+            for object_id in np.unique(instance_map)[1:]:
+                truth = instance_map == object_id
+                point = torch.from_numpy(center_point(truth))[None, None].float()
+                sparse, dense = model.encode_prompts(points=(point, torch.ones(1, 1, dtype=torch.long)))
+                out = model.decode(features, sparse, dense, multimask_output=True, path="sam")
+                best = int(out.iou_predictions[0].argmax())
+                predicted = model.postprocess_masks(out.mask_logits, truth.shape, truth.shape)[0, best] > 0
+                expected.setdefault(scene_kinds[object_id - 1], []).append(float(mask_iou(predicted.numpy(), truth)))
+    assert metrics["objects_per_kind"] == {kind: len(v) for kind, v in sorted(expected.items())}
+    for kind, ious in expected.items():
+        assert metrics["single_point_iou_per_kind"][kind] == pytest.approx(np.mean(ious), abs=1e-6)
