@@ -3,14 +3,20 @@
 Data: the scene world (:mod:`robustprior.scenes`), pre-generated once into a cache under the output
 folder. Training follows SAM: each step takes B images and P prompts per image (one positive point,
 a few points with an optional negative, or a jittered box, all drawn from a random object's exact
-mask), with focal + dice losses on the 128 x 128 low-resolution logits (against the exact masks
-area-averaged to that size: soft targets keep thin objects) and an MSE
-loss between the predicted and the actual IoU. Single points use the three multimask outputs and
+mask), with focal + dice losses on the logits upsampled to the image size against the exact masks
+(``loss.full_resolution``; else on the 128 x 128 low-resolution logits against the masks
+area-averaged to that size) and an MSE loss between the predicted and the actual IoU. Single points use the three multimask outputs and
 back-propagate only the lowest-loss one; boxes and multi-point prompts use token 0.
 
 Usage::
 
     python recipes/train_tiny_sam.py --config recipes/configs/tiny_sam.yaml --output runs/tiny_sam [--resume]
+        [--device cuda] [--workers 8] [--fit-minutes 8]
+
+On a GPU (``--device cuda``, bfloat16 autocast) the recipe runs unchanged; ``--workers`` generates
+the scenes in parallel processes (the same scenes as one process); ``--fit-minutes M`` times the
+first steps and sets the schedule length to what fits in M minutes (recorded in the config's
+history, so the model card's reproduce command names the exact iteration count).
 
 Outputs in ``--output``: ``config.yaml``, the scene cache, ``checkpoint.pt`` (atomic, with optimizer,
 scheduler and RNG states; ``--resume`` continues exactly), ``losses.csv``, ``evaluations.csv`` and
@@ -46,7 +52,7 @@ from robustprior.checkpoint import save_checkpoint  # noqa: E402
 from robustprior.metrics import mask_iou  # noqa: E402
 from robustprior.modeling.robust_sam import ImageFeatures, RobustSam  # noqa: E402
 from robustprior.prompts import center_point, jitter_box, mask_to_box, sample_points  # noqa: E402
-from robustprior.scenes import TextureBank, derive_seed, generate_scene  # noqa: E402
+from robustprior.scenes import TextureBank, generate_scene_arrays  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -63,22 +69,7 @@ def load_config(path: str | Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- scenes
-def generate_scene_arrays(seed: int, count: int, description: str
-                          ) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
-    """Scenes ``derive_seed(seed, i)`` for ``i < count``: images ``N x H x W x 3`` uint8, instance
-    maps ``N x H x W`` uint8 (0 = background, k = k-th object) and each scene's shape kinds (the
-    k-th object's kind at index k - 1)."""
-    textures = TextureBank.load(None)
-    images, instances, kinds = [], [], []
-    for index in tqdm(range(count), desc=description, mininterval=5):
-        scene = generate_scene(derive_seed(seed, index), textures=textures)
-        images.append(scene.image)
-        instances.append(scene.instances.astype(np.uint8))
-        kinds.append(scene.kinds)
-    return np.stack(images), np.stack(instances), kinds
-
-
-def cached_scenes(folder: Path, seed: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+def cached_scenes(folder: Path, seed: int, count: int, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The training scenes, generated once into ``folder/scenes_seed{seed}_n{count}.npz``."""
     path = folder / f"scenes_seed{seed}_n{count}.npz"
     source = str(TextureBank.load(None).source)
@@ -86,7 +77,7 @@ def cached_scenes(folder: Path, seed: int, count: int) -> tuple[np.ndarray, np.n
         with np.load(path) as cache:
             if str(cache["texture_source"]) == source:
                 return cache["images"], cache["instances"]
-    images, instances, _ = generate_scene_arrays(seed, count, "generating train scenes")
+    images, instances, _ = generate_scene_arrays(seed, count, "generating train scenes", workers)
     with atomic_path(path, suffix=".npz") as temporary:
         np.savez(temporary, images=images, instances=instances, texture_source=np.array(source))
     return images, instances
@@ -106,6 +97,12 @@ class PromptGroup:
 
     def __len__(self) -> int:
         return self.image_index.shape[0]
+
+    def to(self, device: torch.device) -> PromptGroup:
+        """The group with every tensor on ``device``."""
+        moved = {name: None if value is None else value.to(device, non_blocking=True)
+                 for name, value in self.__dict__.items()}
+        return PromptGroup(**moved)
 
 
 def sample_prompt_groups(instances: np.ndarray, rng: np.random.Generator, batch: dict) -> list[PromptGroup]:
@@ -188,8 +185,13 @@ def actual_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def group_losses(model: RobustSam, features: ImageFeatures, group: PromptGroup, weights: dict
                  ) -> dict[str, torch.Tensor]:
-    """Summed (over prompts) focal, dice and IoU-MSE terms of one prompt group, on the ``P x 4 x 128 x 128``
-    low-resolution logits against the exact masks area-averaged to that size (soft targets).
+    """Summed (over prompts) focal, dice and IoU-MSE terms of one prompt group. With
+    ``weights["full_resolution"]`` the ``P x 4 x 128 x 128`` low-resolution logits are upsampled
+    bilinearly to the image size (as :meth:`RobustSam.postprocess_masks` does at inference) and
+    compared with the exact masks; otherwise they are compared at 128 x 128 with the masks
+    area-averaged to that size (soft targets). The soft targets of objects narrower than two
+    low-resolution pixels sit near 0.5, whose optimum is a logit near 0: a coin flip after
+    thresholding. At full resolution a one-pixel ridge of positive logits covers a 2-pixel bar.
 
     All four mask tokens are decoded. Token 0 is supervised for multi-point and box prompts, and with
     weight ``single_point_token0`` for single points; single points also supervise the lowest-loss
@@ -198,22 +200,26 @@ def group_losses(model: RobustSam, features: ImageFeatures, group: PromptGroup, 
     sparse, dense = model.encode_prompts(points=points, boxes=group.boxes)
     output = model.decode(features, sparse, dense, image_index=group.image_index, multimask_output=None, path="sam")
     logits = output.mask_logits.float()
-    targets = F.adaptive_avg_pool2d(group.targets, logits.shape[-2:])  # soft targets at the low resolution
+    if weights.get("full_resolution", False):
+        logits = F.interpolate(logits, size=group.targets.shape[-2:], mode="bilinear", align_corners=False)
+        targets = group.targets
+    else:
+        targets = F.adaptive_avg_pool2d(group.targets, logits.shape[-2:])  # soft targets at the low resolution
     focal, dice = focal_and_dice(logits, targets, weights["focal_alpha"], weights["focal_gamma"])
     mask_loss = weights["focal"] * focal + weights["dice"] * dice  # P x 4
 
     prompts = len(group)
-    mask_weights = torch.zeros(prompts, 4)
-    iou_weights = torch.zeros(prompts, 4)
+    mask_weights = torch.zeros(prompts, 4, device=logits.device)
+    iou_weights = torch.zeros(prompts, 4, device=logits.device)
     mask_weights[:, 0] = 1.0
     iou_weights[:, 0] = 1.0
     if group.single_point is not None and bool(group.single_point.any()):
         single = group.single_point
         best = mask_loss[:, 1:].detach().argmin(dim=1) + 1
-        chosen = torch.zeros(prompts, 4).scatter_(1, best[:, None], 1.0)
+        chosen = torch.zeros(prompts, 4, device=logits.device).scatter_(1, best[:, None], 1.0)
         mask_weights[single] = chosen[single]
         mask_weights[single, 0] = weights["single_point_token0"]
-        iou_weights[single] = torch.tensor([weights["single_point_token0"], 1.0, 1.0, 1.0])
+        iou_weights[single] = torch.tensor([weights["single_point_token0"], 1.0, 1.0, 1.0], device=logits.device)
     target_iou = actual_iou(logits.detach(), targets)
     iou_error = (output.iou_predictions.float() - target_iou) ** 2
     return {
@@ -228,8 +234,10 @@ def training_step_loss(model: RobustSam, images: np.ndarray, groups: list[Prompt
                        ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss of one step (mean over prompts) for ``images`` (``B x H x W x 3`` uint8)."""
     weights = config["loss"]
-    pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config["optimizer"]["bf16_autocast"]):
+    device = next(model.parameters()).device
+    pixels = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
+    groups = [group.to(device) for group in groups]
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["optimizer"]["bf16_autocast"]):
         features = model.encode_image(model.preprocess(pixels))
         terms = [group_losses(model, features, group, weights) for group in groups]
     prompts = sum(len(group) for group in groups)
@@ -240,9 +248,9 @@ def training_step_loss(model: RobustSam, images: np.ndarray, groups: list[Prompt
 
 
 # ----------------------------------------------------------------------------- evaluation
-def held_out_scenes(seed: int, count: int) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+def held_out_scenes(seed: int, count: int, workers: int = 1) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
     """The held-out scenes (small enough to regenerate every run)."""
-    return generate_scene_arrays(seed, count, "generating held-out scenes")
+    return generate_scene_arrays(seed, count, "generating held-out scenes", workers)
 
 
 @torch.no_grad()
@@ -256,13 +264,14 @@ def evaluate(model: RobustSam, images: np.ndarray, instances: np.ndarray, kinds:
     scene's shape kinds, as :func:`generate_scene_arrays` returns them) the single-click IoU is also
     broken down by shape kind: ``single_point_iou_per_kind`` and ``objects_per_kind``."""
     model.eval()
+    device = next(model.parameters()).device
     scores: dict[str, list[float]] = {"single_point_iou": [], "single_point_oracle_iou": [], "token0_iou": [],
                                       "box_iou": []}
     object_kinds: list[str] = []
     height, width = images.shape[1:3]
     for start in range(0, len(images), images_per_batch):
         chunk = images[start : start + images_per_batch]
-        pixels = torch.from_numpy(np.ascontiguousarray(chunk)).permute(0, 3, 1, 2).float()
+        pixels = torch.from_numpy(np.ascontiguousarray(chunk)).to(device).permute(0, 3, 1, 2).float()
         features = model.encode_image(model.preprocess(pixels))
         masks, image_index = [], []
         for offset, instance_map in enumerate(instances[start : start + images_per_batch]):
@@ -274,20 +283,21 @@ def evaluate(model: RobustSam, images: np.ndarray, instances: np.ndarray, kinds:
         if not masks:
             continue
         truth = np.stack(masks)
-        index = torch.tensor(image_index)
-        centers = torch.from_numpy(np.stack([center_point(mask) for mask in masks]))[:, None]
-        sparse, dense = model.encode_prompts(points=(centers, torch.ones(len(masks), 1, dtype=torch.long)))
+        index = torch.tensor(image_index, device=device)
+        centers = torch.from_numpy(np.stack([center_point(mask) for mask in masks]))[:, None].to(device)
+        labels = torch.ones(len(masks), 1, dtype=torch.long, device=device)
+        sparse, dense = model.encode_prompts(points=(centers, labels))
         clicks = model.decode(features, sparse, dense, image_index=index, multimask_output=None, path="sam")
-        click_masks = model.postprocess_masks(clicks.mask_logits, (height, width), (height, width)) > 0
+        click_masks = (model.postprocess_masks(clicks.mask_logits, (height, width), (height, width)) > 0).cpu()
         ious = np.stack([mask_iou(click_masks[:, token].numpy(), truth) for token in range(4)], axis=1)
-        chosen = clicks.iou_predictions[:, 1:].argmax(dim=1).numpy() + 1
+        chosen = clicks.iou_predictions[:, 1:].argmax(dim=1).cpu().numpy() + 1
         scores["single_point_iou"] += ious[np.arange(len(masks)), chosen].tolist()
         scores["single_point_oracle_iou"] += ious[:, 1:].max(axis=1).tolist()
         scores["token0_iou"] += ious[:, 0].tolist()
-        boxes = torch.from_numpy(np.stack([mask_to_box(mask) for mask in masks]))
+        boxes = torch.from_numpy(np.stack([mask_to_box(mask) for mask in masks])).to(device)
         sparse, dense = model.encode_prompts(boxes=boxes)
         boxed = model.decode(features, sparse, dense, image_index=index, multimask_output=False, path="sam")
-        box_masks = model.postprocess_masks(boxed.mask_logits, (height, width), (height, width))[:, 0] > 0
+        box_masks = (model.postprocess_masks(boxed.mask_logits, (height, width), (height, width))[:, 0] > 0).cpu()
         scores["box_iou"] += np.atleast_1d(mask_iou(box_masks.numpy(), truth)).tolist()
     results: dict[str, Any] = {name: float(np.mean(values)) for name, values in scores.items()}
     results["objects"] = len(scores["box_iou"])
@@ -312,11 +322,16 @@ def parameter_groups(model: RobustSam, weight_decay: float) -> list[dict]:
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
-def warmup_cosine(warmup: int, total: int, min_ratio: float) -> Any:
-    """LR multiplier: linear warmup over ``warmup`` steps, then cosine down to ``min_ratio`` at ``total``."""
+def warmup_cosine(optimizer_config: dict) -> Any:
+    """LR multiplier: linear warmup over ``warmup_iterations`` steps, then cosine down to
+    ``min_ratio`` at ``iterations`` (read at every step, so ``--fit-minutes`` can set the length
+    during the warmup)."""
+    warmup, min_ratio = optimizer_config["warmup_iterations"], optimizer_config["min_lr_ratio"]
+
     def multiplier(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        total = optimizer_config["iterations"]
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return multiplier
@@ -337,10 +352,11 @@ def align_decoder_attention(model: RobustSam) -> None:
                 module.k_proj.bias.copy_(module.q_proj.bias)
 
 
-def trainable_model(model_type: str, aligned_attention: bool = False) -> RobustSam:
+def trainable_model(model_type: str, aligned_attention: bool = False, overrides: dict | None = None) -> RobustSam:
     """A fresh model whose SAM parameters train (the robust parts stay frozen and untouched);
-    ``aligned_attention`` applies :func:`align_decoder_attention`."""
-    model = build_robust_sam(model_type)
+    ``aligned_attention`` applies :func:`align_decoder_attention`; ``overrides`` change single
+    :class:`robustprior.build.ModelConfig` fields (architecture experiments)."""
+    model = build_robust_sam(model_type, **(overrides or {}))
     for parameter in model.sam_parameters():
         parameter.requires_grad_(True)
     if aligned_attention:
@@ -363,16 +379,42 @@ def append_rows(path: Path, columns: tuple[str, ...], rows: list[dict], keep_unt
 
 
 # ----------------------------------------------------------------------------- training
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"`` (an error without a GPU)."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: PyTorch sees no CUDA device")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+FIT_PROBE = (10, 40)  # --fit-minutes times the steps after the first 10 and fixes the length at step 40
+
+
+def fitted_iterations(step_seconds: list[float], minutes: float, skip: int = FIT_PROBE[0]) -> int:
+    """Schedule length that fits ``minutes`` of training after the steps timed in ``step_seconds``:
+    those steps plus what the remaining time allows at the median step time (the first ``skip``
+    steps, with their one-off start-up costs, left out of the median), plus 3 % for evaluations
+    and checkpoints."""
+    per_step = float(np.median(step_seconds[skip:])) * 1.03
+    return len(step_seconds) + max(1, int((minutes * 60 - sum(step_seconds)) / per_step))
+
+
 def train(config: dict, output: str | Path, resume: bool = False, iterations: int | None = None,
-          stop_after: int | None = None, export: bool = True, threads: int | None = None) -> dict:
+          stop_after: int | None = None, export: bool = True, threads: int | None = None,
+          device: str | None = None, workers: int = 1, fit_minutes: float | None = None,
+          config_path: str | None = None) -> dict:
     """Run (or resume) the recipe; returns ``{"iteration", "last_loss", "metrics", ...}``.
 
     ``iterations`` overrides the schedule length (resuming with a longer one restarts the cosine
     from where the longer schedule stands); ``threads`` overrides ``config["threads"]``;
     ``stop_after`` ends the run early at that iteration with a checkpoint (as an interruption
     would); ``export`` writes the weights and model card named in ``config["export"]`` after the
-    final evaluation. Every call appends ``{start_iteration, schedule_iterations, threads}`` to
-    ``config["history"]`` (saved in the checkpoint) for the model card."""
+    final evaluation. ``device`` overrides ``config["device"]``; ``workers`` processes generate the
+    scenes; ``fit_minutes`` (a fresh run only) sets the schedule length at step 40 from the timed
+    steps 11-40 (:func:`fitted_iterations`). Every call appends ``{start_iteration,
+    schedule_iterations, threads, device}`` (and ``config_path``, the YAML file a fresh run was
+    read from) to ``config["history"]`` (saved in the checkpoint) for the model card."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     checkpoint_path = output / CHECKPOINT_NAME
@@ -382,15 +424,23 @@ def train(config: dict, output: str | Path, resume: bool = False, iterations: in
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}")
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         config = state["config"]
+    if fit_minutes is not None and state is not None:
+        raise ValueError("--fit-minutes sets the length of a fresh run; resume with --iterations instead")
     config = copy.deepcopy(config)
     if iterations is not None:
         config["optimizer"]["iterations"] = iterations
     if threads is not None:
         config["threads"] = threads
+    if device is not None:
+        config["device"] = device
+    run_device = resolve_device(config.get("device", "cpu"))
     # one entry per invocation, so the model card can print the exact commands that made the weights
-    config.setdefault("history", []).append({
-        "start_iteration": 0 if state is None else int(state["iteration"]),
-        "schedule_iterations": int(config["optimizer"]["iterations"]), "threads": int(config["threads"])})
+    history_entry = {"start_iteration": 0 if state is None else int(state["iteration"]),
+                     "schedule_iterations": int(config["optimizer"]["iterations"]), "threads": int(config["threads"]),
+                     "device": run_device.type}
+    if state is None and config_path is not None:
+        history_entry["config"] = str(config_path)
+    config.setdefault("history", []).append(history_entry)
     torch.set_num_threads(config["threads"])
     write_text_atomically(output / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
@@ -399,19 +449,19 @@ def train(config: dict, output: str | Path, resume: bool = False, iterations: in
     torch.manual_seed(config["seed"])
     random.seed(config["seed"])
     rng = np.random.default_rng(config["seed"])
-    train_images, train_instances = cached_scenes(output, data["train_seed"], data["train_scenes"])
-    test_images, test_instances, test_kinds = held_out_scenes(data["test_seed"], data["test_scenes"])
+    train_images, train_instances = cached_scenes(output, data["train_seed"], data["train_scenes"], workers)
+    test_images, test_instances, test_kinds = held_out_scenes(data["test_seed"], data["test_scenes"], workers)
     quick = slice(0, data["quick_eval_scenes"])
 
-    model = trainable_model(config["model_type"], config["aligned_attention_init"])
+    model = trainable_model(config["model_type"], config["aligned_attention_init"], config.get("model_overrides"))
+    model.to(run_device)
     optimizer = torch.optim.AdamW(parameter_groups(model, optimizer_config["weight_decay"]),
                                   lr=optimizer_config["lr"], betas=tuple(optimizer_config["betas"]))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
-        optimizer_config["warmup_iterations"], total, optimizer_config["min_lr_ratio"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(optimizer_config))
     iteration, elapsed = 0, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
         scheduler.load_state_dict(state["scheduler"])
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
@@ -424,7 +474,8 @@ def train(config: dict, output: str | Path, resume: bool = False, iterations: in
     def checkpoint() -> None:
         save_torch_atomically({
             "config": config, "iteration": iteration, "elapsed_seconds": elapsed,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "model": {name: tensor.cpu() for name, tensor in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
         }, checkpoint_path)
 
@@ -433,6 +484,7 @@ def train(config: dict, output: str | Path, resume: bool = False, iterations: in
     pending: list[dict] = []
     last_checkpoint = time.monotonic()
     last_loss = float("nan")
+    probe: list[float] = []  # step seconds for --fit-minutes
     progress = tqdm(total=total, initial=iteration, desc="train", mininterval=10, dynamic_ncols=False)
     model.train()
     while iteration < end:
@@ -453,8 +505,19 @@ def train(config: dict, output: str | Path, resume: bool = False, iterations: in
         optimizer.step()
         scheduler.step()
         iteration += 1
+        if run_device.type == "cuda":
+            torch.cuda.synchronize()  # honest step times
         seconds = time.monotonic() - started
         elapsed += seconds
+        if fit_minutes is not None:
+            probe.append(seconds)
+            if iteration == FIT_PROBE[1]:
+                total = max(fitted_iterations(probe, fit_minutes), optimizer_config["warmup_iterations"] + 1)
+                optimizer_config["iterations"] = history_entry["schedule_iterations"] = total
+                end = total if stop_after is None else min(total, stop_after)
+                progress.total = total
+                write_text_atomically(output / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+                progress.write(f"--fit-minutes {fit_minutes}: {total} iterations")
         last_loss = logged["loss"]
         pending.append({"iteration": iteration, "lr": f"{learning_rate:.3e}", "seconds": f"{seconds:.3f}",
                         **{name: f"{value:.6f}" for name, value in logged.items()}})
@@ -498,6 +561,7 @@ def train(config: dict, output: str | Path, resume: bool = False, iterations: in
 # ----------------------------------------------------------------------------- export
 def export_model(model: RobustSam, config: dict, summary: dict) -> None:
     """Write the fp16 safetensors weights and the model card named in ``config["export"]``."""
+    model.cpu()
     with torch.no_grad():
         model.robust.output_tokens.weight.copy_(model.mask_decoder.mask_tokens.weight)
     metrics = summary["metrics"]
@@ -532,7 +596,7 @@ def export_finished_run(output: str | Path, reevaluate: bool = False) -> None:
     if summary["iterations"] != state["iteration"]:
         raise ValueError(f"{output / 'metrics.json'} is for iteration {summary['iterations']}, the checkpoint for "
                          f"{state['iteration']}")
-    model = trainable_model(config["model_type"])
+    model = trainable_model(config["model_type"], overrides=config.get("model_overrides"))
     model.load_state_dict(state["model"])
     if reevaluate:
         data = config["data"]
@@ -547,10 +611,14 @@ def reproduce_commands(config: dict) -> str:
     for entry in config.get("history") or [{"start_iteration": 0,
                                             "schedule_iterations": config["optimizer"]["iterations"],
                                             "threads": config["threads"]}]:
-        command = "python recipes/train_tiny_sam.py --config recipes/configs/tiny_sam.yaml --output runs/tiny_sam"
+        command = "python recipes/train_tiny_sam.py"
         if entry["start_iteration"] > 0:
-            command += " --resume"
+            command += " --output runs/tiny_sam --resume"
+        else:
+            command += f" --config {entry.get('config', 'recipes/configs/tiny_sam.yaml')} --output runs/tiny_sam"
         command += f" --iterations {entry['schedule_iterations']} --threads {entry['threads']}"
+        if entry.get("device", "cpu") != "cpu":
+            command += f" --device {entry['device']}"
         commands.append(command)
     return "\n".join(commands)
 
@@ -590,9 +658,12 @@ background, textures from the shared photos). Train: {data['train_scenes']} scen
 cosine), weight decay {config['optimizer']['weight_decay']}, gradient clip {config['optimizer']['gradient_clip']},
 bf16 autocast {config['optimizer']['bf16_autocast']}, decoder attention initialised with `W_k = W_q`
 (`aligned_attention_init: {config['aligned_attention_init']}`); loss {config['loss']['focal']} x focal + {config['loss']['dice']} x dice
-(+ IoU MSE), multimask min-loss for single points. Wall time {summary['train_seconds'] / 60:.1f} min of training
-(CPU threads: {config['threads']}; median step {summary['median_step_seconds']:.2f} s, shared CPU).
-Git commit `{summary['git_commit']}`. Full config: `recipes/configs/tiny_sam.yaml`.
+(+ IoU MSE) {"on the logits upsampled to 256 x 256 against the exact masks" if config['loss'].get('full_resolution')
+             else "on the 128 x 128 logits against area-averaged masks"}, multimask min-loss for single points.
+Architecture: `tiny`{f" with {config['model_overrides']}" if config.get('model_overrides') else ""}.
+Wall time {summary['train_seconds'] / 60:.1f} min of training on {", ".join(sorted({entry.get("device", "cpu") for entry in config.get("history", [])}) or ["cpu"])}
+(CPU threads: {config['threads']}; median step {summary['median_step_seconds']:.3f} s).
+Git commit `{summary['git_commit']}`. Full config: `{(config.get("history") or [{}])[0].get("config", "recipes/configs/tiny_sam.yaml")}`.
 
 Reproduce (one command per invocation of the run; a resume with a longer `--iterations` continues the
 cosine schedule of that length from where it stands, i.e. a warm restart):
@@ -621,6 +692,10 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, help="override the schedule length")
     parser.add_argument("--stop-after", type=int, help="stop (with a checkpoint) at this iteration")
     parser.add_argument("--threads", type=int, help="override the config's CPU thread count")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the config's device")
+    parser.add_argument("--workers", type=int, default=1, help="processes that generate the scenes")
+    parser.add_argument("--fit-minutes", type=float,
+                        help="fresh runs: set the schedule length to what fits in this many minutes of training")
     parser.add_argument("--no-export", action="store_true", help="do not write the weights and model card")
     parser.add_argument("--export-only", action="store_true",
                         help="only export the finished run in --output (trained with --no-export)")
@@ -633,8 +708,9 @@ def main() -> None:
         export_finished_run(arguments.output, reevaluate=arguments.reevaluate)
         return
     train(load_config(arguments.config), arguments.output, resume=arguments.resume, iterations=arguments.iterations,
-          stop_after=arguments.stop_after, export=not arguments.no_export,
-          threads=arguments.threads)
+          stop_after=arguments.stop_after, export=not arguments.no_export, threads=arguments.threads,
+          device=arguments.device, workers=arguments.workers, fit_minutes=arguments.fit_minutes,
+          config_path=None if arguments.resume else arguments.config)
 
 
 if __name__ == "__main__":

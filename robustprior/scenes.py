@@ -57,6 +57,7 @@ Writers save datasets in the real on-disk layouts: COCO-style instances
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -559,6 +560,36 @@ def generate_scene(seed: int, config: SceneConfig | None = None, textures: Textu
 def derive_seed(seed: int, *indices: int) -> int:
     """A child seed for item ``indices`` of a dataset generated from ``seed`` (stable across runs)."""
     return int(np.random.SeedSequence([seed, *indices]).generate_state(1, dtype=np.uint32)[0])
+
+
+def _scene_block(seed: int, indices: range, texture_source: str | None
+                 ) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+    """Scenes ``derive_seed(seed, i)`` for ``i`` in ``indices`` (one worker's share of :func:`generate_scene_arrays`)."""
+    textures = TextureBank.load(texture_source)
+    scenes = [generate_scene(derive_seed(seed, index), textures=textures) for index in indices]
+    return (np.stack([scene.image for scene in scenes]), np.stack([scene.instances.astype(np.uint8) for scene in scenes]),
+            [scene.kinds for scene in scenes])
+
+
+def generate_scene_arrays(seed: int, count: int, description: str = "generating scenes", workers: int = 1,
+                          texture_source: str | None = None) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+    """Scenes ``generate_scene(derive_seed(seed, i))`` for ``i < count`` as arrays: images
+    ``N x H x W x 3`` uint8, instance maps ``N x H x W`` uint8 (0 = background, k = k-th object) and
+    each scene's shape kinds (the k-th object's kind at index k - 1).
+
+    ``workers > 1`` generates blocks of 64 scenes in parallel processes; each scene depends on its
+    seed alone, so the arrays are the same as with one process."""
+    blocks = [range(start, min(start + 64, count)) for start in range(0, count, 64)]
+    if workers > 1 and len(blocks) > 1:
+        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            parts = list(tqdm(pool.map(_scene_block, [seed] * len(blocks), blocks, [texture_source] * len(blocks)),
+                              total=len(blocks), desc=description, mininterval=5))
+    else:
+        parts = [_scene_block(seed, indices, texture_source) for indices in tqdm(blocks, desc=description, mininterval=5)]
+    if not parts:
+        raise ValueError(f"count must be positive, got {count}")
+    return (np.concatenate([part[0] for part in parts]), np.concatenate([part[1] for part in parts]),
+            [kinds for part in parts for kinds in part[2]])
 
 
 def _prepare_output(folder: Path, owned_paths: Sequence[Path], overwrite: bool) -> None:
