@@ -89,7 +89,7 @@ class PromptGroup:
     """Prompts of one kind for a training step (P prompts over B images)."""
 
     image_index: torch.Tensor  # P long: which image of the batch
-    targets: torch.Tensor  # P x 1 x H x W float {0, 1}: the object's exact mask
+    targets: torch.Tensor  # P x 1 x H x W bool: the object's exact mask
     point_coords: torch.Tensor | None = None  # P x N x 2 (x, y), padded with PAD_LABEL points
     point_labels: torch.Tensor | None = None  # P x N int
     boxes: torch.Tensor | None = None  # P x 4 XYXY
@@ -142,7 +142,7 @@ def sample_prompt_groups(instances: np.ndarray, rng: np.random.Generator, batch:
             labels[row, : len(point_labels)] = point_labels
         groups.append(PromptGroup(
             image_index=torch.tensor([entry[0] for entry in points]),
-            targets=torch.from_numpy(np.stack([entry[1] for entry in points])[:, None]).float(),
+            targets=torch.from_numpy(np.stack([entry[1] for entry in points])[:, None]),
             point_coords=torch.from_numpy(coords),
             point_labels=torch.from_numpy(labels),
             single_point=torch.tensor([entry[4] for entry in points]),
@@ -150,10 +150,53 @@ def sample_prompt_groups(instances: np.ndarray, rng: np.random.Generator, batch:
     if boxes:
         groups.append(PromptGroup(
             image_index=torch.tensor([entry[0] for entry in boxes]),
-            targets=torch.from_numpy(np.stack([entry[1] for entry in boxes])[:, None]).float(),
+            targets=torch.from_numpy(np.stack([entry[1] for entry in boxes])[:, None]),
             boxes=torch.from_numpy(np.stack([entry[2] for entry in boxes])),
         ))
     return groups
+
+
+class TrainingBatches(torch.utils.data.IterableDataset):
+    """The training steps' inputs from ``start`` on: step ``i`` draws its images, flips and prompts
+    with ``np.random.default_rng([seed, i])``, so a step's batch does not depend on which process
+    made it or on earlier steps (exact resume; identical with any number of loader workers, which
+    take the steps round-robin, the order a ``DataLoader`` returns them in)."""
+
+    def __init__(self, images: np.ndarray, instances: np.ndarray, config: dict, start: int) -> None:
+        self.images, self.instances = images, instances
+        self.batch, self.flips = config["batch"], config["data"]["flip_augmentation"]
+        self.seed, self.start = int(config["seed"]), start
+
+    def step(self, index: int) -> tuple[np.ndarray, list[PromptGroup]]:
+        """Step ``index``: images ``B x H x W x 3`` uint8 and their prompt groups."""
+        rng = np.random.default_rng([self.seed, index])
+        chosen = rng.choice(len(self.images), size=self.batch["images"], replace=False)
+        images, instances = self.images[chosen], self.instances[chosen]
+        if self.flips:
+            if rng.random() < 0.5:
+                images, instances = images[:, :, ::-1], instances[:, :, ::-1]
+            if rng.random() < 0.5:
+                images, instances = images[:, ::-1], instances[:, ::-1]
+        return np.ascontiguousarray(images), sample_prompt_groups(np.ascontiguousarray(instances), rng, self.batch)
+
+    def __iter__(self):
+        """Steps as ``(images, [group fields as dicts])``: plain containers, which loader workers can
+        send whatever module this file was imported as."""
+        info = torch.utils.data.get_worker_info()
+        index, stride = (self.start, 1) if info is None else (self.start + info.id, info.num_workers)
+        while True:
+            images, groups = self.step(index)
+            yield images, [dict(group.__dict__) for group in groups]
+            index += stride
+
+
+def training_batches(images: np.ndarray, instances: np.ndarray, config: dict, start: int, workers: int):
+    """Iterator over the steps of :class:`TrainingBatches` from ``start`` on, as ``(images,
+    [PromptGroup])``, made by ``workers`` processes (``workers <= 1``: in this process)."""
+    dataset = TrainingBatches(images, instances, config, start)
+    stream = iter(dataset) if workers <= 1 else iter(torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=workers, prefetch_factor=4))
+    return ((images, [PromptGroup(**fields) for fields in groups]) for images, groups in stream)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -200,11 +243,11 @@ def group_losses(model: RobustSam, features: ImageFeatures, group: PromptGroup, 
     sparse, dense = model.encode_prompts(points=points, boxes=group.boxes)
     output = model.decode(features, sparse, dense, image_index=group.image_index, multimask_output=None, path="sam")
     logits = output.mask_logits.float()
+    targets = group.targets.float()  # converted here, on the model's device (loader workers only make arrays)
     if weights.get("full_resolution", False):
-        logits = F.interpolate(logits, size=group.targets.shape[-2:], mode="bilinear", align_corners=False)
-        targets = group.targets
+        logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
     else:
-        targets = F.adaptive_avg_pool2d(group.targets, logits.shape[-2:])  # soft targets at the low resolution
+        targets = F.adaptive_avg_pool2d(targets, logits.shape[-2:])  # soft targets at the low resolution
     focal, dice = focal_and_dice(logits, targets, weights["focal_alpha"], weights["focal_gamma"])
     mask_loss = weights["focal"] * focal + weights["dice"] * dice  # P x 4
 
@@ -230,12 +273,12 @@ def group_losses(model: RobustSam, features: ImageFeatures, group: PromptGroup, 
     }
 
 
-def training_step_loss(model: RobustSam, images: np.ndarray, groups: list[PromptGroup], config: dict
+def training_step_loss(model: RobustSam, images: np.ndarray | torch.Tensor, groups: list[PromptGroup], config: dict
                        ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss of one step (mean over prompts) for ``images`` (``B x H x W x 3`` uint8)."""
     weights = config["loss"]
     device = next(model.parameters()).device
-    pixels = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
+    pixels = torch.as_tensor(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
     groups = [group.to(device) for group in groups]
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["optimizer"]["bf16_autocast"]):
         features = model.encode_image(model.preprocess(pixels))
@@ -444,11 +487,10 @@ def train(config: dict, output: str | Path, resume: bool = False, iterations: in
     torch.set_num_threads(config["threads"])
     write_text_atomically(output / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
-    data, batch, optimizer_config = config["data"], config["batch"], config["optimizer"]
+    data, optimizer_config = config["data"], config["optimizer"]
     total = optimizer_config["iterations"]
     torch.manual_seed(config["seed"])
     random.seed(config["seed"])
-    rng = np.random.default_rng(config["seed"])
     train_images, train_instances = cached_scenes(output, data["train_seed"], data["train_scenes"], workers)
     test_images, test_instances, test_kinds = held_out_scenes(data["test_seed"], data["test_scenes"], workers)
     quick = slice(0, data["quick_eval_scenes"])
@@ -463,7 +505,6 @@ def train(config: dict, output: str | Path, resume: bool = False, iterations: in
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
         scheduler.load_state_dict(state["scheduler"])
-        rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
         iteration, elapsed = state["iteration"], state["elapsed_seconds"]
@@ -476,7 +517,7 @@ def train(config: dict, output: str | Path, resume: bool = False, iterations: in
             "config": config, "iteration": iteration, "elapsed_seconds": elapsed,
             "model": {name: tensor.cpu() for name, tensor in model.state_dict().items()},
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
         }, checkpoint_path)
 
     logging = config["logging"]
@@ -486,17 +527,11 @@ def train(config: dict, output: str | Path, resume: bool = False, iterations: in
     last_loss = float("nan")
     probe: list[float] = []  # step seconds for --fit-minutes
     progress = tqdm(total=total, initial=iteration, desc="train", mininterval=10, dynamic_ncols=False)
+    batches = training_batches(train_images, train_instances, config, iteration, workers)
     model.train()
     while iteration < end:
         started = time.monotonic()
-        chosen = rng.choice(len(train_images), size=batch["images"], replace=False)
-        images, instances = train_images[chosen], train_instances[chosen]
-        if data["flip_augmentation"]:
-            if rng.random() < 0.5:
-                images, instances = images[:, :, ::-1], instances[:, :, ::-1]
-            if rng.random() < 0.5:
-                images, instances = images[:, ::-1], instances[:, ::-1]
-        groups = sample_prompt_groups(np.ascontiguousarray(instances), rng, batch)
+        images, groups = next(batches)
         loss, logged = training_step_loss(model, images, groups, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
