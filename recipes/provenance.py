@@ -9,10 +9,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def git_commit() -> str:
-    """``git rev-parse HEAD`` of the repository; in a copy without ``.git`` (a tree shipped to a GPU
-    machine) the commit it was copied from, ``$ROBUSTPRIOR_GIT_COMMIT``; else ``"unknown"``."""
+    """``$ROBUSTPRIOR_GIT_COMMIT`` when set (a copy of the tree shipped to another machine, whose
+    ``.git``, if any, need not be current), else ``git rev-parse HEAD`` of the repository, else
+    ``"unknown"``."""
+    if os.environ.get("ROBUSTPRIOR_GIT_COMMIT"):
+        return os.environ["ROBUSTPRIOR_GIT_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("ROBUSTPRIOR_GIT_COMMIT", "unknown")
+        return "unknown"

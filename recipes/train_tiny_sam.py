@@ -427,7 +427,8 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: PyTorch sees no CUDA device")
+        raise RuntimeError("device cuda (--device or the config's device): PyTorch sees no CUDA device; "
+                           "pass --device cpu")
     return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
@@ -454,7 +455,7 @@ def train(config: dict, output: str | Path, resume: bool = False, iterations: in
     ``stop_after`` ends the run early at that iteration with a checkpoint (as an interruption
     would); ``export`` writes the weights and model card named in ``config["export"]`` after the
     final evaluation. ``device`` overrides ``config["device"]``; ``workers`` processes generate the
-    scenes; ``fit_minutes`` (a fresh run only) sets the schedule length at step 40 from the timed
+    scenes and make the training batches (:func:`training_batches`); ``fit_minutes`` (a fresh run only) sets the schedule length at step 40 from the timed
     steps 11-40 (:func:`fitted_iterations`). Every call appends ``{start_iteration,
     schedule_iterations, threads, device}`` (and ``config_path``, the YAML file a fresh run was
     read from) to ``config["history"]`` (saved in the checkpoint) for the model card."""

@@ -246,3 +246,17 @@ def test_writers_refuse_non_empty_folders(tmp_path: Path) -> None:
     write_gopro_dataset(tmp_path / "gopro", 1, 1, seed=0, blur_frames=3, config=small, progress=False)
     with pytest.raises(FileExistsError, match="gopro"):
         write_gopro_dataset(tmp_path / "gopro", 1, 1, seed=0, blur_frames=3, config=small, progress=False)
+
+
+def test_scene_arrays_are_the_same_from_parallel_workers() -> None:
+    from robustprior.scenes import generate_scene_arrays
+
+    serial = generate_scene_arrays(3, 70, workers=1)  # two blocks of 64 and 6 scenes
+    parallel = generate_scene_arrays(3, 70, workers=2)
+    assert np.array_equal(serial[0], parallel[0]) and np.array_equal(serial[1], parallel[1])
+    assert serial[2] == parallel[2]
+    scene = generate_scene(derive_seed(3, 65))
+    assert np.array_equal(parallel[0][65], scene.image)
+    assert np.array_equal(parallel[1][65], scene.instances) and parallel[2][65] == scene.kinds
+    with pytest.raises(ValueError, match="count must be positive"):
+        generate_scene_arrays(3, 0)

@@ -12,6 +12,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from robustprior.scenes import TextureBank, derive_seed, generate_scene
 
@@ -114,8 +115,8 @@ def test_extended_schedule_history_and_export_of_finished_run(recipe: ModuleType
 
     state = torch.load(run / recipe.CHECKPOINT_NAME, map_location="cpu", weights_only=False)
     assert state["config"]["history"] == [
-        {"start_iteration": 0, "schedule_iterations": 3, "threads": small_config["threads"]},
-        {"start_iteration": 2, "schedule_iterations": 4, "threads": 1},
+        {"start_iteration": 0, "schedule_iterations": 3, "threads": small_config["threads"], "device": "cpu"},
+        {"start_iteration": 2, "schedule_iterations": 4, "threads": 1, "device": "cpu"},
     ]
     recipe.export_finished_run(run, reevaluate=True)
     metrics = json.loads((run / "metrics.json").read_text())["metrics"]
@@ -157,3 +158,103 @@ def test_evaluation_per_shape_kind_matches_object_by_object_clicks(recipe: Modul
     assert metrics["objects_per_kind"] == {kind: len(v) for kind, v in sorted(expected.items())}
     for kind, ious in expected.items():
         assert metrics["single_point_iou_per_kind"][kind] == pytest.approx(np.mean(ious), abs=1e-6)
+
+
+def test_fitted_iterations_closed_form(recipe: ModuleType) -> None:
+    """10 slow start-up steps (1 s) and 30 steps of 0.5 s, 2 minutes: 95 s are left for steps of
+    0.5 s x 1.03, i.e. 184 more."""
+    assert recipe.fitted_iterations([1.0] * 10 + [0.5] * 30, 2.0) == 40 + int(95 / 0.515)
+    assert recipe.fitted_iterations([1.0] * 40, 0.1) == 41  # out of time: still one more step
+
+
+def test_fit_minutes_fixes_and_records_the_schedule(recipe: ModuleType, small_config: dict, tmp_path: Path) -> None:
+    small_config["batch"].update(images=1, prompts_per_image=1)
+    small_config["optimizer"].update(iterations=10_000, warmup_iterations=50)
+    result = recipe.train(small_config, tmp_path / "run", fit_minutes=0.02, export=False,
+                          config_path="recipes/configs/tiny_sam.yaml")
+    state = torch.load(tmp_path / "run" / recipe.CHECKPOINT_NAME, map_location="cpu", weights_only=False)
+    entry = state["config"]["history"][-1]
+    assert result["iteration"] == entry["schedule_iterations"] == state["config"]["optimizer"]["iterations"]
+    assert recipe.FIT_PROBE[1] < result["iteration"] < 10_000  # set from the timed steps, not the config's
+    assert entry["config"] == "recipes/configs/tiny_sam.yaml"
+    with pytest.raises(ValueError, match="fresh run"):
+        recipe.train(small_config, tmp_path / "run", resume=True, fit_minutes=1.0)
+
+
+def test_training_batches_do_not_depend_on_workers_or_start(recipe: ModuleType, small_config: dict) -> None:
+    """Step i is the same made in this process, by 2 loader workers, or reached from another start."""
+    from robustprior.scenes import generate_scene_arrays
+
+    images, instances, _ = generate_scene_arrays(0, 6)
+    here = recipe.training_batches(images, instances, small_config, 3, workers=1)
+    loaders = recipe.training_batches(images, instances, small_config, 3, workers=2)
+    from_zero = recipe.training_batches(images, instances, small_config, 0, workers=1)
+    for _ in range(3):
+        next(from_zero)
+    for step in range(4):
+        reference = next(here)
+        for images_k, groups_k in (next(loaders), next(from_zero)):
+            assert np.array_equal(np.asarray(images_k), reference[0]), step
+            assert len(groups_k) == len(reference[1])
+            for group, expected in zip(groups_k, reference[1]):
+                for name, value in expected.__dict__.items():
+                    assert (value is None and getattr(group, name) is None) or torch.equal(getattr(group, name), value)
+    first, second = next(here), next(here)
+    assert not np.array_equal(first[0], second[0]) or not torch.equal(first[1][0].targets, second[1][0].targets)
+
+
+def test_full_resolution_loss_is_the_loss_of_the_inference_masks(recipe: ModuleType) -> None:
+    """With ``full_resolution`` the training loss is computed on the logits that
+    ``postprocess_masks`` (what evaluation thresholds) gives, against the exact masks."""
+    torch.manual_seed(0)
+    model = recipe.trainable_model("tiny").eval()
+    images, instances, _ = recipe.held_out_scenes(5, 1)
+    rng = np.random.default_rng(0)
+    batch = {"prompt_mix": {"box": 1.0}, "prompts_per_image": 2, "negative_probability": 0.0, "box_jitter": 0.0}
+    (group,) = recipe.sample_prompt_groups(instances, rng, batch)
+    weights = {"full_resolution": True, "focal": 20.0, "dice": 1.0, "focal_alpha": -1.0, "focal_gamma": 2.0,
+               "single_point_token0": 0.5}
+    with torch.no_grad():
+        features = model.encode_image(model.preprocess(torch.from_numpy(images).permute(0, 3, 1, 2).float()))
+        terms = recipe.group_losses(model, features, group, weights)
+        sparse, dense = model.encode_prompts(boxes=group.boxes)
+        output = model.decode(features, sparse, dense, image_index=group.image_index, multimask_output=None,
+                              path="sam")
+        logits = model.postprocess_masks(output.mask_logits, (256, 256), (256, 256))[:, :1]
+
+    def focal_and_dice(logits: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
+        probabilities = logits.sigmoid()
+        cross_entropy = -(truth * torch.log(probabilities) + (1 - truth) * torch.log(1 - probabilities))
+        correct = probabilities * truth + (1 - probabilities) * (1 - truth)
+        focal = ((1 - correct) ** 2 * cross_entropy).mean(dim=(-2, -1))
+        overlap = (probabilities * truth).sum(dim=(-2, -1))
+        dice = 1 - (2 * overlap + 1) / (probabilities.sum(dim=(-2, -1)) + truth.sum(dim=(-2, -1)) + 1)
+        return focal.sum().item(), dice.sum().item()
+
+    focal, dice = focal_and_dice(logits, group.targets.float())
+    assert terms["focal"].item() == pytest.approx(focal, rel=1e-4)
+    assert terms["dice"].item() == pytest.approx(dice, rel=1e-4)
+    # without it: the 128 x 128 logits against the share of object pixels in each 2 x 2 block
+    low_resolution = recipe.group_losses(model, features, group, {**weights, "full_resolution": False})
+    focal, dice = focal_and_dice(output.mask_logits[:, :1], F.avg_pool2d(group.targets.float(), 2))
+    assert low_resolution["focal"].item() == pytest.approx(focal, rel=1e-4)
+    assert low_resolution["dice"].item() == pytest.approx(dice, rel=1e-4)
+
+
+def test_device_choice(recipe: ModuleType) -> None:
+    assert recipe.resolve_device("cpu") == torch.device("cpu")
+    assert recipe.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        recipe.resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            recipe.resolve_device("cuda")
+
+
+def test_git_commit_of_a_shipped_copy_comes_from_the_environment(recipe: ModuleType,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ROBUSTPRIOR_GIT_COMMIT", raising=False)
+    here = recipe.git_commit()
+    assert here == "unknown" or len(here) == 40
+    monkeypatch.setenv("ROBUSTPRIOR_GIT_COMMIT", "0123abc")
+    assert recipe.git_commit() == "0123abc"
