@@ -579,6 +579,8 @@ def generate_scene_arrays(seed: int, count: int, description: str = "generating 
 
     ``workers > 1`` generates blocks of 64 scenes in parallel processes; each scene depends on its
     seed alone, so the arrays are the same as with one process."""
+    if count < 1:
+        raise ValueError(f"count must be positive, got {count}")
     blocks = [range(start, min(start + 64, count)) for start in range(0, count, 64)]
     if workers > 1 and len(blocks) > 1:
         with concurrent.futures.ProcessPoolExecutor(workers) as pool:
@@ -586,8 +588,6 @@ def generate_scene_arrays(seed: int, count: int, description: str = "generating 
                               total=len(blocks), desc=description, mininterval=5))
     else:
         parts = [_scene_block(seed, indices, texture_source) for indices in tqdm(blocks, desc=description, mininterval=5)]
-    if not parts:
-        raise ValueError(f"count must be positive, got {count}")
     return (np.concatenate([part[0] for part in parts]), np.concatenate([part[1] for part in parts]),
             [kinds for part in parts for kinds in part[2]])
 
