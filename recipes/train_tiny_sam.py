@@ -56,6 +56,7 @@ from robustprior.scenes import TextureBank, generate_scene_arrays  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT_NAME = "checkpoint.pt"
+DEFAULT_CONFIG = "recipes/configs/tiny_sam.yaml"  # the CPU recipe
 LOSS_COLUMNS = ("iteration", "lr", "loss", "focal", "dice", "iou_mse", "seconds")
 EVALUATION_COLUMNS = ("iteration", "objects", "single_point_iou", "single_point_oracle_iou", "token0_iou", "box_iou")
 PAD_LABEL = -1  # SAM's label for a padding point (ignored by the prompt encoder)
@@ -192,11 +193,12 @@ class TrainingBatches(torch.utils.data.IterableDataset):
 
 def training_batches(images: np.ndarray, instances: np.ndarray, config: dict, start: int, workers: int):
     """Iterator over the steps of :class:`TrainingBatches` from ``start`` on, as ``(images,
-    [PromptGroup])``, made by ``workers`` processes (``workers <= 1``: in this process)."""
+    [PromptGroup])`` with images a ``B x H x W x 3`` uint8 tensor, made by ``workers`` processes
+    (``workers <= 1``: in this process)."""
     dataset = TrainingBatches(images, instances, config, start)
     stream = iter(dataset) if workers <= 1 else iter(torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=workers, prefetch_factor=4))
-    return ((images, [PromptGroup(**fields) for fields in groups]) for images, groups in stream)
+    return ((torch.as_tensor(images), [PromptGroup(**fields) for fields in groups]) for images, groups in stream)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -273,12 +275,12 @@ def group_losses(model: RobustSam, features: ImageFeatures, group: PromptGroup, 
     }
 
 
-def training_step_loss(model: RobustSam, images: np.ndarray | torch.Tensor, groups: list[PromptGroup], config: dict
+def training_step_loss(model: RobustSam, images: torch.Tensor, groups: list[PromptGroup], config: dict
                        ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss of one step (mean over prompts) for ``images`` (``B x H x W x 3`` uint8)."""
     weights = config["loss"]
     device = next(model.parameters()).device
-    pixels = torch.as_tensor(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
+    pixels = images.to(device).permute(0, 3, 1, 2).float()
     groups = [group.to(device) for group in groups]
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["optimizer"]["bf16_autocast"]):
         features = model.encode_image(model.preprocess(pixels))
@@ -651,7 +653,7 @@ def reproduce_commands(config: dict) -> str:
         if entry["start_iteration"] > 0:
             command += " --output runs/tiny_sam --resume"
         else:
-            command += f" --config {entry.get('config', 'recipes/configs/tiny_sam.yaml')} --output runs/tiny_sam"
+            command += f" --config {entry.get('config', DEFAULT_CONFIG)} --output runs/tiny_sam"
         command += f" --iterations {entry['schedule_iterations']} --threads {entry['threads']}"
         if entry.get("device", "cpu") != "cpu":
             command += f" --device {entry['device']}"
@@ -699,7 +701,7 @@ bf16 autocast {config['optimizer']['bf16_autocast']}, decoder attention initiali
 Architecture: `tiny`{f" with {config['model_overrides']}" if config.get('model_overrides') else ""}.
 Wall time {summary['train_seconds'] / 60:.1f} min of training on {", ".join(sorted({entry.get("device", "cpu") for entry in config.get("history", [])}) or ["cpu"])}
 (CPU threads: {config['threads']}; median step {summary['median_step_seconds']:.3f} s).
-Git commit `{summary['git_commit']}`. Full config: `{(config.get("history") or [{}])[0].get("config", "recipes/configs/tiny_sam.yaml")}`.
+Git commit `{summary['git_commit']}`. Full config: `{(config.get("history") or [{}])[0].get("config", DEFAULT_CONFIG)}`.
 
 Reproduce (one command per invocation of the run; a resume with a longer `--iterations` continues the
 cosine schedule of that length from where it stands, i.e. a warm restart):
@@ -721,7 +723,7 @@ cosine schedule of that length from where it stands, i.e. a warm restart):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="recipes/configs/tiny_sam.yaml")
+    parser.add_argument("--config", default=DEFAULT_CONFIG)
     parser.add_argument("--output", default="runs/tiny_sam")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUTPUT/checkpoint.pt (with the config stored in it)")
