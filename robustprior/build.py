@@ -27,6 +27,7 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
 
 from .modeling.early_features import first_global_attention_block
+from .modeling.layer_norm import use_channel_layer_norm
 from .modeling.robust_sam import RobustComponents, RobustSam
 
 
@@ -152,6 +153,7 @@ def build_from_config(config: ModelConfig) -> RobustSam:
     )
     model = RobustSam(image_encoder, prompt_encoder, mask_decoder, robust, early_layer,
                       image_size=config.image_size, config=config.to_dict())
+    use_channel_layer_norm(model)  # SAM's LayerNorm2d modules (encoder neck, prompt encoder, upscaling), same weights
     model.freeze_sam()
     model.eval()
     return model

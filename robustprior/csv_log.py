@@ -10,8 +10,14 @@ from .atomic import write_text_atomically
 
 
 def append_csv(path: Path, row: Mapping[str, Any]) -> None:
-    """Append ``row`` to a CSV file, writing the header first when the file is new."""
+    """Append ``row`` to a CSV file, writing the header first when the file is new; a row whose
+    columns differ from the file's header is an error (it would be misread)."""
     new = not path.exists()
+    if not new:
+        with open(path, newline="") as handle:
+            header = next(csv.reader(handle), [])
+        if header and header != list(row):
+            raise ValueError(f"{path} has columns {header}; this row has {list(row)}")
     with open(path, "a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(row))
         if new:

@@ -193,7 +193,8 @@ def _check_scenes_folder(root: Path, expected: dict[str, Any], section: str) -> 
         )
 
 
-def _scenes_root(config: Mapping[str, Any], cache_root: Path | None, section: str, progress: bool) -> Path:
+def _scenes_root(config: Mapping[str, Any], cache_root: Path | None, section: str, progress: bool,
+                 workers: int = 1) -> Path:
     """The folder of the generated scenes, written first when missing (see the module docstring)."""
     n_images = _integer(config, "n_images", section, minimum=1)
     seed = _integer(config, "seed", section, minimum=0)
@@ -210,7 +211,7 @@ def _scenes_root(config: Mapping[str, Any], cache_root: Path | None, section: st
     partial = root.with_name(f".{root.name}.partial-{os.getpid()}")
     if partial.exists():
         shutil.rmtree(partial)
-    write_instance_dataset(partial, n_images, seed, scene_config, progress=progress)
+    write_instance_dataset(partial, n_images, seed, scene_config, progress=progress, workers=workers)
     (partial / SCENES_PARAMS_FILE).write_text(json.dumps(expected, indent=1) + "\n")
     try:
         if root.is_dir():
@@ -229,13 +230,15 @@ def build_instance_source(
     *,
     section: str = "data",
     progress: bool = True,
+    workers: int = 1,
 ) -> InstanceSource:
     """The instance source described by one data section (see the module docstring).
 
     ``cache_root`` receives generated scenes without a ``root`` (default
     :func:`default_data_cache`). ``section`` names the section in error messages (e.g.
     ``"data.test"``). Raises ValueError for an unknown format, missing/unknown/ill-typed keys or a
-    mismatching scenes folder, and FileNotFoundError naming the key of a missing path.
+    mismatching scenes folder, and FileNotFoundError naming the key of a missing path. ``workers``
+    processes write generated scenes (the same files as one process).
     """
     source_format = _checked_keys(config, section)
     source: InstanceSource
@@ -261,7 +264,7 @@ def build_instance_source(
         image_root = _existing_path(config, "image_root", section, directory=True)
         source = CocoInstances(annotations, image_root)
     else:
-        source = InstanceMaskFolder(_scenes_root(config, cache_root, section, progress))
+        source = InstanceMaskFolder(_scenes_root(config, cache_root, section, progress, workers))
     names = config.get("names")
     if names is not None:
         if isinstance(names, str) or not isinstance(names, Sequence):

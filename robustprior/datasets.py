@@ -20,7 +20,7 @@ from pycocotools import mask as coco_mask
 from torch.utils.data import Dataset
 
 from robustprior.image_io import read_rgb_image  # re-exported: datasets.read_rgb_image is the same function
-from robustprior.prompts import jitter_box, mask_to_box, sample_points
+from robustprior.prompts import center_point, jitter_box, mask_to_box, sample_points
 
 __all__ = [
     "CLEAR_KIND",
@@ -29,6 +29,7 @@ __all__ = [
     "InstanceMaskFolder",
     "InstanceRecord",
     "InstanceSource",
+    "PROMPT_KINDS",
     "RobustSegmentationDataset",
     "collate_segmentation",
     "read_label_png",
@@ -40,6 +41,17 @@ VOID_LABEL = 255  # uint8 VOC-style masks: "void" pixels (object boundaries, unl
 CLEAR_KIND = "identity"  # degradation name of an undegraded image (as in robustprior.degrade)
 
 Degradation = Callable[[np.ndarray, int], tuple[np.ndarray, str]]
+
+PROMPT_KINDS: tuple[str, ...] = ("points", "box", "single_point", "center_point")
+"""Prompt kinds of :class:`RobustSegmentationDataset` items:
+
+* ``points``: ``n_points`` positive points drawn inside the mask (the release trains with 3), unambiguous
+  enough to train the single-mask output;
+* ``box``: the tight box, jittered by ``box_jitter`` x its sides;
+* ``single_point``: ONE random point inside the mask, ambiguous (part or whole?): trained, as SAM is,
+  with the best of the three multimask outputs;
+* ``center_point``: the evaluation protocol's point (the interior centre, :func:`center_point`), deterministic.
+"""
 
 
 @dataclass
@@ -301,28 +313,33 @@ class RobustSegmentationDataset(Dataset):
     must return ``(degraded HxWx3 uint8, kind name)`` and None means no degradation
     (kind ``CLEAR_KIND``). Item keys: ``clear_image``, ``degraded_image`` (HxWx3 uint8),
     ``degradation`` (str), ``mask`` (HxW bool), ``ignore`` (HxW bool), ``name``, ``instance_id``,
-    ``seed`` and either ``point_coords`` (n_points x 2 float32, (x, y)) + ``point_labels``
-    (n_points int64) or ``box`` (4 float32, XYXY inclusive; jittered by ``box_jitter`` x side).
+    ``seed``, ``prompt_kind`` (one of :data:`PROMPT_KINDS`) and either ``point_coords`` (N x 2
+    float32, (x, y)) + ``point_labels`` (N int64) or ``box`` (4 float32, XYXY inclusive).
+
+    ``prompt`` is one of :data:`PROMPT_KINDS`, or ``"mixed"``: each item then draws its kind from
+    ``prompt_mix`` (``{kind: weight}``, e.g. ``{"points": 2, "box": 1, "single_point": 1}``).
     """
 
     def __init__(
         self,
         source: InstanceSource,
         degradation: Degradation | None,
-        prompt: Literal["points", "box"] = "points",
+        prompt: str = "points",
         n_points: int = 3,
         box_jitter: float = 0.1,
         seed: int = 0,
         min_area: int = 1,
         instances_per_image: int | None = 1,
         names: Sequence[str] | None = None,
+        prompt_mix: dict[str, float] | None = None,
     ) -> None:
-        if prompt not in ("points", "box"):
-            raise ValueError(f"prompt must be 'points' or 'box', got {prompt!r}")
+        if prompt not in (*PROMPT_KINDS, "mixed"):
+            raise ValueError(f"prompt must be one of {', '.join(PROMPT_KINDS)} or mixed, got {prompt!r}")
         if n_points < 1:
             raise ValueError(f"n_points must be at least 1, got {n_points}")
         if instances_per_image is not None and instances_per_image < 1:
             raise ValueError(f"instances_per_image must be at least 1 or None, got {instances_per_image}")
+        self.prompt_kinds, self.prompt_weights = self._prompt_distribution(prompt, prompt_mix)
         self.source = source
         self.degradation = degradation
         self.prompt = prompt
@@ -333,6 +350,23 @@ class RobustSegmentationDataset(Dataset):
         self.instances_per_image = instances_per_image
         self.epoch = 0
         self.pairs = self._build_index(self._record_indices(names))
+
+    @staticmethod
+    def _prompt_distribution(prompt: str, prompt_mix: dict[str, float] | None) -> tuple[tuple[str, ...], np.ndarray]:
+        """The prompt kinds an item can get and their probabilities."""
+        if prompt != "mixed":
+            if prompt_mix:
+                raise ValueError(f"prompt_mix is only used with prompt: mixed (prompt is {prompt!r})")
+            return (prompt,), np.ones(1)
+        if not prompt_mix:
+            raise ValueError("prompt: mixed needs prompt_mix, e.g. {points: 2, box: 1, single_point: 1}")
+        unknown = sorted(set(prompt_mix) - set(PROMPT_KINDS))
+        if unknown:
+            raise ValueError(f"prompt_mix has unknown kind(s) {', '.join(unknown)}; allowed: {', '.join(PROMPT_KINDS)}")
+        weights = np.array([float(prompt_mix[kind]) for kind in prompt_mix])
+        if (weights < 0).any() or not np.isfinite(weights).all() or weights.sum() <= 0:
+            raise ValueError(f"prompt_mix weights must be finite, >= 0 and not all zero, got {prompt_mix}")
+        return tuple(prompt_mix), weights / weights.sum()
 
     def _record_indices(self, names: Sequence[str] | None) -> list[int]:
         """Source indices of the selected records, in source order."""
@@ -396,8 +430,15 @@ class RobustSegmentationDataset(Dataset):
             "instance_id": record.instance_ids[position],
             "seed": item_seed,
         }
-        if self.prompt == "points":
-            item["point_coords"], item["point_labels"] = sample_points(mask, self.n_points, prompt_rng)
+        kind = self.prompt_kinds[0]
+        if len(self.prompt_kinds) > 1:
+            kind = self.prompt_kinds[int(prompt_rng.choice(len(self.prompt_kinds), p=self.prompt_weights))]
+        item["prompt_kind"] = kind
+        if kind in ("points", "single_point"):
+            count = self.n_points if kind == "points" else 1
+            item["point_coords"], item["point_labels"] = sample_points(mask, count, prompt_rng)
+        elif kind == "center_point":
+            item["point_coords"], item["point_labels"] = center_point(mask)[None], np.ones(1, dtype=np.int64)
         else:
             box = mask_to_box(mask)
             if self.box_jitter > 0:
@@ -416,6 +457,9 @@ def collate_segmentation(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """
     if not batch:
         raise ValueError("cannot collate an empty batch")
+    if len({frozenset(item) & set(PROMPT_KEYS) for item in batch}) > 1:
+        raise ValueError("cannot stack the prompts of a batch that mixes points and boxes (prompt: mixed); "
+                         "group the items by 'prompt_kind' first")
     collated: dict[str, Any] = {}
     for key in batch[0]:
         values = [item[key] for item in batch]

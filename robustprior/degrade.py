@@ -53,6 +53,15 @@ contrast            ``(x - 128) * c + 128``, c U(1.6, 1.7)                      
 =================== ============================================================ ============================
 
 All outputs are rounded to the nearest integer and clipped to [0, 255].
+
+Reference size. The release's spatial parameters are pixel lengths chosen for photos that SAM
+resizes to 1024 px: a 35-px motion blur on a 256-px image is four times stronger relative to the
+objects than on a 1024-px one. ``reference_size`` (``degrade``, ``RandomDegradation``) scales every
+*spatial* length by ``spatial_scale = max(H, W) / reference_size``: the motion-blur length, the
+elastic smoothing ``sigma`` and displacement (see :func:`elastic_transform`), and the frosted-glass
+blur ``sigma`` and pixel displacement (rounded, at least 1 px when severity > 0). ``None`` (the default) keeps the
+release's raw pixel sizes. Kinds whose parameters are already relative to the image (fog, rain and
+snow layers, zoom and resampling factors) or per pixel (noise, colour, JPEG quality) are unchanged.
 """
 from __future__ import annotations
 
@@ -66,6 +75,7 @@ __all__ = [
     "DEGRADATIONS",
     "DEGRADATIONS_VERSION",
     "RandomDegradation",
+    "SPATIAL_KINDS",
     "brightness",
     "color_jitter",
     "compression",
@@ -83,6 +93,7 @@ __all__ = [
     "rain",
     "resampling_blur",
     "snow",
+    "spatial_scale",
     "zoom_blur",
 ]
 
@@ -310,9 +321,9 @@ def resampling_blur(image: np.ndarray, rng: np.random.Generator, severity: float
     return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def motion_blur(image: np.ndarray, rng: np.random.Generator, severity: float) -> np.ndarray:
-    """Blur along a random straight line of length ``U(3, 35) * severity`` px and angle U(0, 180) deg."""
-    length = rng.uniform(3, 35) * severity
+def motion_blur(image: np.ndarray, rng: np.random.Generator, severity: float, spatial_scale: float = 1.0) -> np.ndarray:
+    """Blur along a random straight line of length ``U(3, 35) * severity * spatial_scale`` px and angle U(0, 180) deg."""
+    length = rng.uniform(3, 35) * severity * spatial_scale
     kernel = _line_kernel(length, rng.uniform(0, 180))
     return cv2.filter2D(image, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
 
@@ -391,13 +402,18 @@ def compression(image: np.ndarray, rng: np.random.Generator, severity: float) ->
     return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-def elastic_transform(image: np.ndarray, rng: np.random.Generator, severity: float) -> np.ndarray:
-    """Elastic warp: displacement = Gaussian blur (sigma 10) of U(-1, 1) noise x (100 * severity) px.
+def elastic_transform(image: np.ndarray, rng: np.random.Generator, severity: float,
+                      spatial_scale: float = 1.0) -> np.ndarray:
+    """Elastic warp: displacement = Gaussian blur (sigma ``10 k``) of per-pixel U(-1, 1) noise x
+    ``100 * severity * k**2`` px, ``k = spatial_scale``.
 
-    Sampling is bilinear with reflected borders (albumentations/Simard et al. convention).
+    Sampling is bilinear with reflected borders (albumentations/Simard et al. convention). The
+    ``k**2``: a field of the release's parameters on a 1/k times larger image, shrunk to this one, has
+    k times shorter displacements, but blurring per-pixel noise with a k times smaller sigma leaves
+    1/k times larger values (fewer pixels averaged), so alpha shrinks by k twice.
     """
     height, width = image.shape[:2]
-    alpha, sigma = 100.0 * severity, 10.0
+    alpha, sigma = 100.0 * severity * spatial_scale**2, 10.0 * spatial_scale
     column_shift, row_shift = (
         _gaussian_blur(rng.uniform(-1, 1, (height, width)).astype(np.float32), sigma) * np.float32(alpha)
         for _ in range(2)
@@ -412,12 +428,17 @@ def elastic_transform(image: np.ndarray, rng: np.random.Generator, severity: flo
     )
 
 
-def frosted_glass_blur(image: np.ndarray, rng: np.random.Generator, severity: float) -> np.ndarray:
-    """Blur (sigma ``0.7 s``), displace pixels twice by up to ``round(3 s)`` px, blur again.
+def frosted_glass_blur(image: np.ndarray, rng: np.random.Generator, severity: float,
+                       spatial_scale: float = 1.0) -> np.ndarray:
+    """Blur (sigma ``0.7 s k``), displace pixels twice by up to ``round(3 s k)`` px, blur again
+    (``k = spatial_scale``; the displacement is at least 1 px when ``s k > 0``).
 
     Vectorised version of the release's glass blur; see :func:`displace_pixels`.
     """
-    sigma, max_displacement, iterations = 0.7 * severity, round(3 * severity), 2
+    sigma, iterations = 0.7 * severity * spatial_scale, 2
+    max_displacement = round(3 * severity * spatial_scale)
+    if severity * spatial_scale > 0:
+        max_displacement = max(1, max_displacement)
     glass = _gaussian_blur(image.astype(np.float32), sigma)
     for _ in range(iterations):
         glass = displace_pixels(glass, rng, max_displacement)
@@ -456,6 +477,9 @@ _DEGRADATION_FUNCTIONS: dict[str, DegradationFunction] = {
 }
 DEGRADATIONS: tuple[str, ...] = tuple(_DEGRADATION_FUNCTIONS)
 """The 16 kinds, identity first, in the order of the module table."""
+
+SPATIAL_KINDS: frozenset[str] = frozenset({"motion_blur", "elastic_transform", "frosted_glass_blur"})
+"""Kinds with pixel-length parameters, scaled by ``reference_size`` (module docstring)."""
 
 DEGRADATIONS_VERSION = 1
 """Bump whenever any kind's output for a given (image, seed, severity) changes: cached features of
@@ -498,6 +522,21 @@ def _validated_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def spatial_scale(image_shape: Sequence[int], reference_size: float | None) -> float:
+    """``max(H, W) / reference_size`` for an ``H x W (x C)`` image, or 1 when ``reference_size`` is None."""
+    if reference_size is None:
+        return 1.0
+    if not math.isfinite(reference_size) or reference_size <= 0:
+        raise ValueError(f"reference_size must be a positive number of pixels or None, got {reference_size!r}")
+    return max(image_shape[0], image_shape[1]) / float(reference_size)
+
+
+def _apply(kind: str, image: np.ndarray, rng: np.random.Generator, severity: float, scale: float) -> np.ndarray:
+    """One canonical kind; ``scale`` reaches only the kinds with spatial parameters."""
+    function = _DEGRADATION_FUNCTIONS[kind]
+    return function(image, rng, severity, scale) if kind in SPATIAL_KINDS else function(image, rng, severity)
+
+
 def _validated_severity(severity: float) -> float:
     """Checks that severity is a finite number >= 0."""
     if not math.isfinite(severity) or severity < 0:
@@ -505,18 +544,21 @@ def _validated_severity(severity: float) -> float:
     return float(severity)
 
 
-def degrade(image: np.ndarray, kind: str, seed: int, severity: float = 1.0) -> np.ndarray:
+def degrade(image: np.ndarray, kind: str, seed: int, severity: float = 1.0,
+            reference_size: float | None = None) -> np.ndarray:
     """Applies degradation ``kind`` to an HxWx3 uint8 RGB image; returns a new array of the same shape.
 
     Random parameters are drawn from ``np.random.default_rng(seed)``, so the result depends only
     on the arguments. ``severity`` scales the strength (see the module table): 1 reproduces the
-    release's ranges, 0 gives (near) the input. Raises ValueError for an unknown kind, an image
-    that is not HxWx3 uint8, or a negative or non-finite severity; TypeError for a non-array.
+    release's ranges, 0 gives (near) the input. ``reference_size`` scales pixel lengths to the
+    image (module docstring; None: the release's raw pixels). Raises ValueError for an unknown
+    kind, an image that is not HxWx3 uint8, a negative or non-finite severity or a non-positive
+    reference size; TypeError for a non-array.
     """
-    function = _DEGRADATION_FUNCTIONS[_canonical_kind(kind)]
+    kind = _canonical_kind(kind)
     image = _validated_image(image)
     severity = _validated_severity(severity)
-    return function(image, np.random.default_rng(seed), severity)
+    return _apply(kind, image, np.random.default_rng(seed), severity, spatial_scale(image.shape, reference_size))
 
 
 class RandomDegradation:
@@ -525,7 +567,8 @@ class RandomDegradation:
     ``p_identity`` is the probability of returning the image unchanged (named "identity"); with
     ``None`` identity is just one more equally likely kind when it is in ``kinds``. ``severity``
     is a fixed value or a ``(low, high)`` range drawn uniformly per op. The number of ops is
-    uniform in ``1..max_ops`` (capped by the number of non-identity kinds).
+    uniform in ``1..max_ops`` (capped by the number of non-identity kinds). ``reference_size``
+    scales pixel lengths to each image (module docstring).
     """
 
     def __init__(
@@ -534,6 +577,7 @@ class RandomDegradation:
         p_identity: float | None = None,
         severity: float | tuple[float, float] = 1.0,
         max_ops: int = 1,
+        reference_size: float | None = None,
     ) -> None:
         canonical_kinds = list(dict.fromkeys(_canonical_kind(kind) for kind in kinds))
         if not canonical_kinds:
@@ -556,11 +600,15 @@ class RandomDegradation:
         if max_ops < 1:
             raise ValueError(f"max_ops must be >= 1, got {max_ops}")
         self.max_ops = int(max_ops)
+        spatial_scale((1, 1), reference_size)  # validates
+        self.reference_size = None if reference_size is None else float(reference_size)
 
     def __repr__(self) -> str:
+        # reference_size appears only when set, so the feature-cache keys of raw-pixel runs are unchanged
+        reference = "" if self.reference_size is None else f", reference_size={self.reference_size}"
         return (
             f"{type(self).__name__}(kinds={self.kinds}, p_identity={self.p_identity}, "
-            f"severity={self.severity_range}, max_ops={self.max_ops})"
+            f"severity={self.severity_range}, max_ops={self.max_ops}{reference})"
         )
 
     def plan(self, seed: int) -> list[tuple[str, float, int]]:
@@ -589,6 +637,7 @@ class RandomDegradation:
         if not operations:
             return image.copy(), "identity"
         degraded = image
+        scale = spatial_scale(image.shape, self.reference_size)
         for kind, op_severity, op_seed in operations:
-            degraded = _DEGRADATION_FUNCTIONS[kind](degraded, np.random.default_rng(op_seed), op_severity)
+            degraded = _apply(kind, degraded, np.random.default_rng(op_seed), op_severity, scale)
         return degraded, "+".join(kind for kind, _, _ in operations)

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from robustprior.data_config import build_instance_source
 from robustprior.datasets import CLEAR_KIND, InstanceSource
 from robustprior.degrade import DEGRADATIONS, degrade
-from robustprior.metrics import ImagePredictions, SegmentationMeter, box_prompt_ap
+from robustprior.metrics import ImagePredictions, SegmentationMeter, box_prompt_ap, paired_bootstrap_interval
 from robustprior.modeling.robust_sam import RobustSam
 from robustprior.predictor import RobustSamPredictor
 from robustprior.prompts import center_point, mask_to_box
@@ -65,7 +65,8 @@ PATH_LABELS = {"sam": "SAM", "robust": "RobustSAM"}
 AP_NAMES = ("AP", "AP50", "AP75")
 SUMMARY_ROWS = ("Degrade", "Clear", "Average")
 REPORT_FILES = ("report.md", "report.json", "iou_per_degradation.png", "config.yaml")
-EVAL_OPTIONS = ("split", "kinds", "prompts", "paths", "seed", "severity", "min_area", "max_instances_per_image", "device")
+EVAL_OPTIONS = ("split", "kinds", "prompts", "paths", "seed", "severity", "reference_size", "min_area",
+                "max_instances_per_image", "device")
 
 PROMPT_DESCRIPTIONS = {
     "point": "one positive point at the instance's interior centre (farthest from its boundary)",
@@ -194,15 +195,43 @@ class EvaluationResult:
         """``{"Degrade" | "Clear" | "Average": {"AP", "AP50", "AP75"}}`` of ``path`` (means of per-kind AP)."""
         return _summary(self.box_ap[path], AP_NAMES, self.clear_kind)
 
+    def instance_iou(self, path: str, prompt_type: str) -> dict[str, np.ndarray]:
+        """``{kind: N IoU values}``, one per evaluated instance, in the same instance order for every kind."""
+        return {kind: np.asarray(values) for kind, values in self.meters[(path, prompt_type)].samples.items()}
+
+    def paired_difference(self, prompt_type: str, path: str = "robust", baseline: str = "sam", n_resamples: int = 10_000,
+                          seed: int = 0) -> dict[str, dict[str, float]]:
+        """``path`` minus ``baseline`` IoU per summary row with a 95 % paired bootstrap interval, instances
+        resampled: ``{"Degrade" | "Clear" | "Average": {"diff", "low", "high", "instances"}}`` (fractions).
+
+        Every kind scores the same instances, so a row's difference (a mean over kinds of per-kind means)
+        equals the mean over instances of each instance's difference averaged over the row's kinds."""
+        ours, theirs = self.instance_iou(path, prompt_type), self.instance_iou(baseline, prompt_type)
+        groups = {"Degrade": [k for k in self.kinds if k != self.clear_kind], "Clear": [self.clear_kind],
+                  "Average": list(self.kinds)}
+        rows = {}
+        for row, kinds in groups.items():
+            kinds = [kind for kind in kinds if kind in ours]
+            if not kinds:
+                continue
+            per_instance = np.mean([ours[kind] - theirs[kind] for kind in kinds], axis=0)
+            diff, low, high = paired_bootstrap_interval(per_instance, n_resamples, seed=seed)
+            rows[row] = {"diff": diff, "low": low, "high": high, "instances": int(per_instance.size)}
+        return rows
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able report: ``{"protocol", "kinds", "results": {path: {prompt_type: {"table", "per_kind"},
-        "box_ap": {"table", "per_kind"}}}}`` with fractions in [0, 1] and None for undefined rows."""
+        "box_ap": {"table", "per_kind"}}}, "paired": {prompt_type: paired_difference(...)}}`` with
+        fractions in [0, 1] and None for undefined rows (``paired`` only when both paths were evaluated)."""
         results: dict[str, Any] = {}
         for path in self.paths:
             results[path] = {prompt_type: self.meters[(path, prompt_type)].to_dict() for prompt_type in self.prompt_types}
             if self.box_ap.get(path):
                 results[path]["box_ap"] = {"table": self.box_ap_table(path), "per_kind": self.box_ap[path]}
-        return _json_safe({"protocol": self.protocol, "kinds": list(self.kinds), "results": results})
+        report = {"protocol": self.protocol, "kinds": list(self.kinds), "results": results}
+        if set(DECODER_PATHS) <= set(self.paths):
+            report["paired"] = {prompt_type: self.paired_difference(prompt_type) for prompt_type in self.prompt_types}
+        return _json_safe(report)
 
     def to_markdown(self) -> str:
         """The report: per prompt type a Table-2 block (rows SAM / RobustSAM; Degrade / Clear /
@@ -212,7 +241,10 @@ class EvaluationResult:
             "# Prompted segmentation: SAM vs RobustSAM",
             (
                 f"Protocol: {protocol.get('images', '?')} images, {protocol.get('instances', '?')} instances, "
-                f"{len(self.kinds)} degradation kinds (identity = clear) at severity {protocol.get('severity', '?')}, "
+                f"{len(self.kinds)} degradation kinds (identity = clear) at severity {protocol.get('severity', '?')}"
+                + (f" with pixel sizes scaled to a {protocol['reference_size']:g}-px reference (degrade.reference_size)"
+                   if protocol.get("reference_size") else " with the release's raw pixel sizes")
+                + ", "
                 f"seed {protocol.get('seed', '?')}; each instance prompted with "
                 + " / ".join(f"{prompt_type}: {PROMPT_DESCRIPTIONS[prompt_type]}" for prompt_type in self.prompt_types)
                 + "; single-mask output. Degrade = mean over the degraded kinds of each kind's mean, "
@@ -227,6 +259,17 @@ class EvaluationResult:
                 rows.append([PATH_LABELS[path]] + [_percent(table[row][metric]) for row, metric in columns])
             header = ["Model"] + [f"{row} {metric}" for row, metric in columns]
             sections.append(f"## {prompt_type.capitalize()} prompts\n\n" + _markdown_table(header, rows))
+        if set(DECODER_PATHS) <= set(self.paths):
+            rows = []
+            for prompt_type in self.prompt_types:
+                paired = self.paired_difference(prompt_type)
+                rows.append([prompt_type] + [
+                    f"{100 * paired[row]['diff']:+.2f} [{100 * paired[row]['low']:+.2f}, {100 * paired[row]['high']:+.2f}]"
+                    for row in SUMMARY_ROWS])
+            sections.append(
+                "## RobustSAM minus SAM\n\nIoU difference in points with its 95 % paired bootstrap interval "
+                "(instances resampled, 10 000 times; each instance's difference averaged over the row's kinds).\n\n"
+                + _markdown_table(["Prompt"] + [f"{row} IoU" for row in SUMMARY_ROWS], rows))
         per_kind = {key: meter.per_kind() for key, meter in self.meters.items()}
         keys = [(path, prompt_type) for prompt_type in self.prompt_types for path in self.paths]
         rows = [
@@ -308,11 +351,13 @@ def evaluate_segmentation(
     max_instances_per_image: int | None = None,
     min_area: int = 1,
     progress: bool = True,
+    reference_size: float | None = None,
 ) -> EvaluationResult:
     """Evaluates ``paths`` x ``prompt_types`` on every (image, kind) of ``source`` (module docstring).
 
     Instances with fewer than ``min_area`` pixels are skipped; ``max_instances_per_image`` keeps
     the largest ones. Images without an eligible instance are skipped (counted in the protocol).
+    ``reference_size`` scales the degradations' pixel sizes to the image (:mod:`robustprior.degrade`).
     """
     kinds = _checked_choices(kinds, DEGRADATIONS, "kinds")
     prompt_types = _checked_choices(prompt_types, PROMPT_TYPES, "prompt types")
@@ -340,7 +385,7 @@ def evaluate_segmentation(
         if "box" in prompt_types:
             ground_truth.append((_PackedMasks.pack(masks), record.ignore))
         for kind in kinds:
-            image = degrade(record.image, kind, degradation_seed(seed, record.name, kind), severity)
+            image = degrade(record.image, kind, degradation_seed(seed, record.name, kind), severity, reference_size)
             predictions = predict_instance_masks(model, image, point_coords, boxes, prompt_types, paths)
             for (path, prompt_type), (predicted_masks, scores) in predictions.items():
                 meters[(path, prompt_type)].update(kind, predicted_masks, masks, record.ignore)
@@ -364,6 +409,7 @@ def evaluate_segmentation(
         "multimask_output": False,
         "seed": seed,
         "severity": severity,
+        "reference_size": reference_size,
         "min_area": min_area,
         "max_instances_per_image": max_instances_per_image,
         "images": evaluated_images,
@@ -386,6 +432,7 @@ def _evaluation_options(eval_config: Mapping[str, Any]) -> dict[str, Any]:
         "paths": list(eval_config.get("paths", DECODER_PATHS)),
         "seed": int(eval_config.get("seed", 0)),
         "severity": float(eval_config.get("severity", 1.0)),
+        "reference_size": None if eval_config.get("reference_size") is None else float(eval_config["reference_size"]),
         "min_area": int(eval_config.get("min_area", 1)),
         "max_instances_per_image": eval_config.get("max_instances_per_image"),
     }

@@ -119,6 +119,26 @@ def _as_numpy(array: MaskArray | Sequence[float]) -> np.ndarray:
     return np.asarray(array)
 
 
+def paired_bootstrap_interval(
+    differences: np.ndarray, n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of paired ``differences`` (N values, one per resampling unit) and its percentile
+    bootstrap interval: ``(mean, low, high)``, units resampled with replacement ``n_resamples`` times."""
+    differences = np.asarray(differences, dtype=np.float64).ravel()
+    if differences.size == 0:
+        raise ValueError("no paired differences to bootstrap")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples)
+    for start in range(0, n_resamples, 1000):  # chunks keep the index matrix small
+        stop = min(start + 1000, n_resamples)
+        means[start:stop] = differences[rng.integers(0, differences.size, (stop - start, differences.size))].mean(axis=1)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(differences.mean()), float(low), float(high)
+
+
 @dataclass
 class ImagePredictions:
     """Predicted masks for one image: ``masks`` KxHxW bool, ``scores`` K confidences (e.g. SAM's
@@ -237,6 +257,7 @@ class SegmentationMeter:
         """Forgets every accumulated score."""
         self.sums: dict[str, np.ndarray] = {}
         self.counts: dict[str, int] = {}
+        self.samples: dict[str, list[float]] = {}  # per kind, each sample's IoU in update order
 
     def update(self, kind: str, pred: MaskArray, gt: MaskArray, ignore: MaskArray | None = None) -> None:
         """Adds the scores of one (HxW) or several (NxHxW) predictions made under degradation ``kind``."""
@@ -244,6 +265,7 @@ class SegmentationMeter:
         per_metric = np.stack([np.atleast_1d(_as_numpy(scores[name])) for name in METRIC_NAMES])
         self.sums[kind] = self.sums.get(kind, np.zeros(len(METRIC_NAMES))) + per_metric.sum(axis=1)
         self.counts[kind] = self.counts.get(kind, 0) + per_metric.shape[1]
+        self.samples.setdefault(kind, []).extend(per_metric[METRIC_NAMES.index("IoU")].tolist())
 
     def per_kind(self) -> dict[str, dict[str, float]]:
         """``{kind: {"IoU", "Dice", "PA": means, "count": samples}}`` in order of first update."""

@@ -624,6 +624,40 @@ def _reside_number(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
+def _write_instance_block(root: Path, seed: int, indices: range, config: SceneConfig | None,
+                          textures: TextureBank | None, texture_source: str | None) -> list[tuple[dict, list[dict]]]:
+    """Write scenes ``indices`` of an instance dataset; returns each scene's COCO image entry and its
+    annotations (ids still to be numbered), in index order."""
+    if textures is None and texture_source is not None:
+        textures = TextureBank.load(texture_source)
+    entries = []
+    for index in indices:
+        scene_seed = derive_seed(seed, index)
+        scene = generate_scene(scene_seed, config, textures)
+        name = f"{index + 1:06d}"
+        _write_image(root / "images" / f"{name}.png", scene.image)
+        id_dtype = np.uint8 if scene.object_count < 255 else np.uint16
+        _write_image(root / "instances" / f"{name}.png", scene.instances.astype(id_dtype))
+        height, width = scene.instances.shape
+        image = {"id": index + 1, "file_name": f"{name}.png", "height": height, "width": width, "scene_seed": scene_seed}
+        annotations = []
+        if scene.object_count:
+            encoded = mask_utils.encode(np.asfortranarray(scene.masks.transpose(1, 2, 0).astype(np.uint8)))
+            for instance_id, (rle, kind) in enumerate(zip(encoded, scene.kinds), start=1):
+                annotations.append({
+                    "image_id": index + 1,
+                    "category_id": 1,
+                    "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "iscrowd": 0,
+                    "instance_id": instance_id,
+                    "kind": kind,
+                })
+        entries.append((image, annotations))
+    return entries
+
+
 def write_instance_dataset(
     root: str | Path,
     n_images: int,
@@ -632,46 +666,34 @@ def write_instance_dataset(
     textures: TextureBank | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    workers: int = 1,
 ) -> Path:
     """Write ``root/images/NAME.png``, ``root/instances/NAME.png`` and COCO ``root/annotations.json``.
 
     Instance PNGs hold the instance-ID map (0 = background; uint8 when K < 255, else uint16).
     Annotations carry an RLE mask (pycocotools), bbox ``[x, y, w, h]``, area, ``iscrowd`` 0,
     the single category ``object``, plus ``instance_id`` and shape ``kind``; each image entry
-    records its ``scene_seed``.
+    records its ``scene_seed``. ``workers > 1`` writes blocks of 32 scenes in parallel processes
+    (with the default texture source when ``textures`` is None); every scene depends on its seed
+    alone, so the files are the same as with one process.
     """
     root = Path(root)
     _prepare_output(root, [root / "images", root / "instances", root / "annotations.json"], overwrite)
+    blocks = [range(start, min(start + 32, n_images)) for start in range(0, n_images, 32)]
+    description = f"instance scenes -> {root}"
+    if workers > 1 and len(blocks) > 1:
+        source = None if textures is None else str(textures.source)
+        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            futures = [pool.submit(_write_instance_block, root, seed, block, config, None, source) for block in blocks]
+            parts = [future.result() for future in tqdm(futures, desc=description, disable=not progress, unit="block")]
+    else:
+        parts = [_write_instance_block(root, seed, block, config, textures, None)
+                 for block in tqdm(blocks, desc=description, disable=not progress, unit="block")]
     images, annotations = [], []
-    for index in tqdm(range(n_images), desc=f"instance scenes -> {root}", disable=not progress):
-        scene_seed = derive_seed(seed, index)
-        scene = generate_scene(scene_seed, config, textures)
-        name = f"{index + 1:06d}"
-        _write_image(root / "images" / f"{name}.png", scene.image)
-        id_dtype = np.uint8 if scene.object_count < 255 else np.uint16
-        _write_image(root / "instances" / f"{name}.png", scene.instances.astype(id_dtype))
-        height, width = scene.instances.shape
-        image_id = index + 1
-        images.append(
-            {"id": image_id, "file_name": f"{name}.png", "height": height, "width": width, "scene_seed": scene_seed}
-        )
-        if scene.object_count == 0:
-            continue
-        encoded = mask_utils.encode(np.asfortranarray(scene.masks.transpose(1, 2, 0).astype(np.uint8)))
-        for instance_id, (rle, kind) in enumerate(zip(encoded, scene.kinds), start=1):
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": 1,
-                    "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
-                    "area": float(mask_utils.area(rle)),
-                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                    "iscrowd": 0,
-                    "instance_id": instance_id,
-                    "kind": kind,
-                }
-            )
+    for image, scene_annotations in (entry for part in parts for entry in part):
+        images.append(image)
+        for annotation in scene_annotations:
+            annotations.append({"id": len(annotations) + 1, **annotation})
     coco = {
         "info": {"description": f"robustprior.scenes instance dataset, seed {seed}"},
         "images": images,

@@ -14,18 +14,29 @@ from .modeling.robust_sam import RobustSam
 
 @dataclass
 class PromptBatch:
-    """Prompts and targets for B items (one prompt each), in the model input frame."""
+    """P prompts of one kind with their targets, in the model input frame.
 
-    point_coords: torch.Tensor | None  # B x N x 2
-    point_labels: torch.Tensor | None  # B x N
-    boxes: torch.Tensor | None  # B x 4
-    targets: torch.Tensor  # B x 4h x 4w in {0, 1}, ground truth at the low-res mask resolution
-    pixel_weights: torch.Tensor  # B x 4h x 4w, 0 on ignored and padded pixels
+    All prompts of a batch have the same shape (the prompt encoder needs it), so a mixed batch of
+    items becomes one ``PromptBatch`` per prompt kind (:meth:`SamplePreparer.prompt_groups`).
+    """
+
+    point_coords: torch.Tensor | None  # P x N x 2
+    point_labels: torch.Tensor | None  # P x N
+    boxes: torch.Tensor | None  # P x 4
+    targets: torch.Tensor  # P x 4h x 4w in {0, 1}, ground truth at the low-res mask resolution
+    pixel_weights: torch.Tensor  # P x 4h x 4w, 0 on ignored and padded pixels
+    image_index: torch.Tensor | None = None  # P long: which image of the batch each prompt belongs to
+    multimask: bool = False  # ambiguous single points: scored by the best of the three multimask outputs
+    kind: str = "points"
+
+    def __len__(self) -> int:
+        return self.targets.shape[0]
 
     def to(self, device: torch.device | str) -> "PromptBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return PromptBatch(move(self.point_coords), move(self.point_labels), move(self.boxes),
-                           move(self.targets), move(self.pixel_weights))
+                           move(self.targets), move(self.pixel_weights), move(self.image_index), self.multimask,
+                           self.kind)
 
 
 class SamplePreparer:
@@ -52,7 +63,9 @@ class SamplePreparer:
         padded[:h, :w] = resized
         return cv2.resize(padded, (self.low_res, self.low_res), interpolation=cv2.INTER_AREA)
 
-    def prompts(self, items: Sequence[dict[str, Any]]) -> PromptBatch:
+    def prompts(self, items: Sequence[dict[str, Any]], image_index: Sequence[int] | None = None) -> PromptBatch:
+        """One batch of items whose prompts have one shape (all points of one count, or all boxes);
+        ``image_index`` (default ``0..len-1``) says which encoded image each item's prompt belongs to."""
         coords, labels, boxes, targets, weights = [], [], [], [], []
         for item in items:
             size = item["mask"].shape
@@ -66,6 +79,22 @@ class SamplePreparer:
             if item.get("ignore") is not None:
                 valid[item["ignore"]] = 0
             weights.append(self._low_res(valid) >= 0.5)
+        if coords and boxes:
+            raise ValueError("a PromptBatch holds one prompt kind; use prompt_groups for a mixed batch")
         as_tensor = lambda values, dtype: torch.as_tensor(np.stack(values), dtype=dtype) if values else None  # noqa: E731
+        kinds = {item.get("prompt_kind", "box" if "box" in item else "points") for item in items}
+        kind = kinds.pop() if len(kinds) == 1 else "points"
+        index = torch.arange(len(items)) if image_index is None else torch.as_tensor(list(image_index), dtype=torch.long)
         return PromptBatch(as_tensor(coords, torch.float32), as_tensor(labels, torch.int64), as_tensor(boxes, torch.float32),
-                           as_tensor(targets, torch.float32), as_tensor(weights, torch.float32))
+                           as_tensor(targets, torch.float32), as_tensor(weights, torch.float32), index,
+                           multimask=kind == "single_point", kind=kind)
+
+    def prompt_groups(self, items: Sequence[dict[str, Any]]) -> list[PromptBatch]:
+        """The items' prompts as one :class:`PromptBatch` per prompt kind (in order of first
+        appearance); each batch's ``image_index`` points back at the item's position."""
+        by_kind: dict[tuple[str, int], list[int]] = {}
+        for position, item in enumerate(items):
+            kind = item.get("prompt_kind", "box" if "box" in item else "points")
+            shape = len(item["point_coords"]) if "point_coords" in item else 0
+            by_kind.setdefault((kind, shape), []).append(position)
+        return [self.prompts([items[i] for i in positions], positions) for positions in by_kind.values()]

@@ -419,3 +419,64 @@ def test_collate_keeps_images_as_lists():
     point_batch = next(iter(loader))
     assert point_batch["point_coords"].shape == (3, 4, 2) and point_batch["point_labels"].shape == (3, 4)
     assert point_batch["name"] == ["synthetic_0", "synthetic_0", "synthetic_1"]
+
+
+def test_mixed_prompts_follow_the_mix_and_each_kind_its_rule():
+    source = SyntheticSource([np.stack([rectangle_mask((24, 32), (4, 20), (6, 26))] * 50)])  # one image, 50 instances
+    dataset = RobustSegmentationDataset(source, None, prompt="mixed", n_points=3, seed=1, instances_per_image=None,
+                                        prompt_mix={"points": 2, "box": 1, "single_point": 1})
+    kinds = [dataset[index]["prompt_kind"] for index in range(len(dataset))]
+    counts = {kind: kinds.count(kind) for kind in ("points", "box", "single_point")}
+    assert sum(counts.values()) == 50 and 15 <= counts["points"] <= 35 and counts["box"] >= 5 and counts["single_point"] >= 5
+    for index in range(len(dataset)):
+        item = dataset[index]
+        if item["prompt_kind"] == "box":
+            assert "point_coords" not in item and item["box"].shape == (4,)
+        else:
+            assert len(item["point_coords"]) == (3 if item["prompt_kind"] == "points" else 1)
+            coords = item["point_coords"].astype(int)
+            assert item["mask"][coords[:, 1], coords[:, 0]].all()
+    assert [dataset[index]["prompt_kind"] for index in range(len(dataset))] == kinds  # reproducible
+    centre = RobustSegmentationDataset(source, None, prompt="center_point", instances_per_image=None)
+    assert centre[0]["point_coords"].tolist() == [center_point(centre[0]["mask"]).tolist()]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"prompt": "mixed"}, "prompt_mix"),
+    ({"prompt": "mixed", "prompt_mix": {"points": 1, "lasso": 1}}, "lasso"),
+    ({"prompt": "mixed", "prompt_mix": {"points": 0}}, "not all zero"),
+    ({"prompt": "points", "prompt_mix": {"points": 1}}, "only used with prompt: mixed"),
+    ({"prompt": "scribble"}, "scribble"),
+])
+def test_bad_prompt_options_are_named(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        RobustSegmentationDataset(synthetic_source(), None, **arguments)
+
+
+def test_collating_a_mixed_batch_is_refused_with_a_hint():
+    source = SyntheticSource([np.stack([rectangle_mask((24, 32), (4, 20), (6, 26))] * 8)])
+    dataset = RobustSegmentationDataset(source, None, prompt="mixed", instances_per_image=None,
+                                        prompt_mix={"points": 1, "box": 1}, seed=3)
+    items = [dataset[index] for index in range(len(dataset))]
+    assert {item["prompt_kind"] for item in items} == {"points", "box"}
+    with pytest.raises(ValueError, match="prompt_kind"):
+        collate_segmentation(items)
+
+
+def test_sample_preparer_groups_prompts_by_kind_and_keeps_their_items():
+    from robustprior.build import build_robust_sam
+    from robustprior.training_samples import SamplePreparer
+
+    source = SyntheticSource([np.stack([rectangle_mask((24, 32), (4, 20), (6, 26))] * 12)])
+    dataset = RobustSegmentationDataset(source, None, prompt="mixed", n_points=3, seed=2, instances_per_image=None,
+                                        prompt_mix={"points": 1, "box": 1, "single_point": 1})
+    items = [dataset[index] for index in range(len(dataset))]
+    groups = SamplePreparer(build_robust_sam("tiny")).prompt_groups(items)
+    assert sorted(int(i) for group in groups for i in group.image_index) == list(range(12))
+    for group in groups:
+        kinds = {items[int(i)]["prompt_kind"] for i in group.image_index}
+        assert kinds == {group.kind} and group.multimask == (group.kind == "single_point")
+        if group.kind == "box":
+            assert group.point_coords is None and group.boxes.shape == (len(group), 4)
+        else:
+            assert group.point_coords.shape == (len(group), 3 if group.kind == "points" else 1, 2)

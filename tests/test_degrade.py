@@ -313,3 +313,59 @@ def test_random_degradation_several_ops(textured_image: np.ndarray) -> None:
 def test_random_degradation_bad_arguments(arguments: dict) -> None:
     with pytest.raises(ValueError):
         RandomDegradation(**arguments)
+
+
+# --------------------------------------------------------------------------- reference size
+from robustprior.degrade import SPATIAL_KINDS, elastic_transform, motion_blur, spatial_scale  # noqa: E402
+
+
+def test_reference_size_of_the_image_itself_changes_nothing(textured_image: np.ndarray) -> None:
+    side = max(textured_image.shape[:2])
+    for kind in DEGRADATIONS:
+        np.testing.assert_array_equal(degrade(textured_image, kind, 5, reference_size=side),
+                                      degrade(textured_image, kind, 5))
+
+
+def test_reference_size_scales_only_spatial_kinds(textured_image: np.ndarray) -> None:
+    side = max(textured_image.shape[:2])
+    assert spatial_scale(textured_image.shape, 4 * side) == 0.25
+    for kind in DEGRADATIONS:
+        scaled = degrade(textured_image, kind, 5, reference_size=4 * side)
+        if kind in SPATIAL_KINDS:
+            assert psnr(scaled, textured_image) > psnr(degrade(textured_image, kind, 5), textured_image)
+        else:
+            np.testing.assert_array_equal(scaled, degrade(textured_image, kind, 5))
+
+
+def test_scaled_motion_blur_is_the_release_blur_with_a_shorter_line(textured_image: np.ndarray) -> None:
+    # the motion-blur length is U(3, 35) * severity * scale, so scale 1/2 equals severity 1/2
+    side = max(textured_image.shape[:2])
+    np.testing.assert_array_equal(degrade(textured_image, "motion_blur", 9, reference_size=2 * side),
+                                  motion_blur(textured_image, np.random.default_rng(9), 0.5))
+
+
+def test_scaled_elastic_transform_scales_alpha_and_sigma(textured_image: np.ndarray) -> None:
+    # by hand: displacement = GaussianBlur(U(-1, 1), sigma 10 k) * 100 k^2
+    k, seed = 0.5, 4
+    rng = np.random.default_rng(seed)
+    height, width = textured_image.shape[:2]
+    shifts = [cv2.GaussianBlur(rng.uniform(-1, 1, (height, width)).astype(np.float32), (0, 0), sigmaX=10 * k,
+                               borderType=cv2.BORDER_REFLECT_101) * np.float32(100 * k * k) for _ in range(2)]
+    rows, columns = np.indices((height, width), dtype=np.float32)
+    expected = cv2.remap(textured_image, columns + shifts[0], rows + shifts[1], interpolation=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REFLECT_101)
+    np.testing.assert_array_equal(elastic_transform(textured_image, np.random.default_rng(seed), 1.0, k), expected)
+    np.testing.assert_array_equal(degrade(textured_image, "elastic_transform", seed, reference_size=2 * max(height, width)),
+                                  expected)
+
+
+def test_random_degradation_reference_size(textured_image: np.ndarray) -> None:
+    side = max(textured_image.shape[:2])
+    raw = RandomDegradation(["motion_blur"], p_identity=0.0)
+    scaled = RandomDegradation(["motion_blur"], p_identity=0.0, reference_size=2 * side)
+    assert "reference_size" not in repr(raw) and "reference_size" in repr(scaled)
+    _, _, op_seed = scaled.plan(3)[0]
+    np.testing.assert_array_equal(scaled(textured_image, 3)[0],
+                                  degrade(textured_image, "motion_blur", op_seed, reference_size=2 * side))
+    with pytest.raises(ValueError, match="reference_size"):
+        RandomDegradation(reference_size=0)

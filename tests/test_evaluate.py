@@ -117,9 +117,9 @@ def test_random_model_report_aggregates_per_kind_means(scenes_source, tiny_model
 
     degradations = []
 
-    def degrade_spy(image, kind, seed, severity=1.0):
+    def degrade_spy(image, kind, seed, severity=1.0, reference_size=None):
         degradations.append((kind, seed))
-        return degrade(image, kind, seed, severity)
+        return degrade(image, kind, seed, severity, reference_size)
 
     monkeypatch.setattr(evaluate, "predict_instance_masks", spy)
     monkeypatch.setattr(evaluate, "degrade", degrade_spy)
@@ -343,3 +343,36 @@ def test_example_config_is_valid() -> None:
     options = evaluate._evaluation_options(config["eval"])
     assert len(options["kinds"]) == 16 and options["prompt_types"] == ["point", "box"]
     assert config["data"]["test"] == {"format": "scenes", "n_images": 40, "seed": 1000}
+
+
+def test_paired_difference_is_the_mean_instance_difference_with_a_bootstrap_interval() -> None:
+    from robustprior.evaluate import EvaluationResult
+    from robustprior.metrics import SegmentationMeter, paired_bootstrap_interval
+
+    rng = np.random.default_rng(0)
+    kinds = ("identity", "fog", "snow")
+    meters = {("sam", "point"): SegmentationMeter(), ("robust", "point"): SegmentationMeter()}
+    truth = np.zeros((20, 6, 6), bool)
+    truth[:, :3] = True
+    iou = {}
+    for kind in kinds:  # predictions covering k of the 6 rows: IoU = min(k, 3) / max(k, 3)
+        for path in ("sam", "robust"):
+            rows = rng.integers(1, 7, 20)
+            predicted = np.arange(6)[None, :, None] < rows[:, None, None]
+            predicted = np.broadcast_to(predicted, truth.shape)
+            meters[(path, "point")].update(kind, predicted, truth)
+            iou[(path, kind)] = np.minimum(rows, 3) / np.maximum(rows, 3)
+    result = EvaluationResult(kinds, ("point",), ("sam", "robust"), meters, {})
+    paired = result.paired_difference("point", n_resamples=2000)
+    degrade = np.mean([iou[("robust", k)] - iou[("sam", k)] for k in ("fog", "snow")], axis=0)
+    assert paired["Degrade"]["diff"] == pytest.approx(degrade.mean())
+    assert paired["Clear"]["diff"] == pytest.approx((iou[("robust", "identity")] - iou[("sam", "identity")]).mean())
+    table = {path: meters[(path, "point")].table() for path in ("sam", "robust")}
+    assert paired["Degrade"]["diff"] == pytest.approx(table["robust"]["Degrade"]["IoU"] - table["sam"]["Degrade"]["IoU"])
+    assert paired["Degrade"]["low"] < paired["Degrade"]["diff"] < paired["Degrade"]["high"]
+    assert paired["Degrade"]["instances"] == 20
+    assert paired_bootstrap_interval(np.full(10, 0.25)) == (0.25, 0.25, 0.25)
+    # about 95 % of intervals from normal samples cover the true mean (0 here)
+    covered = sum(low <= 0 <= high for _, low, high in (
+        paired_bootstrap_interval(np.random.default_rng(seed).normal(size=40), 2000, seed=seed) for seed in range(200)))
+    assert 180 <= covered <= 199

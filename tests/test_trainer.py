@@ -133,3 +133,73 @@ def test_robust_init_sam_starts_the_robust_path_as_sams_decoder(tmp_path: Path) 
     assert all(p.requires_grad for p in started.robust.parameters())
     with pytest.raises(ValueError, match="robust_init"):
         load_base_model({"type": "tiny", "checkpoint": None, "robust_init": "hq"})
+
+
+def test_paper_consistency_step_against_a_hand_computation() -> None:
+    """Each term of the paper objective, recomputed from the modules: the refined degraded features against
+    the ORIGINAL SAM's clear features (relative MSE), tokens after AOTG against SAM's clear tokens."""
+    import torch
+
+    from robustprior.build import build_robust_sam
+    from robustprior.losses import LossWeights, relative_mse
+    from robustprior.trainer import RobustTrainingStep
+    from robustprior.training_samples import PromptBatch
+
+    torch.manual_seed(0)
+    model = build_robust_sam("tiny").start_robust_path_from_sam()
+    with torch.no_grad():  # perturb the robust parts so that no term is trivially zero
+        for parameter in model.robust.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    model.eval()
+    images = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        clear = model.encode_image(images)
+        degraded = model.encode_image(images + 0.5 * torch.randn_like(images))
+    prompts = PromptBatch(point_coords=torch.tensor([[[60.0, 70.0]], [[100.0, 30.0]], [[200.0, 150.0]]]),
+                          point_labels=torch.ones(3, 1, dtype=torch.long), boxes=None,
+                          targets=(torch.rand(3, 128, 128) > 0.5).float(), pixel_weights=torch.ones(3, 128, 128),
+                          image_index=torch.tensor([0, 1, 1]), multimask=False)
+    weights = LossWeights(mask_feature=10, token=1, dice=1, focal=20, distill=2)
+    terms = RobustTrainingStep(model, weights, "paper")(clear, degraded, [prompts])
+
+    sparse, dense = model.encode_prompts(points=(prompts.point_coords, prompts.point_labels))
+    with torch.no_grad():
+        _, clear_tokens, clear_upscaled = model._run_transformer(clear, prompts.image_index, sparse, dense,
+                                                                 model.mask_decoder.mask_tokens.weight)
+        _, robust_tokens, degraded_upscaled = model._run_transformer(degraded, prompts.image_index, sparse, dense,
+                                                                     model.robust.output_tokens.weight)
+        fusion = model.robust.fusion
+        expected = {
+            "mfc_mask_feature": relative_mse(fusion.mask_feature_amfg(degraded_upscaled), clear_upscaled),
+            "mfc_embedding": relative_mse(fusion.embedding_amfg(degraded.embedding), clear.embedding),
+            "mfc_complementary": relative_mse(fusion.complementary_amfg(degraded.complementary), clear.complementary),
+            "token": relative_mse(model.robust.token_generation(robust_tokens), clear_tokens),
+        }
+    for name, value in expected.items():
+        torch.testing.assert_close(terms[name], value, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(terms["mask_feature"], sum(expected[n] for n in expected if n.startswith("mfc_")),
+                               rtol=1e-4, atol=1e-6)
+    total = (10 * terms["mask_feature"] + terms["token"] + terms["dice"] + 20 * terms["focal"] + 2 * terms["distill"])
+    torch.testing.assert_close(terms["total"], total)
+
+
+def test_images_with_several_prompts_are_encoded_once(tmp_path: Path) -> None:
+    config = _without_validation(_config(tmp_path, 2, batch_size=2, prompts_per_image=3, grad_share_every=1))
+    config["data"]["instances_per_image"] = None
+    config["data"]["min_area"] = 1
+    config["data"].update(prompt="mixed", prompt_mix={"points": 1, "box": 1, "single_point": 1})
+    trainer = RobustSamTrainer(config, tmp_path / "grouped")
+    indices = trainer._rank_indices()
+    records = [trainer.train_set.pairs[index][0] for index in indices]
+    assert len(set(records)) == 2 and max(records.count(r) for r in records) <= 3 and len(indices) > 2
+    clear, degraded, groups, kinds = trainer._batch(trainer.train_set, indices, 0)
+    assert len(clear) == len(degraded) == len(kinds) == 2
+    assert sorted(int(i) for group in groups for i in group.image_index) == sorted(
+        [sorted(set(records), key=records.index).index(record) for record in records])
+    trainer.train()
+    rows = (tmp_path / "grouped" / "log.csv").read_text().strip().splitlines()
+    header = rows[0].split(",")
+    shares = [name for name in header if name.startswith("share_")]
+    assert {"share_dice", "share_focal", "share_mask_feature", "share_token"} <= set(shares)
+    last = rows[-1].split(",")
+    assert abs(sum(float(last[header.index(name)]) for name in shares) - 1) < 1e-3

@@ -11,18 +11,18 @@ feature that the mask-feature consistency loss compares against, as in the offic
 from __future__ import annotations
 
 import torch
-from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 
 from .anti_degradation_mask_features import AntiDegradationMaskFeatures
 from .fourier_degradation_suppression import FourierMode
+from .layer_norm import ChannelLayerNorm2d
 
 
 def _upsample_4x(in_channels: int, hidden_channels: int, out_channels: int) -> nn.Sequential:
     """Two stride-2 transposed convolutions with LayerNorm2d + GELU between: 4x resolution."""
     return nn.Sequential(
         nn.ConvTranspose2d(in_channels, hidden_channels, kernel_size=2, stride=2),
-        LayerNorm2d(hidden_channels),
+        ChannelLayerNorm2d(hidden_channels),
         nn.GELU(),
         nn.ConvTranspose2d(hidden_channels, out_channels, kernel_size=2, stride=2),
     )
@@ -43,7 +43,7 @@ class RobustFeatureFusion(nn.Module):
         self.mask_feature_amfg = AntiDegradationMaskFeatures(mask_channels, reduction, fourier_mode)
         self.mask_feature_conv = nn.Sequential(
             nn.Conv2d(mask_channels, 2 * mask_channels, kernel_size=3, padding=1),
-            LayerNorm2d(2 * mask_channels),
+            ChannelLayerNorm2d(2 * mask_channels),
             nn.GELU(),
             nn.Conv2d(2 * mask_channels, mask_channels, kernel_size=3, padding=1),
         )
@@ -80,15 +80,26 @@ class RobustFeatureFusion(nn.Module):
         reduce.weight[index, index, 1, 1] = 1.0
         reduce.weight[index, index + channels, 1, 1] = -1.0
 
+    def refine_image_features(
+        self, image_embedding: torch.Tensor, complementary_feature: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """AMFG of the per-image features: ``B x D x h x w`` embedding and ``B x C_enc x h x w`` early
+        feature -> the refined maps of the same shapes (what the paper's consistency loss compares
+        with the clear image's features)."""
+        return self.embedding_amfg(image_embedding), self.complementary_amfg(complementary_feature)
+
+    def upsample_image_features(self, image_embedding: torch.Tensor, complementary_feature: torch.Tensor) -> torch.Tensor:
+        """``B x D x h x w`` and ``B x C_enc x h x w`` -> their summed upsampled maps ``B x D/8 x 4h x 4w``."""
+        return self.embedding_upsample(image_embedding) + self.complementary_upsample(complementary_feature)
+
     def image_features(
         self, image_embedding: torch.Tensor, complementary_feature: torch.Tensor, robust: bool = True
     ) -> torch.Tensor:
         """Per-image part: ``B x D x h x w`` embedding and ``B x C_enc x h x w`` early feature
         -> ``B x D/8 x 4h x 4w``."""
         if robust:
-            image_embedding = self.embedding_amfg(image_embedding)
-            complementary_feature = self.complementary_amfg(complementary_feature)
-        return self.embedding_upsample(image_embedding) + self.complementary_upsample(complementary_feature)
+            image_embedding, complementary_feature = self.refine_image_features(image_embedding, complementary_feature)
+        return self.upsample_image_features(image_embedding, complementary_feature)
 
     def mask_features(self, upscaled_embedding: torch.Tensor, robust: bool = True) -> torch.Tensor:
         """Per-prompt part: the decoder's ``P x D/8 x 4h x 4w`` upscaled embedding -> same shape."""

@@ -22,7 +22,10 @@ FOURIER_MODES: tuple[str, ...] = ("paper", "identity")
 
 
 class FourierDegradationSuppression(nn.Module):
-    """``B x C x H x W -> B x C x H x W``: ``real(ifft2(conv1x1(|F|) * exp(i angle(F))))``, F = fft2(x)."""
+    """``B x C x H x W -> B x C x H x W``: ``real(ifft2(conv1x1(|F|) * exp(i angle(F))))``, F = fft2(x).
+
+    Computed as ``irfft2(F * conv1x1(|F|) / |F|)`` on the half spectrum (the same numbers without
+    the angle, cosine and sine)."""
 
     def __init__(self, channels: int, mode: FourierMode = "paper") -> None:
         super().__init__()
@@ -39,12 +42,15 @@ class FourierDegradationSuppression(nn.Module):
         # FFT's half spectrum gives exactly real(ifft2(...)) at half the memory and work.
         # Half-precision FFTs are limited; always transform in float32.
         height, width = x.shape[-2:]
-        spectrum = torch.fft.rfft2(x.float(), dim=(-2, -1))
-        amplitude = self.amplitude_conv(spectrum.abs())
-        phase = spectrum.angle()
-        del spectrum
-        # The learned amplitude may be negative, so rebuild with cos/sin rather than torch.polar.
-        rebuilt = torch.complex(amplitude * torch.cos(phase), amplitude * torch.sin(phase))
+        spectrum = torch.fft.rfft2(x.float().contiguous(), dim=(-2, -1))  # FFTs want rows contiguous
+        magnitude = spectrum.abs()
+        amplitude = self.amplitude_conv(magnitude)
+        # amplitude * exp(i * phase) = spectrum * (amplitude / |spectrum|): no angle, cos or sin. Where the
+        # spectrum is exactly 0 its phase is 0 (torch.angle(0) = 0), so the rebuilt value is the amplitude.
+        nonzero = magnitude > 0
+        ratio = amplitude / torch.where(nonzero, magnitude, torch.ones_like(magnitude))
+        rebuilt = torch.complex(spectrum.real * ratio + torch.where(nonzero, torch.zeros_like(amplitude), amplitude),
+                                spectrum.imag * ratio)
         return torch.fft.irfft2(rebuilt, s=(height, width), dim=(-2, -1)).to(x.dtype)
 
     def extra_repr(self) -> str:

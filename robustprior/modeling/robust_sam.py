@@ -56,6 +56,10 @@ class DecoderOutput:
     mask_feature: torch.Tensor  # P x D/8 x 4h x 4w: robust path, the fused robust mask feature;
     #                             sam path, SAM's upscaled embedding that its classifiers read
     fused_feature: torch.Tensor | None = None  # sam path with fused=True: the teacher's fused feature
+    refined: dict[str, torch.Tensor] | None = None  # robust path with keep_refined=True: the AMFG outputs
+    #   "mask_feature" P x D/8 x 4h x 4w, "embedding" B x D x h x w and "complementary" B x C_enc x h x w
+    #   (unless image_part was given),
+    #   and "robust_tokens" P x T x D, the AOTG output (what the paper's consistency losses compare)
 
 
 class RobustComponents(nn.Module):
@@ -222,6 +226,7 @@ class RobustSam(nn.Module):
         path: DecoderPath = "robust",
         fused: bool = False,
         image_part: torch.Tensor | None = None,
+        keep_refined: bool = False,
     ) -> DecoderOutput:
         """Decode P prompts against B encoded images.
 
@@ -230,7 +235,9 @@ class RobustSam(nn.Module):
         tokens 1..3 (3 masks), None -> all 4. ``fused`` (sam path) also returns the teacher's
         fused feature for the mask-feature consistency loss. ``image_part`` (robust path): the
         per-image part of the fusion (:meth:`robust_image_part`) when already computed, so
-        repeated prompts on one image do not recompute it.
+        repeated prompts on one image do not recompute it. ``keep_refined`` (robust path) also returns
+        the AMFG outputs and the AOTG tokens in ``refined`` (the per-image ones only when
+        ``image_part`` is computed here).
         """
         prompts = sparse.shape[0]
         if image_index is None:
@@ -245,22 +252,35 @@ class RobustSam(nn.Module):
             raise ValueError(f"unknown decoder path {path!r}; expected 'robust' or 'sam'")
         iou_token, mask_tokens, upscaled = self._run_transformer(features, image_index, sparse, dense, output_tokens)
 
-        fused_feature = None
+        fused_feature, refined = None, None
         if path == "robust" or fused:
             robust = path == "robust"
-            if image_part is None or not robust:
-                image_part = self.robust.fusion.image_features(features.embedding, features.complementary, robust)
-            fused_feature = self.robust.fusion.mask_features(upscaled, robust) + image_part.index_select(0, image_index)
+            fusion = self.robust.fusion
+            if keep_refined and robust:
+                refined = {}
+                if image_part is None:
+                    embedding, complementary = fusion.refine_image_features(features.embedding, features.complementary)
+                    image_part = fusion.upsample_image_features(embedding, complementary)
+                    refined.update(embedding=embedding, complementary=complementary)
+                refined["mask_feature"] = fusion.mask_feature_amfg(upscaled)
+                fused_feature = fusion.mask_feature_conv(refined["mask_feature"]) + image_part.index_select(0, image_index)
+            else:
+                if image_part is None or not robust:
+                    image_part = fusion.image_features(features.embedding, features.complementary, robust)
+                fused_feature = fusion.mask_features(upscaled, robust) + image_part.index_select(0, image_index)
         if path == "robust":
-            classifiers = self.robust.robust_mlp(self.robust.token_generation(mask_tokens))  # P x T x D/8
+            robust_tokens = self.robust.token_generation(mask_tokens)  # P x T x D
+            classifiers = self.robust.robust_mlp(robust_tokens)  # P x T x D/8
             mask_feature = fused_feature
+            if refined is not None:
+                refined["robust_tokens"] = robust_tokens
         else:
             classifiers = torch.stack(
                 [mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.mask_decoder.output_hypernetworks_mlps)], dim=1
             )
             mask_feature = upscaled
         b, c, h, w = mask_feature.shape
-        mask_logits = (classifiers @ mask_feature.view(b, c, h * w)).view(b, -1, h, w)
+        mask_logits = (classifiers @ mask_feature.reshape(b, c, h * w)).view(b, -1, h, w)
         iou_predictions = self.mask_decoder.iou_prediction_head(iou_token)
 
         if multimask_output is not None:
@@ -272,4 +292,5 @@ class RobustSam(nn.Module):
             mask_tokens=mask_tokens,
             mask_feature=mask_feature,
             fused_feature=fused_feature if path == "sam" else None,
+            refined=refined,
         )

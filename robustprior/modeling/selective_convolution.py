@@ -15,8 +15,10 @@ from torch import nn
 class BranchAttention(nn.Module):
     """Softmax attention over the two branches, computed on a coarse ``grid x grid`` layout.
 
-    Input ``B x C x H x W`` (the sum of both branch outputs); output two weights of the same
-    shape that sum to one element-wise (nearest-upsampled from ``B x C x grid x grid``).
+    Input ``B x C x H x W`` (the sum of both branch outputs). :meth:`coarse` gives the two weights
+    on the grid (``2 x B x C x grid x grid``, summing to one); ``forward`` nearest-upsamples them
+    to two ``B x C x H x W`` maps; :meth:`merge` applies them to the two branches without
+    materialising the full-size maps when ``H`` and ``W`` are multiples of ``grid``.
     """
 
     def __init__(self, channels: int, reduction: int = 16, grid: int = 4) -> None:
@@ -29,15 +31,29 @@ class BranchAttention(nn.Module):
         self.batch_norm_logits = nn.Linear(hidden, pooled)
         self.instance_norm_logits = nn.Linear(hidden, pooled)
 
+    def coarse(self, x: torch.Tensor) -> torch.Tensor:
+        """``B x C x H x W -> 2 x B x C x grid x grid`` softmax weights (BN branch first)."""
+        b, c = x.shape[:2]
+        hidden = F.relu(self.squeeze(self.pool(x).reshape(b, -1)))
+        logits = torch.stack((self.batch_norm_logits(hidden), self.instance_norm_logits(hidden)))
+        return logits.view(2, b, c, self.grid, self.grid).softmax(dim=0)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, c, h, w = x.shape
-        hidden = F.relu(self.squeeze(self.pool(x).reshape(b, -1)))
-        logits = torch.stack(
-            (self.batch_norm_logits(hidden), self.instance_norm_logits(hidden))
-        ).view(2, b, c, self.grid, self.grid)
-        weights = logits.softmax(dim=0)
-        weights = F.interpolate(weights.flatten(0, 1), size=(h, w), mode="nearest").view(2, b, c, h, w)
+        weights = F.interpolate(self.coarse(x).flatten(0, 1), size=(h, w), mode="nearest").view(2, b, c, h, w)
         return weights[0], weights[1]
+
+    def merge(self, batch_norm_branch: torch.Tensor, instance_norm_branch: torch.Tensor) -> torch.Tensor:
+        """``weight_bn * batch_norm_branch + weight_in * instance_norm_branch`` (both ``B x C x H x W``)."""
+        b, c, h, w = batch_norm_branch.shape
+        g = self.grid
+        if h % g or w % g:
+            weight_bn, weight_in = self(batch_norm_branch + instance_norm_branch)
+            return batch_norm_branch * weight_bn + instance_norm_branch * weight_in
+        weights = self.coarse(batch_norm_branch + instance_norm_branch)[:, :, :, :, None, :, None]
+        blocks = (b, c, g, h // g, g, w // g)  # nearest upsampling by whole blocks = a broadcast over them
+        merged = batch_norm_branch.reshape(blocks) * weights[0] + instance_norm_branch.reshape(blocks) * weights[1]
+        return merged.reshape(b, c, h, w)
 
 
 class SelectiveConvolution(nn.Module):
@@ -55,5 +71,4 @@ class SelectiveConvolution(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch_norm_branch = self.batch_norm_conv(F.leaky_relu(self.batch_norm(x)))
         instance_norm_branch = self.instance_norm_conv(F.leaky_relu(self.instance_norm(x)))
-        weight_bn, weight_in = self.attention(batch_norm_branch + instance_norm_branch)
-        return batch_norm_branch * weight_bn + instance_norm_branch * weight_in
+        return self.attention.merge(batch_norm_branch, instance_norm_branch)
