@@ -22,13 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-
-from tqdm import tqdm
 
 
 @dataclass(frozen=True)
@@ -70,17 +65,6 @@ def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _download(url: str, destination: Path, progress: bool) -> None:
-    with urllib.request.urlopen(url) as response:  # noqa: S310 (user-requested download)
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with open(destination, "wb") as handle, tqdm(
-            total=total, unit="B", unit_scale=True, desc=destination.name, disable=not progress
-        ) as bar:
-            while chunk := response.read(1 << 20):
-                handle.write(chunk)
-                bar.update(len(chunk))
-
-
 def download_checkpoint(name: str, directory: Path | None = None, progress: bool = True,
                         source: CheckpointSource | None = None) -> Path:
     """Path of the cached checkpoint ``name``, downloading and verifying it if needed."""
@@ -98,24 +82,20 @@ def download_checkpoint(name: str, directory: Path | None = None, progress: bool
         if expected is None or actual == expected:
             return target
         raise ValueError(f"cached {target} has SHA-256 {actual}, expected {expected}: delete it to download again")
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".part")
-    os.close(handle)
-    try:
-        try:
-            _download(source.url, Path(temporary), progress)
-        except OSError as error:
-            raise RuntimeError(
-                f"could not download {source.url} ({error}); download it yourself and pass --checkpoint PATH"
-            ) from error
-        actual = file_sha256(Path(temporary))
-        if expected is not None and actual != expected:
-            raise ValueError(f"download of {source.url} has SHA-256 {actual}, expected {expected}; not kept")
-        shutil.move(temporary, target)
-        if expected is None:
-            recorded.write_text(actual + "\n")
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    import torch.hub  # here, so that reading the table above does not import torch
+
+    try:  # torch writes a .partial file beside the target, checks its SHA-256 prefix and only then moves it
+        torch.hub.download_url_to_file(source.url, str(target), hash_prefix=expected, progress=progress)
+    except RuntimeError as error:
+        if "invalid hash value" not in str(error):
+            raise
+        raise ValueError(f"download of {source.url}: SHA-256 mismatch ({error}); not kept") from None
+    except OSError as error:
+        raise RuntimeError(
+            f"could not download {source.url} ({error}); download it yourself and pass --checkpoint PATH"
+        ) from error
+    if expected is None:
+        recorded.write_text(file_sha256(target) + "\n")
     return target
 
 

@@ -10,8 +10,8 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # ../shared/data sits beside the checkout (also in CI); ROBUSTPRIOR_SHARED_DATA overrides it.
 SHARED_DATA = Path(os.environ.get("ROBUSTPRIOR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# torch's thread count is left as the environment sets it (OMP_NUM_THREADS, else torch's default): forcing
+# a number here made the suite 15 times slower on a busy machine whatever OMP_NUM_THREADS said.
 
 
 @pytest.fixture(scope="session")

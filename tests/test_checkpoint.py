@@ -38,7 +38,7 @@ def test_safetensors_round_trip(tiny, tmp_path: Path) -> None:
     loaded = load_model(path)
     assert loaded.config == tiny.config
     torch.testing.assert_close(_decode(loaded), _decode(tiny), rtol=0, atol=0)
-    assert not list(tmp_path.glob("*.tmp"))  # the atomic write left nothing behind
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # the atomic write left nothing behind
 
 
 def test_sam_checkpoint_loads_base_and_copies_tokens(tiny, tmp_path: Path) -> None:

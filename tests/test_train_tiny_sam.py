@@ -1,8 +1,9 @@
-"""Smoke test of recipes/train_tiny_sam.py: a few iterations, atomic checkpoints, exact resume."""
+"""Smoke test of the SAM-tiny recipe (robustprior.training.tiny_sam, run by recipes/train_tiny_sam.py):
+a few iterations, atomic checkpoints, exact resume."""
 from __future__ import annotations
 
 import csv
-import importlib.util
+import importlib
 import json
 import math
 from collections import Counter
@@ -14,22 +15,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from robustprior.atomic import is_temporary
 from robustprior.scenes import TextureBank, derive_seed, generate_scene
+from robustprior.training import load_training_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_recipe() -> ModuleType:
-    """Import ``recipes/train_tiny_sam.py`` (the recipes folder is not a package)."""
-    spec = importlib.util.spec_from_file_location("train_tiny_sam", REPO_ROOT / "recipes" / "train_tiny_sam.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def recipe() -> ModuleType:
-    return load_recipe()
+    """The recipe's library (``recipes/train_tiny_sam.py`` is its command line)."""
+    return importlib.import_module("robustprior.training.tiny_sam")
+
+
+def temporary_files(folder: Path) -> list[Path]:
+    """Temporary files of atomic writes anywhere below ``folder``."""
+    return [path for path in folder.rglob("*") if is_temporary(path.name)]
 
 
 @pytest.fixture
@@ -61,9 +62,8 @@ def test_train_checkpoint_and_exact_resume(recipe: ModuleType, small_config: dic
 
     interrupted = tmp_path / "interrupted"
     assert recipe.train(small_config, interrupted, stop_after=2, export=False)["iteration"] == 2
-    checkpoint_path = interrupted / recipe.CHECKPOINT_NAME
-    assert torch.load(checkpoint_path, map_location="cpu", weights_only=False)["iteration"] == 2
-    assert not list(interrupted.glob(".*.tmp")), "temporary checkpoint files must be moved into place"
+    assert load_training_checkpoint(interrupted).iteration == 2
+    assert not temporary_files(interrupted), "temporary checkpoint files must be moved into place"
     assert not (interrupted / "metrics.json").exists()
 
     def interrupted_save(payload: object, file: str) -> None:
@@ -74,8 +74,8 @@ def test_train_checkpoint_and_exact_resume(recipe: ModuleType, small_config: dic
         patch.setattr(torch, "save", interrupted_save)
         with pytest.raises(KeyboardInterrupt):
             recipe.train(small_config, interrupted, resume=True, export=False)
-    assert torch.load(checkpoint_path, map_location="cpu", weights_only=False)["iteration"] == 2
-    assert not list(interrupted.glob(".*.tmp")), "an interrupted write must leave no temporary file"
+    assert load_training_checkpoint(interrupted).iteration == 2
+    assert not temporary_files(interrupted), "an interrupted write must leave no temporary file"
 
     resumed = recipe.train(small_config, interrupted, resume=True, export=False)
     assert resumed["iteration"] == 3
@@ -113,8 +113,8 @@ def test_extended_schedule_history_and_export_of_finished_run(recipe: ModuleType
         recipe.export_finished_run(run)
     assert recipe.train(small_config, run, resume=True, iterations=4, threads=1, export=False)["iteration"] == 4
 
-    state = torch.load(run / recipe.CHECKPOINT_NAME, map_location="cpu", weights_only=False)
-    assert state["config"]["history"] == [
+    checkpoint = load_training_checkpoint(run)
+    assert checkpoint.state["config"]["history"] == [
         {"start_iteration": 0, "schedule_iterations": 3, "threads": small_config["threads"], "device": "cpu"},
         {"start_iteration": 2, "schedule_iterations": 4, "threads": 1, "device": "cpu"},
     ]
@@ -129,7 +129,7 @@ def test_extended_schedule_history_and_export_of_finished_run(recipe: ModuleType
     assert f"--output runs/tiny_sam --iterations 3 --threads {small_config['threads']}\n" in card
     assert "--output runs/tiny_sam --resume --iterations 4 --threads 1\n" in card
     exported = load_model(tmp_path / "w.safetensors")
-    trained = state["model"]["mask_decoder.iou_prediction_head.layers.0.weight"]
+    trained = checkpoint.weights["mask_decoder.iou_prediction_head.layers.0.weight"]
     assert torch.allclose(exported.state_dict()["mask_decoder.iou_prediction_head.layers.0.weight"], trained,
                           atol=1e-2, rtol=1e-2)  # float16 file
 
@@ -172,7 +172,7 @@ def test_fit_minutes_fixes_and_records_the_schedule(recipe: ModuleType, small_co
     small_config["optimizer"].update(iterations=10_000, warmup_iterations=50)
     result = recipe.train(small_config, tmp_path / "run", fit_minutes=0.02, export=False,
                           config_path="recipes/configs/tiny_sam.yaml")
-    state = torch.load(tmp_path / "run" / recipe.CHECKPOINT_NAME, map_location="cpu", weights_only=False)
+    state = load_training_checkpoint(tmp_path / "run").state
     entry = state["config"]["history"][-1]
     assert result["iteration"] == entry["schedule_iterations"] == state["config"]["optimizer"]["iterations"]
     assert recipe.FIT_PROBE[1] < result["iteration"] < 10_000  # set from the timed steps, not the config's
@@ -258,3 +258,75 @@ def test_git_commit_of_a_shipped_copy_comes_from_the_environment(recipe: ModuleT
     assert here == "unknown" or len(here) == 40
     monkeypatch.setenv("ROBUSTPRIOR_GIT_COMMIT", "0123abc")
     assert recipe.git_commit() == "0123abc"
+
+
+def test_killed_before_the_first_checkpoint_the_resumed_log_has_each_row_once(recipe: ModuleType,
+                                                                              small_config: dict,
+                                                                              tmp_path: Path) -> None:
+    """Rows 1-3 are logged, then the process dies writing its first checkpoint: ``--resume`` starts
+    again from iteration 0 and the log holds each iteration exactly once."""
+    run = tmp_path / "run"
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt("killed while writing the first checkpoint")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("robustprior.training.run_folder.save_training_checkpoint", killed)
+        with pytest.raises(KeyboardInterrupt):
+            recipe.train(small_config, run, export=False)
+    assert load_training_checkpoint(run) is None
+    assert [int(row["iteration"]) for row in csv.DictReader(open(run / "losses.csv"))] == [1, 2, 3]
+    with pytest.raises(Exception, match="already holds a tiny_sam run"):
+        recipe.train(small_config, run, export=False)  # neither --resume nor --overwrite: refused
+    assert recipe.train(None, run, resume=True, export=False)["iteration"] == 3
+    assert [int(row["iteration"]) for row in csv.DictReader(open(run / "losses.csv"))] == [1, 2, 3]
+
+
+def test_resume_with_another_config_is_refused_before_any_work(recipe: ModuleType, small_config: dict,
+                                                               tmp_path: Path) -> None:
+    from robustprior.training import ConfigChangeError
+
+    run = tmp_path / "run"
+    recipe.train(small_config, run, stop_after=1, export=False)
+    config_yaml = (run / "config.yaml").read_text()
+    changed = {**small_config, "seed": 7, "optimizer": {**small_config["optimizer"], "lr": 0.01}}
+    with pytest.raises(ConfigChangeError, match=r"seed: 0 -> 7\n  optimizer.lr: 0.0008 -> 0.01\n"):
+        recipe.train(changed, run, resume=True, export=False)
+    assert (run / "config.yaml").read_text() == config_yaml
+    assert load_training_checkpoint(run).iteration == 1
+
+
+def test_command_line_errors_are_messages_not_tracebacks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from robustprior.training.tiny_sam.cli import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.md").write_text("keep me")
+    text = (REPO_ROOT / "recipes" / "configs" / "tiny_sam.yaml").read_text()
+    bad = {"typo.yaml": text.replace("  weight_decay: 0.05", "  weight_decy: 0.05"),
+           "zero.yaml": text.replace("  log_every: 10", "  log_every: 0").replace("  images: 4", "  images: 0"),
+           "tpu.yaml": text.replace("threads: 1 ", "device: tpu\nthreads: 1 ")}
+    for name, content in bad.items():
+        (tmp_path / name).write_text(content)
+    cases = [
+        (["--config", str(tmp_path / "typo.yaml"), "--output", str(tmp_path / "a")],
+         "unknown key 'optimizer.weight_decy' (did you mean 'optimizer.weight_decay'?)"),
+        (["--config", str(tmp_path / "zero.yaml"), "--output", str(tmp_path / "a")],
+         "'batch.images' must be >= 1, got 0"),
+        (["--config", str(tmp_path / "tpu.yaml"), "--output", str(tmp_path / "a")],
+         "device must be auto, cpu or cuda (or cuda:N), got 'tpu'"),
+        (["--output", str(mine), "--overwrite"], "is not a robustprior run folder"),
+        (["--output", str(mine / "notes.md")], "is a file, not a folder"),
+        (["--output", str(tmp_path / "none"), "--resume"], "there is no run in"),
+        (["--output", str(tmp_path / "none"), "--export-only"], "has no checkpoint"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--output", str(tmp_path / "gpu"), "--device", "cuda"], "PyTorch sees no CUDA device"))
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2, argv
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and message in error and "Traceback" not in error, (argv, error)
+    assert (mine / "notes.md").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["notes.md"]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "gpu").exists(), "nothing is created before the checks"

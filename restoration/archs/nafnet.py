@@ -24,6 +24,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from segment_anything.modeling.common import LayerNorm2d  # per-pixel layer norm over channels, B x C x H x W
 from torch import nn
 
 from restoration.archs import register_arch
@@ -59,22 +60,6 @@ def local_average_pool(x: torch.Tensor, window: int) -> torch.Tensor:
     rows_bottom, rows_top = integral[:, :, bottom], integral[:, :, top]
     total = rows_bottom[..., right] - rows_bottom[..., left] - rows_top[..., right] + rows_top[..., left]
     return (total / (window_height * window_width)).to(x.dtype)
-
-
-class LayerNorm2d(nn.Module):
-    """Layer normalisation over the channels of each pixel, with per-channel scale and shift. B x C x H x W."""
-
-    def __init__(self, channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=1, keepdim=True)
-        variance = (x - mean).pow(2).mean(dim=1, keepdim=True)
-        normalised = (x - mean) / torch.sqrt(variance + self.eps)
-        return self.weight[None, :, None, None] * normalised + self.bias[None, :, None, None]
 
 
 class SimplifiedChannelAttention(nn.Module):

@@ -1,0 +1,330 @@
+"""Configs checked against a declared schema before any work.
+
+A schema is a :class:`Section` (or a plain dict, read as one) whose entries are :class:`Field`\\ s
+and nested sections::
+
+    SCHEMA = Section({
+        "seed": Field(int, 0, at_least=0),
+        "device": Field(str, "auto", check=check_device_name),
+        "optimizer": {
+            "lr": Field(float, 1e-3, above=0),
+            "betas": Field(list, [0.9, 0.999], items=float, length=2),
+            "schedule": Field(str, "cosine", choices=("constant", "cosine", "step")),
+        },
+        "history": Field(list, [], internal=True),   # written by training; not compared on resume
+    })
+    config = load_config("run.yaml", SCHEMA)          # a dict with every default filled in
+
+:func:`validate_config` reports every problem of a config in one :class:`ConfigError`, one line per
+problem: an unknown key (with the closest valid key, found by :mod:`difflib`, also in another
+section), a missing required key, a wrong type, a value out of range or not among the choices.
+YAML 1.1 reads ``1e-3`` as a string; a float field accepts such a numeric string.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = ["REQUIRED", "Field", "Section", "validate_config", "load_config", "config_differences",
+           "apply_overrides", "copy_internal_values", "format_value"]
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()  # default of a field the config must give
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
+               dict: "a mapping"}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config value: its type (``int``, ``float``, ``bool``, ``str``, ``list`` or ``dict``, a
+    free mapping), default, and constraints.
+
+    ``at_least`` / ``at_most`` / ``above`` / ``below``: inclusive and strict bounds of numbers.
+    ``choices``: the allowed values. ``items`` / ``length``: element type and exact length of a
+    list. ``check``: a function that raises ``ValueError(reason)`` for a bad value (e.g. a free
+    mapping's keys). ``nullable``: ``null`` is allowed (implied by a ``None`` default).
+    ``internal``: written by the training command itself (a run's history), so not compared when a
+    run resumes."""
+
+    kind: type
+    default: Any = REQUIRED
+    doc: str = ""
+    choices: tuple | None = None
+    at_least: float | None = None
+    at_most: float | None = None
+    above: float | None = None
+    below: float | None = None
+    items: type | None = None
+    length: int | None = None
+    check: Callable[[Any], None] | None = None
+    nullable: bool = False
+    internal: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KIND_NAMES:
+            raise TypeError(f"Field kind must be one of {[kind.__name__ for kind in _KIND_NAMES]}, got {self.kind}")
+
+    @property
+    def accepts_null(self) -> bool:
+        return self.nullable or self.default is None
+
+
+@dataclass(frozen=True)
+class Section:
+    """A mapping of named fields and sections; ``check(values)`` may test them together (raise
+    ``ValueError(reason)``); ``nullable``: the whole section may be ``null``."""
+
+    fields: Mapping[str, Field | Section | Mapping]
+    check: Callable[[dict], None] | None = None
+    nullable: bool = False
+
+    def entries(self) -> Iterator[tuple[str, Field | Section]]:
+        for name, entry in self.fields.items():
+            yield name, as_section(entry) if isinstance(entry, Mapping) else entry
+
+
+def as_section(schema: Section | Mapping) -> Section:
+    return schema if isinstance(schema, Section) else Section(schema)
+
+
+def format_value(value: Any) -> str:
+    """A value as it would be written in YAML (for messages)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=1_000_000).strip().removesuffix("\n...")
+
+
+def _kind_of(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "a mapping", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _all_paths(section: Section, prefix: str = "") -> list[str]:
+    paths = []
+    for name, entry in section.entries():
+        path = f"{prefix}{name}"
+        paths.append(path)
+        if isinstance(entry, Section):
+            paths += _all_paths(entry, path + ".")
+    return paths
+
+
+def _suggestion(key: str, section: Section, prefix: str, root: Section) -> str:
+    """`` (did you mean 'x.y'?)`` for an unknown ``key``: a close key in the same section, else a
+    key of that (or a close) name elsewhere in the schema; else the section's valid keys."""
+    local = [name for name, _ in section.entries()]
+    close = difflib.get_close_matches(key, local, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean '{prefix}{close[0]}'?)"
+    elsewhere = _all_paths(root)
+    leaves = {path.rsplit(".", 1)[-1]: path for path in reversed(elsewhere)}
+    close = difflib.get_close_matches(key, list(leaves), n=1, cutoff=0.75)
+    if close:
+        return f" (did you mean '{leaves[close[0]]}'?)"
+    return f" (valid keys{' in ' + repr(prefix[:-1]) if prefix else ''}: {', '.join(local)})"
+
+
+def _check_number(value: Any, field: Field, path: str) -> str | None:
+    bounds = [(field.at_least, lambda v, b: v >= b, ">="), (field.at_most, lambda v, b: v <= b, "<="),
+              (field.above, lambda v, b: v > b, ">"), (field.below, lambda v, b: v < b, "<")]
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"'{path}' must be a finite number, got {format_value(value)}"
+    for bound, holds, symbol in bounds:
+        if bound is not None and not holds(value, bound):
+            return f"'{path}' must be {symbol} {format_value(bound)}, got {format_value(value)}"
+    return None
+
+
+def _coerce(value: Any, kind: type, path: str) -> tuple[Any, str | None]:
+    """``value`` as ``kind`` (ints as floats, numeric strings as floats), or an error message."""
+    if kind is float:
+        if isinstance(value, str):
+            try:
+                return float(value), None
+            except ValueError:
+                pass
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value), None
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, None
+    elif kind is list:
+        if isinstance(value, (list, tuple)):
+            return list(value), None
+    elif kind is dict:
+        if isinstance(value, Mapping):
+            return dict(value), None
+    elif isinstance(value, kind):
+        return value, None
+    return None, f"'{path}' must be {_KIND_NAMES[kind]}, got {format_value(value)} ({_kind_of(value)})"
+
+
+def _validate_field(value: Any, field: Field, path: str, problems: list[str]) -> Any:
+    if value is None:
+        if not field.accepts_null:
+            problems.append(f"'{path}' must be {_KIND_NAMES[field.kind]}, got null")
+        return None
+    value, problem = _coerce(value, field.kind, path)
+    if problem is not None:
+        problems.append(problem)
+        return None
+    if field.kind is list:
+        if field.length is not None and len(value) != field.length:
+            problems.append(f"'{path}' must have {field.length} entries, got {len(value)}: {format_value(value)}")
+            return None
+        if field.items is not None:
+            items = []
+            for index, item in enumerate(value):
+                item, problem = _coerce(item, field.items, f"{path}[{index}]")
+                if problem is not None:
+                    problems.append(problem)
+                    return None
+                items.append(item)
+            value = items
+    if field.kind in (int, float):
+        problem = _check_number(value, field, path)
+        if problem is not None:
+            problems.append(problem)
+            return None
+    if field.choices is not None and value not in field.choices:
+        close = difflib.get_close_matches(str(value), [str(choice) for choice in field.choices], n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        problems.append(f"'{path}' must be one of {', '.join(map(str, field.choices))}; got {format_value(value)}{hint}")
+        return None
+    if field.check is not None:
+        try:
+            field.check(value)
+        except ValueError as error:
+            problems.append(f"'{path}': {error}")
+            return None
+    return copy.deepcopy(value)
+
+
+def _validate_section(values: Any, section: Section, prefix: str, root: Section, problems: list[str]) -> dict | None:
+    where = prefix[:-1]
+    if values is None:
+        if section.nullable:
+            return None
+        values = {}
+    if not isinstance(values, Mapping):
+        problems.append(f"'{where}' must be a mapping of keys, got {format_value(values)} ({_kind_of(values)})")
+        return None
+    known = dict(section.entries())
+    for key in values:
+        if key not in known:
+            problems.append(f"unknown key '{prefix}{key}'{_suggestion(str(key), section, prefix, root)}")
+    result: dict[str, Any] = {}
+    before = len(problems)
+    for name, entry in known.items():
+        path = f"{prefix}{name}"
+        if isinstance(entry, Section):
+            result[name] = _validate_section(values.get(name), entry, path + ".", root, problems)
+        elif name not in values:
+            if entry.default is REQUIRED:
+                problems.append(f"'{path}' is required")
+            else:
+                result[name] = copy.deepcopy(entry.default)
+        else:
+            result[name] = _validate_field(values[name], entry, path, problems)
+    if section.check is not None and len(problems) == before:
+        try:
+            section.check(result)
+        except ValueError as error:
+            problems.append(f"'{where}': {error}" if where else str(error))
+    return result
+
+
+def validate_config(values: Mapping[str, Any] | None, schema: Section | Mapping, source: str = "config") -> dict:
+    """``values`` checked against ``schema``, with every default filled in (a new dict).
+
+    Raises :class:`ConfigError` listing every problem; ``source`` (e.g. the file name) starts the message."""
+    root = as_section(schema)
+    problems: list[str] = []
+    result = _validate_section(values, root, "", root, problems)
+    if problems:
+        heading = f"{source}: " if len(problems) == 1 else f"{source}: {len(problems)} problems:\n  "
+        raise ConfigError(heading + "\n  ".join(problems))
+    return result
+
+
+def load_config(path: str | Path, schema: Section | Mapping) -> dict:
+    """Read the YAML file ``path`` and :func:`validate_config` it (errors name the file)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read config file {path}: {error}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    return validate_config(values, schema, source=str(path))
+
+
+def _leaves(values: Any, section: Section, prefix: str, internal: bool) -> Iterator[tuple[str, Any]]:
+    values = values or {}
+    for name, entry in section.entries():
+        path = f"{prefix}{name}"
+        if isinstance(entry, Section):
+            if values.get(name) is None and entry.nullable:
+                yield path, values.get(name)
+            else:
+                yield from _leaves(values.get(name), entry, path + ".", internal)
+        elif internal or not entry.internal:
+            yield path, values.get(name)
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], schema: Section | Mapping
+                       ) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (old value, new value)}`` for every schema value that differs between two
+    validated configs, internal fields left out."""
+    root = as_section(schema)
+    before = dict(_leaves(old, root, "", internal=False))
+    return {path: (before[path], value) for path, value in _leaves(new, root, "", internal=False)
+            if before[path] != value}
+
+
+def apply_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any], schema: Section | Mapping,
+                    source: str = "command line") -> dict:
+    """``config`` with dotted-key values replaced (``{"optimizer.iterations": 4}``), validated again."""
+    updated = copy.deepcopy(dict(config))
+    known = set(_all_paths(as_section(schema)))
+    for key, value in overrides.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            raise ConfigError(f"{source}: unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        *parents, leaf = key.split(".")
+        target = updated
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return validate_config(updated, schema, source=source)
+
+
+def copy_internal_values(target: Mapping[str, Any], source: Mapping[str, Any], schema: Section | Mapping) -> dict:
+    """``target`` with the internal fields (a run's history) taken from ``source``."""
+    result = copy.deepcopy(dict(target))
+    internal = {path for path, _ in _leaves(source, as_section(schema), "", internal=True)} - {
+        path for path, _ in _leaves(source, as_section(schema), "", internal=False)}
+    for path in internal:
+        *parents, leaf = path.split(".")
+        value, holder = source, result
+        for parent in parents:
+            value, holder = (value or {}).get(parent), holder.setdefault(parent, {})
+        holder[leaf] = copy.deepcopy((value or {}).get(leaf))
+    return result

@@ -1,0 +1,320 @@
+"""Run folders: created, resumed or overwritten only when they are this project's runs.
+
+A run folder carries a marker file, ``.robustprior-run`` (JSON: the trainer kind and when the run
+was created). :meth:`Run.open` applies one policy for every trainer:
+
+===============================  ================================================================
+the output folder is ...         what happens
+===============================  ================================================================
+missing, or an empty folder      a fresh run (``--resume``: an error, there is nothing to resume)
+a run of this kind               ``--resume``: continue from its checkpoint (from the start when it
+                                 has none yet); ``--overwrite``: delete its contents (the marker and
+                                 the ``keep`` patterns stay) and start again; neither: an error,
+                                 unless the run holds nothing but its config (it stopped before
+                                 training, e.g. on a bad device): then it starts again
+a run of another kind            an error
+anything else (a file, a folder  an error; nothing is changed or deleted
+with other content, read-only)
+===============================  ================================================================
+
+While a run is open, its marker is locked (``flock``): a second process training into the same
+folder is refused. Opening a run also deletes what an earlier process killed mid-write left there
+(temporary files of atomic writes, checkpoint files never committed), and cuts the CSV logs back to
+the checkpoint's iteration, so a resumed run never repeats a row.
+
+Configs: a fresh run saves its validated config as ``config.yaml``. A resumed run compares the
+config it is given with the one the run was trained with; a difference is refused
+(:class:`ConfigChangeError`) unless ``allow_config_change`` (``--allow-config-change``) is set.
+``overrides`` (dotted keys set by command-line options such as ``--iterations``) are explicit and
+always allowed. Every accepted change is appended to ``config_changes.yaml`` (iteration, time,
+old and new values). Only training writes a run's config; other commands read it with
+:func:`read_run_config`.
+"""
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import json
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .. import __version__
+from ..atomic import remove_temporaries, write_text_atomically
+from .checkpoints import (CHECKPOINT_FOLDER, TrainingCheckpoint, load_training_checkpoint, remove_unreferenced,
+                          save_training_checkpoint)
+from .config import (Section, apply_overrides, config_differences, copy_internal_values, format_value,
+                     validate_config)
+from .csv_log import CsvLog
+from .distributed import DistributedContext
+from .errors import CheckpointError, ConfigChangeError, ConfigError, RunExistsError, RunFolderError
+from .rng import capture_rng_state, restore_rng_state, seed_everything
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover (not on Linux / macOS: no lock)
+    fcntl = None
+
+RUN_MARKER = ".robustprior-run"
+CONFIG_NAME = "config.yaml"
+CONFIG_CHANGES_NAME = "config_changes.yaml"
+_LEGACY_FILES = ("checkpoint.pt", "checkpoints/last.pt")  # runs of robustprior before the engine
+_SETUP_FILES = (RUN_MARKER, CONFIG_NAME, CONFIG_CHANGES_NAME)  # all a run holds before it has trained
+
+
+def _note(message: str) -> None:
+    print(f"[robustprior] {message}", file=sys.stderr)
+
+
+def _read_marker(folder: Path) -> dict[str, Any]:
+    try:
+        marker = json.loads((folder / RUN_MARKER).read_text())
+        if not isinstance(marker, dict) or not isinstance(marker.get("kind"), str):
+            raise ValueError("no kind")
+        return marker
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise RunFolderError(f"{folder / RUN_MARKER} is damaged ({error}); if {folder} is a run you want to "
+                             "replace, delete the folder yourself") from None
+
+
+def _not_a_run(folder: Path) -> RunFolderError:
+    legacy = [name for name in _LEGACY_FILES if (folder / name).exists()]
+    if legacy:
+        return RunFolderError(
+            f"{folder} holds a run of an earlier robustprior version ({legacy[0]}: a pickled checkpoint, which is "
+            "not loaded because loading it could run code); nothing was changed: train into a new --output folder")
+    return RunFolderError(
+        f"{folder} is not empty and is not a robustprior run folder (it has no {RUN_MARKER} file); nothing in it "
+        "was changed or deleted: choose a new or empty --output folder")
+
+
+def _write_marker(folder: Path, kind: str) -> None:
+    marker = {"kind": kind, "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "robustprior": __version__}
+    write_text_atomically(folder / RUN_MARKER, json.dumps(marker, indent=2) + "\n")
+
+
+def _lock(folder: Path):
+    """An open handle on the marker holding an exclusive ``flock`` (None where there is no fcntl)."""
+    if fcntl is None:
+        return None
+    handle = open(folder / RUN_MARKER)  # noqa: SIM115 (held until Run.close)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RunFolderError(f"another process is using the run in {folder} (is it still training?); wait for it "
+                             "or stop it first") from None
+    return handle
+
+
+def prepare_run_folder(folder: Path, kind: str, resume: bool, overwrite: bool, keep: Sequence[str] = ()):
+    """The folder policy of the module docstring (one process); returns the lock handle."""
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"the output {folder} is a file, not a folder; choose another --output")
+    entries = sorted(folder.iterdir()) if folder.is_dir() else []
+    try:
+        if not (folder / RUN_MARKER).is_file():
+            if entries:
+                raise _not_a_run(folder)
+            if resume:
+                raise RunFolderError(f"--resume: there is no run in {folder} to resume")
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_marker(folder, kind)
+            return _lock(folder)
+        saved_kind = _read_marker(folder)["kind"]
+        if saved_kind != kind:
+            raise RunFolderError(f"{folder} holds a {saved_kind} run, not a {kind} run; nothing was changed")
+        handle = _lock(folder)
+        try:
+            contents = [path for path in entries if path.name != RUN_MARKER
+                        and not any(fnmatch.fnmatch(path.name, pattern) for pattern in keep)]
+            trained = [path for path in contents if path.name not in _SETUP_FILES]
+            if trained and not (resume or overwrite):
+                raise RunExistsError(f"{folder} already holds a {kind} run; pass --resume to continue it or "
+                                     "--overwrite to start it again")
+            if not resume:  # --overwrite, or a run that stopped before its first step: start again
+                for path in contents:
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            removed = remove_temporaries(folder) + remove_unreferenced(folder)
+            if removed:
+                _note(f"removed {len(removed)} file(s) an interrupted write left in {folder}: "
+                      + ", ".join(str(path.relative_to(folder)) for path in removed))
+        except BaseException:
+            if handle is not None:
+                handle.close()
+            raise
+        return handle
+    except PermissionError as error:
+        raise RunFolderError(f"cannot write to {folder} ({error.strerror}: {error.filename}); choose a folder you "
+                             "can write to") from None
+    except OSError as error:
+        if isinstance(error, (RunFolderError, RunExistsError)):
+            raise
+        raise RunFolderError(f"cannot use {folder} as a run folder: {error}") from None
+
+
+def read_run_config(folder: str | Path, schema: Section | Mapping) -> dict:
+    """A run's saved config (``config.yaml``), validated; for commands that use a run without training it."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise RunFolderError(f"{folder} has no {CONFIG_NAME}: not a run folder, or a run that never started")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    return validate_config(values, schema, source=str(path))
+
+
+class Run:
+    """An open run folder (use :meth:`open`): its effective ``config``, the ``checkpoint`` it
+    resumes from (or None), ``start_iteration``, its CSV logs and checkpoint writing."""
+
+    def __init__(self, folder: Path, kind: str, schema: Section | Mapping, config: dict,
+                 checkpoint: TrainingCheckpoint | None, context: DistributedContext, lock, logs: dict[str, CsvLog]):
+        self.folder, self.kind, self.schema, self.config = folder, kind, schema, config
+        self.checkpoint, self.context, self._lock, self._logs = checkpoint, context, lock, logs
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, folder: str | Path, *, kind: str, schema: Section | Mapping, config: Mapping[str, Any] | None,
+             resume: bool = False, overwrite: bool = False, allow_config_change: bool = False,
+             overrides: Mapping[str, Any] | None = None, keep: Sequence[str] = (),
+             logs: Mapping[str, Sequence[str] | None] | None = None, context: DistributedContext | None = None,
+             map_location: str | torch.device = "cpu") -> Run:
+        """Open ``folder`` for training (policy: module docstring); every rank calls it.
+
+        ``config``: the validated config given (None with ``resume``: the run's own); ``overrides``:
+        dotted keys set on the command line; ``keep``: name patterns that ``overwrite`` keeps
+        (caches); ``logs``: CSV log names and their columns (None: from the first row)."""
+        folder = Path(folder)
+        context = context or DistributedContext(0, 1, torch.device("cpu"))
+        lock = context.run_on_main(prepare_run_folder, folder, kind, resume, overwrite, keep)
+        try:
+            checkpoint = load_training_checkpoint(folder, map_location) if resume else None
+            saved = cls._saved_config(folder, checkpoint, schema) if resume else None
+            if resume and checkpoint is None and context.is_main:
+                _note(f"no checkpoint in {folder} yet: the run starts again from iteration 0")
+            effective, changes = cls._resolve_config(saved, config, overrides or {}, schema, allow_config_change)
+            run = cls(folder, kind, schema, effective, checkpoint, context, lock,
+                      {name: CsvLog(folder / name, columns) for name, columns in (logs or {}).items()})
+            if context.is_main:
+                for log in run._logs.values():
+                    log.truncate(run.start_iteration)
+                if changes:
+                    run._record_changes(changes, bool(set(changes) - set(overrides or {})))
+                if saved is None or changes:
+                    run.save_config(effective)
+            context.barrier()
+        except BaseException:
+            if lock is not None:
+                lock.close()
+            raise
+        return run
+
+    @staticmethod
+    def _saved_config(folder: Path, checkpoint: TrainingCheckpoint | None, schema: Section | Mapping) -> dict | None:
+        if checkpoint is not None:
+            if "config" not in checkpoint.state:
+                raise CheckpointError(f"the checkpoint in {folder / CHECKPOINT_FOLDER} holds no config")
+            return validate_config(checkpoint.state["config"], schema, source=f"the config saved in {folder}")
+        if (folder / CONFIG_NAME).is_file():
+            return read_run_config(folder, schema)
+        return None
+
+    @staticmethod
+    def _resolve_config(saved: dict | None, given: Mapping[str, Any] | None, overrides: Mapping[str, Any],
+                        schema: Section | Mapping, allow_change: bool) -> tuple[dict, dict[str, tuple[Any, Any]]]:
+        if saved is None:
+            if given is None:
+                raise ConfigError("a new run needs a config (--config)")
+            return apply_overrides(given, overrides, schema), {}
+        base = copy_internal_values(given if given is not None else saved, saved, schema)
+        base = validate_config(base, schema)
+        differences = config_differences(saved, base, schema)
+        if differences and not allow_change:
+            listed = "\n  ".join(f"{key}: {format_value(old)} -> {format_value(new)}"
+                                 for key, (old, new) in differences.items())
+            raise ConfigChangeError(
+                f"the config given differs from the run's own config:\n  {listed}\nresume without --config to "
+                "continue with the run's config, or pass --allow-config-change to continue with the new values "
+                f"(the change is recorded in {CONFIG_CHANGES_NAME})")
+        effective = apply_overrides(base, overrides, schema)
+        return effective, config_differences(saved, effective, schema)
+
+    # ------------------------------------------------------------------ use
+    @property
+    def start_iteration(self) -> int:
+        """The iteration training continues from (0 for a fresh run)."""
+        return 0 if self.checkpoint is None else self.checkpoint.iteration
+
+    @property
+    def resumed(self) -> bool:
+        return self.checkpoint is not None
+
+    def log(self, name: str) -> CsvLog:
+        """The CSV log ``name`` declared in :meth:`open` (write it from rank 0 only)."""
+        return self._logs[name]
+
+    def save_config(self, config: Mapping[str, Any]) -> None:
+        """Make ``config`` (e.g. with a new history entry) the run's config and write ``config.yaml``
+        (rank 0); later checkpoints carry it."""
+        self.config = dict(config)
+        if self.context.is_main:
+            write_text_atomically(self.folder / CONFIG_NAME, yaml.safe_dump(self.config, sort_keys=False))
+
+    def _record_changes(self, changes: Mapping[str, tuple[Any, Any]], from_config: bool) -> None:
+        path = self.folder / CONFIG_CHANGES_NAME
+        history = yaml.safe_load(path.read_text()) if path.is_file() else None
+        entry = {"iteration": self.start_iteration,
+                 "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                 "allowed_by": "--allow-config-change" if from_config else "command line",
+                 "changes": {key: {"from": old, "to": new} for key, (old, new) in changes.items()}}
+        write_text_atomically(path, yaml.safe_dump((history or []) + [entry], sort_keys=False))
+        if self.context.is_main:
+            _note(f"resuming {self.folder} with a changed config (recorded in {CONFIG_CHANGES_NAME}): "
+                  + ", ".join(f"{key} {format_value(old)} -> {format_value(new)}" for key, (old, new) in changes.items()))
+
+    def save_checkpoint(self, iteration: int, weights: Mapping[str, torch.Tensor], state: Mapping[str, Any],
+                        rng: bool = True) -> None:
+        """Write a checkpoint (rank 0) with the run's config; ``rng``: also every rank's generator
+        states (gathered: every rank must call this)."""
+        payload = dict(state)
+        if rng:
+            payload["rng"] = self.context.all_gather(capture_rng_state())
+        if self.context.is_main:
+            save_training_checkpoint(self.folder, iteration, weights, {**payload, "config": self.config})
+        self.context.barrier()
+
+    def restore_rng(self, reseed: int) -> None:
+        """Put back this rank's generator states from the checkpoint; when it was made by another
+        number of ranks, seed with ``reseed`` instead (and say that the continuation is not bit-exact)."""
+        if self.checkpoint is None:
+            return
+        state = self.checkpoint.rng_state(self.context.rank, self.context.world_size)
+        if state is None:
+            if self.context.is_main:
+                _note(f"the checkpoint was made by another number of processes than {self.context.world_size}: "
+                      "reseeding (the continuation is not bit-exact)")
+            seed_everything(reseed)
+        else:
+            restore_rng_state(state)
+
+    def close(self) -> None:
+        """Release the run folder's lock."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
