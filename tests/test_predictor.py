@@ -148,3 +148,27 @@ def test_automatic_masks_for_both_paths(model, image) -> None:
         assert records[0]["segmentation"].shape == image.shape[:2]
         results[path] = np.array([r["segmentation"] for r in records])
     assert results["robust"].shape != results["sam"].shape or (results["robust"] != results["sam"]).any()
+
+
+@pytest.mark.parametrize("path", ["robust", "sam"])
+def test_automatic_masks_equal_segment_anythings_generator(path) -> None:
+    """Drawing masks only for points whose predicted IoU passes gives exactly the records of SAM's own
+    batch step (which draws and upsamples every mask first), on the bundled tiny models and a scene."""
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from robustprior.checkpoint import load_model
+    from robustprior.scenes import generate_scene
+
+    model = load_model("robustprior/weights/robustsam_tiny.safetensors")
+    scene = generate_scene(5).image
+    settings = dict(points_per_side=6, pred_iou_thresh=0.6, stability_score_thresh=0.3, points_per_batch=16)
+    ours = RobustAutomaticMaskGenerator(model, path=path, **settings)
+    reference = RobustAutomaticMaskGenerator(model, path=path, **settings)
+    reference._process_batch = lambda *args: SamAutomaticMaskGenerator._process_batch(reference, *args)
+    got, expected = ours.generate(scene), reference.generate(scene)
+    assert len(expected) > 0 and len(got) == len(expected)
+    for record, twin in zip(got, expected):
+        assert np.array_equal(record["segmentation"], twin["segmentation"])
+        assert record["predicted_iou"] == pytest.approx(twin["predicted_iou"], abs=1e-6)
+        assert record["stability_score"] == pytest.approx(twin["stability_score"], abs=1e-6)
+        assert record["point_coords"] == twin["point_coords"] and record["bbox"] == twin["bbox"]

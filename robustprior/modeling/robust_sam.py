@@ -62,6 +62,22 @@ class DecoderOutput:
     #   and "robust_tokens" P x T x D, the AOTG output (what the paper's consistency losses compare)
 
 
+@dataclass
+class TransformerOutput:
+    """What the two-way transformer gives for P prompts on one decoder path, before any mask is drawn."""
+
+    path: str  # "robust" or "sam"
+    image_index: torch.Tensor  # P long: the image of each prompt
+    iou_predictions: torch.Tensor  # P x T, SAM's IoU head on the IoU token (all four mask tokens)
+    mask_tokens: torch.Tensor  # P x T x D output tokens after the transformer
+    upscaled: torch.Tensor  # P x D/8 x 4h x 4w, the decoder's upscaled embedding
+
+    def select(self, keep: torch.Tensor) -> "TransformerOutput":
+        """The prompts picked by ``keep`` (a ``P`` bool mask or indices), in order."""
+        return TransformerOutput(self.path, self.image_index[keep], self.iou_predictions[keep], self.mask_tokens[keep],
+                                 self.upscaled[keep])
+
+
 class RobustComponents(nn.Module):
     """The five trainable parts RobustSAM adds to SAM."""
 
@@ -216,29 +232,17 @@ class RobustSam(nn.Module):
         upscaled = decoder.output_upscaling(source.transpose(1, 2).reshape(b, c, h, w))
         return hidden[:, 0], hidden[:, 1 : 1 + decoder.num_mask_tokens], upscaled
 
-    def decode(
+    def run_transformer(
         self,
         features: ImageFeatures,
         sparse: torch.Tensor,
         dense: torch.Tensor,
         image_index: torch.Tensor | None = None,
-        multimask_output: bool | None = False,
         path: DecoderPath = "robust",
-        fused: bool = False,
-        image_part: torch.Tensor | None = None,
-        keep_refined: bool = False,
-    ) -> DecoderOutput:
-        """Decode P prompts against B encoded images.
-
-        ``image_index`` (``P`` long) says which image each prompt belongs to; None means all
-        prompts belong to image 0. ``multimask_output``: False -> token 0 (1 mask), True ->
-        tokens 1..3 (3 masks), None -> all 4. ``fused`` (sam path) also returns the teacher's
-        fused feature for the mask-feature consistency loss. ``image_part`` (robust path): the
-        per-image part of the fusion (:meth:`robust_image_part`) when already computed, so
-        repeated prompts on one image do not recompute it. ``keep_refined`` (robust path) also returns
-        the AMFG outputs and the AOTG tokens in ``refined`` (the per-image ones only when
-        ``image_part`` is computed here).
-        """
+    ) -> TransformerOutput:
+        """The first, cheap half of :meth:`decode`: SAM's two-way transformer with the path's output
+        tokens (ROT or SAM's), the upscaled embedding and SAM's IoU predictions of all four tokens,
+        before any mask is drawn (the automatic mask generator filters on these scores first)."""
         prompts = sparse.shape[0]
         if image_index is None:
             image_index = torch.zeros(prompts, dtype=torch.long, device=sparse.device)
@@ -251,7 +255,23 @@ class RobustSam(nn.Module):
         else:
             raise ValueError(f"unknown decoder path {path!r}; expected 'robust' or 'sam'")
         iou_token, mask_tokens, upscaled = self._run_transformer(features, image_index, sparse, dense, output_tokens)
+        return TransformerOutput(path, image_index, self.mask_decoder.iou_prediction_head(iou_token), mask_tokens,
+                                 upscaled)
 
+    def draw_masks(
+        self,
+        features: ImageFeatures,
+        transformer: TransformerOutput,
+        fused: bool = False,
+        image_part: torch.Tensor | None = None,
+        keep_refined: bool = False,
+    ) -> DecoderOutput:
+        """The second half of :meth:`decode`: the mask logits of all four tokens (``P x 4 x 4h x 4w``)
+        from :meth:`run_transformer`'s output, by the path's classifiers and mask feature. Every
+        prompt is computed on its own, so drawing a subset (:meth:`TransformerOutput.select`) gives
+        exactly those prompts' masks. Arguments as in :meth:`decode`."""
+        path, image_index = transformer.path, transformer.image_index
+        mask_tokens, upscaled = transformer.mask_tokens, transformer.upscaled
         fused_feature, refined = None, None
         if path == "robust" or fused:
             robust = path == "robust"
@@ -281,16 +301,41 @@ class RobustSam(nn.Module):
             mask_feature = upscaled
         b, c, h, w = mask_feature.shape
         mask_logits = (classifiers @ mask_feature.reshape(b, c, h * w)).view(b, -1, h, w)
-        iou_predictions = self.mask_decoder.iou_prediction_head(iou_token)
-
-        if multimask_output is not None:
-            selected = slice(1, None) if multimask_output else slice(0, 1)
-            mask_logits, iou_predictions = mask_logits[:, selected], iou_predictions[:, selected]
         return DecoderOutput(
             mask_logits=mask_logits,
-            iou_predictions=iou_predictions,
+            iou_predictions=transformer.iou_predictions,
             mask_tokens=mask_tokens,
             mask_feature=mask_feature,
             fused_feature=fused_feature if path == "sam" else None,
             refined=refined,
         )
+
+    def decode(
+        self,
+        features: ImageFeatures,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        image_index: torch.Tensor | None = None,
+        multimask_output: bool | None = False,
+        path: DecoderPath = "robust",
+        fused: bool = False,
+        image_part: torch.Tensor | None = None,
+        keep_refined: bool = False,
+    ) -> DecoderOutput:
+        """Decode P prompts against B encoded images (:meth:`run_transformer`, then :meth:`draw_masks`).
+
+        ``image_index`` (``P`` long) says which image each prompt belongs to; None means all
+        prompts belong to image 0. ``multimask_output``: False -> token 0 (1 mask), True ->
+        tokens 1..3 (3 masks), None -> all 4. ``fused`` (sam path) also returns the teacher's
+        fused feature for the mask-feature consistency loss. ``image_part`` (robust path): the
+        per-image part of the fusion (:meth:`robust_image_part`) when already computed, so
+        repeated prompts on one image do not recompute it. ``keep_refined`` (robust path) also returns
+        the AMFG outputs and the AOTG tokens in ``refined`` (the per-image ones only when
+        ``image_part`` is computed here).
+        """
+        transformer = self.run_transformer(features, sparse, dense, image_index, path)
+        output = self.draw_masks(features, transformer, fused=fused, image_part=image_part, keep_refined=keep_refined)
+        if multimask_output is not None:
+            selected = slice(1, None) if multimask_output else slice(0, 1)
+            output.mask_logits, output.iou_predictions = output.mask_logits[:, selected], output.iou_predictions[:, selected]
+        return output
