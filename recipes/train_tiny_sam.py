@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recipes.provenance import git_commit  # noqa: E402
 from robustprior.atomic import atomic_path, save_torch_atomically, write_text_atomically  # noqa: E402
-from robustprior.build import build_robust_sam  # noqa: E402
+from robustprior.load import build_robust_sam  # noqa: E402
 from robustprior.checkpoint import save_checkpoint  # noqa: E402
 from robustprior.metrics import mask_iou  # noqa: E402
 from robustprior.modeling.robust_sam import ImageFeatures, RobustSam  # noqa: E402
@@ -401,7 +401,7 @@ def trainable_model(model_type: str, aligned_attention: bool = False, overrides:
     """A fresh model whose SAM parameters train (the robust parts stay frozen and untouched);
     ``aligned_attention`` applies :func:`align_decoder_attention`; ``overrides`` change single
     :class:`robustprior.build.ModelConfig` fields (architecture experiments)."""
-    model = build_robust_sam(model_type, **(overrides or {}))
+    model = build_robust_sam(model_type, random_init=True, **(overrides or {}))
     for parameter in model.sam_parameters():
         parameter.requires_grad_(True)
     if aligned_attention:
@@ -680,7 +680,7 @@ def model_card(config: dict, summary: dict, weights_path: Path) -> str:
 `{weights_path.name}` holds a full `RobustSam` of type `tiny` ({size_kib:.0f} KiB, float16; loading casts to
 float32): SAM parts (image encoder, prompt encoder, mask decoder) trained by `recipes/train_tiny_sam.py`; the
 robust parts are fresh (untrained), with the Robust Output Tokens copied from SAM's mask tokens, as when a
-SAM checkpoint is loaded. Load it with `robustprior.checkpoint.load_model`.
+SAM checkpoint is loaded. Load it with `robustprior.load.load_model("sam_tiny", decoder_path="sam")` (its RobustSAM path is refused: untrained).
 
 ## Data
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 import robustprior.data_config as data_config
 import robustprior.evaluate as evaluate
-from robustprior.build import build_robust_sam
+from robustprior.load import build_robust_sam
 from robustprior.data_config import SCENES_PARAMS_FILE, build_instance_source
 from robustprior.datasets import InstanceRecord
 from robustprior.degrade import degrade
@@ -38,7 +38,7 @@ def scenes_source(tmp_path_factory: pytest.TempPathFactory):
 def tiny_model():
     """A randomly initialised tiny RobustSAM (fixed seed)."""
     torch.manual_seed(0)
-    return build_robust_sam("tiny")
+    return build_robust_sam("tiny", random_init=True)
 
 
 def plain_iou(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -343,3 +343,12 @@ def test_example_config_is_valid() -> None:
     options = evaluate._evaluation_options(config["eval"])
     assert len(options["kinds"]) == 16 and options["prompt_types"] == ["point", "box"]
     assert config["data"]["test"] == {"format": "scenes", "n_images": 40, "seed": 1000}
+
+
+def test_generated_data_is_told_apart_from_real_data(shared_data, tmp_path) -> None:
+    from robustprior.scenes import SceneConfig, write_instance_dataset
+
+    written = write_instance_dataset(tmp_path / "scenes", 1, seed=1, config=SceneConfig(image_size=(32, 32)), progress=False)
+    assert evaluate._is_generated_data({"format": "scenes", "n_images": 1, "seed": 1})
+    assert evaluate._is_generated_data({"format": "instance_folder", "root": str(written)})
+    assert not evaluate._is_generated_data({"format": "voc", "root": str(shared_data / "voc-instances" / "voc")})

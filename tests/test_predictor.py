@@ -7,14 +7,14 @@ import torch
 from skimage import data
 
 from robustprior.automatic_mask_generator import RobustAutomaticMaskGenerator
-from robustprior.build import build_robust_sam
+from robustprior.load import build_robust_sam
 from robustprior.predictor import RobustSamPredictor
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return build_robust_sam("tiny")
+    return build_robust_sam("tiny", random_init=True)
 
 
 @pytest.fixture(scope="module")

@@ -117,13 +117,13 @@ def test_changed_degradation_code_invalidates_only_degraded_features(tmp_path: P
 def test_robust_init_sam_starts_the_robust_path_as_sams_decoder(tmp_path: Path) -> None:
     import torch
 
-    from robustprior.build import build_robust_sam
+    from robustprior.load import build_robust_sam
     from robustprior.checkpoint import save_checkpoint
     from robustprior.trainer import load_base_model
 
     torch.manual_seed(0)
     base = tmp_path / "base.safetensors"
-    save_checkpoint(build_robust_sam("tiny"), base)
+    save_checkpoint(build_robust_sam("tiny", random_init=True), base)
     default = load_base_model({"type": "tiny", "checkpoint": str(base)})
     started = load_base_model({"type": "tiny", "checkpoint": str(base), "robust_init": "sam"})
     torch.testing.assert_close(started.robust.robust_mlp.state_dict(),
