@@ -46,7 +46,7 @@ from .checkpoint import (
     load_state,
     read_state_dict,
 )
-from .hub import CHECKPOINTS, download_checkpoint
+from .hub import CHECKPOINTS, cache_dir, download_checkpoint
 from .modeling.robust_sam import RobustSam
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -115,8 +115,12 @@ class ModelSource:
 
     def describe(self, decoder_path: DecoderPathOrNone = "robust") -> str:
         """One phrase naming the model, the file and the decoder path (for notices and reports)."""
-        where = "no weights" if self.path is None else (
-            f"bundled {self.path.name}" if self.kind == "bundled" else str(self.path))
+        if self.kind == "random":
+            where = "no weights"
+        elif self.path is None:
+            where = f"{self.name}, downloaded on first use"
+        else:
+            where = f"bundled {self.path.name}" if self.kind == "bundled" else str(self.path)
         path_words = f", {_PATH_WORDS[decoder_path]}" if decoder_path else ""
         suffix = ": not RobustSAM" if decoder_path == "robust" and not self.robust_trained else ""
         return f"{self.label(decoder_path)} ({where}{path_words}){suffix}"
@@ -174,8 +178,6 @@ def resolve_checkpoint_spec(checkpoint: str | Path | None, decoder_path: Decoder
     if text in CHECKPOINTS:
         if download:
             return download_checkpoint(text), text, False
-        from .hub import cache_dir
-
         cached = cache_dir() / CHECKPOINTS[text].filename
         return (cached if cached.is_file() else None), text, False
     if path.suffix or "/" in text or "\\" in text:
@@ -205,6 +207,20 @@ def _robust_parts_trained(checkpoint_format: str, state: Mapping[str, torch.Tens
         return recorded == "trained"
     tokens, sam_tokens = state.get("robust.output_tokens.weight"), state.get("mask_decoder.mask_tokens.weight")
     return tokens is None or sam_tokens is None or not torch.equal(tokens, sam_tokens)
+
+
+def _source_of(path: Path, name: str | None, bundled: bool, state: Mapping[str, torch.Tensor],
+               metadata: Mapping[str, str]) -> tuple[ModelSource, dict | None]:
+    """What a read file is, and the model config stored in it (ours only)."""
+    checkpoint_format = detect_format(state, metadata)
+    stored_config = json.loads(metadata["config"]) if checkpoint_format == "robustprior" and "config" in metadata else None
+    model_type = stored_config["model_type"] if stored_config else (
+        CHECKPOINTS[name].model_type if name in CHECKPOINTS else guess_model_type(state))
+    kind: SourceKind = "bundled" if bundled else {"robustsam-official": "official", "sam": "sam-only"}.get(
+        checkpoint_format, "trained")
+    source = ModelSource(kind, model_type, path, name, checkpoint_format,
+                         _robust_parts_trained(checkpoint_format, state, metadata), settings_from_metadata(metadata))
+    return source, stored_config
 
 
 def _check_explicit(name: str, asked: Any, found: Any, path: Path) -> None:
@@ -259,19 +275,14 @@ def load_model(
         return build_from_config(config).to(device).eval(), source
     path, name, bundled = resolve_checkpoint_spec(checkpoint, decoder_path)
     state, metadata = read_state_dict(path)
-    checkpoint_format = detect_format(state, metadata)
-    stored_config = json.loads(metadata["config"]) if checkpoint_format == "robustprior" and "config" in metadata else None
-    found_type = stored_config["model_type"] if stored_config else (
-        CHECKPOINTS[name].model_type if name in CHECKPOINTS else guess_model_type(state))
+    source, stored_config = _source_of(path, name, bundled, state, metadata)
+    checkpoint_format = source.checkpoint_format
     if not overrides or stored_config:
-        _check_explicit("model type", model_type, found_type, path)
-    model_type = model_type or found_type
-    if model_type is None:
+        _check_explicit("model type", model_type, source.model_type, path)
+    if model_type is None and source.model_type is None:
         raise CheckpointError(f"cannot tell the model size of {path}; pass model_type (one of {', '.join(MODEL_CONFIGS)})")
-    kind: SourceKind = "bundled" if bundled else {"robustsam-official": "official", "sam": "sam-only"}.get(
-        checkpoint_format, "trained")
-    source = ModelSource(kind, model_type, path, name, checkpoint_format,
-                         _robust_parts_trained(checkpoint_format, state, metadata), settings_from_metadata(metadata))
+    model_type = model_type or source.model_type
+    source = replace(source, model_type=model_type)
     if decoder_path == "robust" and not source.robust_trained and not allow_untrained_robust:
         _refuse_untrained(source)
 
@@ -305,22 +316,18 @@ def inspect_checkpoint(checkpoint: str | Path | None, decoder_path: DecoderPathO
     if path is None:
         return None
     state, metadata = read_state_dict(path, mmap=True)
-    checkpoint_format = detect_format(state, metadata)
-    model_type = (json.loads(metadata["config"])["model_type"] if "config" in metadata else
-                  CHECKPOINTS[name].model_type if name in CHECKPOINTS else guess_model_type(state)) or "?"
-    kind: SourceKind = "bundled" if bundled else {"robustsam-official": "official", "sam": "sam-only"}.get(
-        checkpoint_format, "trained")
-    return ModelSource(kind, model_type, path, name, checkpoint_format,
-                       _robust_parts_trained(checkpoint_format, state, metadata), settings_from_metadata(metadata))
+    source, _ = _source_of(path, name, bundled, state, metadata)
+    return source if source.model_type else replace(source, model_type="?")
 
 
 def describe_checkpoint(checkpoint: str | Path | None, decoder_path: DecoderPathOrNone = "robust") -> str:
     """:meth:`ModelSource.describe` of what ``checkpoint`` resolves to (no model built, nothing downloaded)."""
     source = inspect_checkpoint(checkpoint, decoder_path)
-    if source is None:
-        known = CHECKPOINTS[str(checkpoint)]
-        kind = "official RobustSAM" if str(checkpoint).startswith("robustsam_") else "SAM-only checkpoint"
-        return f"{kind} {known.model_type} ({checkpoint}, downloaded on first use, {_PATH_WORDS.get(decoder_path, '')})"
+    if source is None:  # a downloadable name, not cached yet: described from the registry
+        official = str(checkpoint).startswith("robustsam_")
+        source = ModelSource("official" if official else "sam-only", CHECKPOINTS[str(checkpoint)].model_type,
+                             name=str(checkpoint), checkpoint_format="robustsam-official" if official else "sam",
+                             robust_trained=official)
     return source.describe(decoder_path)
 
 

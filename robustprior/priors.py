@@ -5,7 +5,9 @@ image: the automatic masks, their label map and structure map (SAM-Deblur's imag
 two latent feature maps (the encoder's embedding and a mask-feature map). :class:`SAMPrior` (plain
 SAM decoder path) and :class:`RobustSAMPrior` (RobustSAM path) extract it with ONE image-encoder
 forward per image, and with ``cache_dir`` store it under a fingerprint of the model and settings so
-that a changed model never reuses stale priors::
+that a changed model never reuses stale priors; each cache file carries a checksum of its tensors, and
+a file changed since it was written is recomputed with a warning. Automatic-mask settings not given
+default to those stored with the model (:mod:`robustprior.amg_settings`)::
 
     prior = RobustSAMPrior.from_pretrained("tiny", cache_dir="priors_cache")
     result = prior(image)            # H x W x 3 uint8 -> StructurePrior

@@ -113,7 +113,10 @@ def test_inspection_builds_nothing_and_downloads_nothing(monkeypatch, tmp_path: 
     monkeypatch.setenv("ROBUSTPRIOR_CACHE", str(tmp_path))
     monkeypatch.setattr(load, "build_from_config", lambda *a, **k: pytest.fail("inspection built a model"))
     assert inspect_checkpoint("robustsam_vit_b") is None  # not cached: not downloaded
-    assert "official RobustSAM vit_b" in describe_checkpoint("robustsam_vit_b")
+    assert describe_checkpoint("robustsam_vit_b") == (
+        "official RobustSAM vit_b (robustsam_vit_b, downloaded on first use, RobustSAM decoder path)")
+    assert "UNTRAINED robust path" in describe_checkpoint("sam_vit_h", "robust")
+    assert describe_checkpoint("sam_vit_h", "sam").startswith("SAM vit_h (sam_vit_h, downloaded on first use")
     assert describe_checkpoint("tiny", "sam") == "SAM-tiny (bundled robustsam_tiny.safetensors, SAM decoder path)"
     described = describe_checkpoint("sam_tiny", "robust")
     assert "UNTRAINED robust path" in described and "not RobustSAM" in described

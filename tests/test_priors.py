@@ -319,16 +319,9 @@ HONESTY = ("warning: the bundled RobustSAM-tiny model was trained on generated s
            "--checkpoint robustsam_vit_b (or _l / _h; downloaded once)")
 
 
-class PathImages(list):
-    """Arrays that know their files, as restoration.datasets.LazyImages does."""
-
-    def __init__(self, paths) -> None:
-        super().__init__(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB) for path in paths)
-        self.paths = list(paths)
-
-
 @pytest.mark.filterwarnings("ignore:RobustSAMPrior. no masks")
 def test_bundled_prior_warns_once_off_domain_and_never_on_generated_scenes(image, tmp_path, monkeypatch, capsys) -> None:
+    from restoration.datasets import LazyImages  # arrays that know their files: how recipes hand over data
     from robustprior import load
     from robustprior.scenes import SceneConfig, write_instance_dataset
 
@@ -337,11 +330,11 @@ def test_bundled_prior_warns_once_off_domain_and_never_on_generated_scenes(image
     scene_files = sorted((root / "images").iterdir())
     prior = RobustSAMPrior.from_pretrained("tiny", points_per_side=1, cache_dir=tmp_path / "cache")
     prior.precompute(scene_files, progress=False)
-    prior.precompute(PathImages(scene_files), progress=False)
+    prior.precompute(LazyImages(scene_files), progress=False)
     RobustSAMPrior.from_pretrained("tiny", points_per_side=1, generated_scenes=True)(image)
     assert capsys.readouterr().err == ""
     photo = tmp_path / "photo.png"
     cv2.imwrite(str(photo), image)
-    prior.precompute(PathImages([photo]), progress=False)
+    prior.precompute(LazyImages([photo]), progress=False)
     prior(image)
     assert capsys.readouterr().err == HONESTY + "\n"  # one line, however often it happens
