@@ -58,12 +58,12 @@ def _peak_rss_mb() -> float:
 
 def measure_path(model_type: str, path: str, repeats: int, threads: int) -> dict:
     """Time of set_image + predict (one point) and the process's peak RSS, for one decoder path."""
-    from robustprior.build import build_robust_sam
+    from robustprior.load import build_robust_sam
     from robustprior.predictor import RobustSamPredictor
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build_robust_sam(model_type)
+    model = build_robust_sam(model_type, random_init=True)
     predictor = RobustSamPredictor(model, path=path)
     image = _image(model.image_size)
     point = (np.array([[model.image_size * 0.4, model.image_size * 0.5]]), np.array([1]))
@@ -87,7 +87,8 @@ def flop_ratios(model_types: tuple[str, ...] = ("vit_t", "vit_b", "vit_h")) -> d
     real tensors)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from robustprior.build import MODEL_CONFIGS, build_robust_sam
+    from robustprior.build import MODEL_CONFIGS
+    from robustprior.load import build_robust_sam
     from robustprior.modeling.robust_sam import ImageFeatures
 
     def count(function) -> float:
@@ -100,10 +101,10 @@ def flop_ratios(model_types: tuple[str, ...] = ("vit_t", "vit_b", "vit_h")) -> d
         config = MODEL_CONFIGS[model_type]
         device = "cpu" if config.encoder == "tiny_vit" else "meta"  # TinyViT's constructor needs real tensors
         with torch.device(device):
-            model = build_robust_sam(model_type)
+            model = build_robust_sam(model_type, random_init=True)
         size = model.image_size
         encoder = count(lambda: model.encode_image(model.preprocess(torch.zeros(1, 3, size, size, device=device))))
-        decoder_model = model if device == "cpu" else build_robust_sam(model_type, encoder_depth=1, global_attention_indexes=(0,))
+        decoder_model = model if device == "cpu" else build_robust_sam(model_type, random_init=True, encoder_depth=1, global_attention_indexes=(0,))
         side = config.embedding_size
         features = ImageFeatures(torch.zeros(1, config.transformer_dim, side, side), torch.zeros(1, config.encoder_dim, side, side))
         sparse, dense = decoder_model.encode_prompts(points=(torch.zeros(1, 1, 2), torch.ones(1, 1, dtype=torch.int)))
@@ -133,7 +134,7 @@ def prompts_per_second(prompts: int, threads: int) -> dict:
     """Ours batched vs the official decoder looping one prompt at a time (vit_b decoder shapes)."""
     from robust_segment_anything.build_sam import _build_sam
 
-    from robustprior.build import build_robust_sam
+    from robustprior.load import build_robust_sam
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -4,10 +4,14 @@
     python recipes/export_robustsam_tiny.py --run runs/robustsam_tiny
     robustprior eval robustprior/configs/eval_tiny.yaml --output docs/results/robustness_tiny
     python recipes/export_robustsam_tiny.py --run runs/robustsam_tiny --eval docs/results/robustness_tiny
+    python benchmarks/bench_real_photos.py --card robustprior/weights/robustsam_tiny.md robustprior/weights/sam_tiny.md
 
 The second call rewrites the card with the held-out evaluation (the weights are rewritten
-identically). Writes ``robustprior/weights/robustsam_tiny.safetensors`` and ``robustsam_tiny.md``
-unless ``--weights`` names another file (the card goes beside it, same stem, ``.md``).
+identically); the last puts the real-photo numbers back into the cards. Writes ``robustprior/weights/robustsam_tiny.safetensors`` and ``robustsam_tiny.md``
+unless ``--weights`` names another file (the card goes beside it, same stem, ``.md``). The weights'
+metadata and the card carry the automatic-mask settings measured on generated scenes for both
+decoder paths (:func:`robustprior.amg_settings.measure_on_scenes`, ``--amg-scenes``; a few minutes
+on a CPU), which priors and ``robustprior segment`` use by default.
 """
 from __future__ import annotations
 
@@ -23,10 +27,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from recipes.provenance import git_commit  # noqa: E402
+from robustprior.amg_settings import measure_for_bundle, settings_metadata  # noqa: E402
 from robustprior.atomic import write_text_atomically  # noqa: E402
-from robustprior.checkpoint import load_model, read_state_dict, save_checkpoint  # noqa: E402
+from robustprior.checkpoint import read_state_dict, save_checkpoint  # noqa: E402
 from robustprior.evaluate import SUMMARY_ROWS  # noqa: E402
-from robustprior.pretrained import BUNDLED  # noqa: E402
+from robustprior.load import BUNDLED, ROBUST_PARTS_KEY, load_model  # noqa: E402
 
 
 def evaluation_table(report: dict, prompt_type: str = "point") -> str:
@@ -51,7 +56,8 @@ ROBUST_INIT_WORDS = {
 }
 
 
-def model_card(run: Path, weights: Path, metadata: dict, evaluation: Path | None, which: str = "best") -> str:
+def model_card(run: Path, weights: Path, metadata: dict, evaluation: Path | None, which: str = "best",
+               amg_section: str | None = None) -> str:
     """The Markdown model card of an exported RobustSAM-tiny run."""
     config = yaml.safe_load((run / "config.yaml").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
@@ -108,13 +114,17 @@ def model_card(run: Path, weights: Path, metadata: dict, evaluation: Path | None
             "Reproduce: `robustprior eval robustprior/configs/eval_tiny.yaml --output "
             f"{evaluation.as_posix()}`.",
         ]
+    if amg_section:
+        lines += ["", amg_section.rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
-def export(run: Path, weights: Path, evaluation: Path | None = None, which: str = "best") -> tuple[Path, Path]:
+def export(run: Path, weights: Path, evaluation: Path | None = None, which: str = "best", amg_scenes: int = 8,
+           amg_settings: dict | None = None) -> tuple[Path, Path]:
     """Write ``weights`` (float16) from the finished run's ``best.safetensors`` (highest validation
     IoU of the robust path on degraded images) or ``final.safetensors``, and its model card; returns
-    both paths."""
+    both paths. The automatic-mask settings are measured on ``amg_scenes`` generated scenes, unless
+    ``amg_settings`` (``{"sam": {...}, "robust": {...}}``) gives them."""
     if which not in ("best", "final"):
         raise ValueError(f"which must be 'best' or 'final', got {which!r}")
     if not (run / "final.safetensors").is_file():
@@ -124,13 +134,20 @@ def export(run: Path, weights: Path, evaluation: Path | None = None, which: str 
         raise FileNotFoundError(f"{final} not found (the run had no validation set?): use --which final")
     if evaluation is not None and not (evaluation / "report.json").is_file():
         raise FileNotFoundError(f"no report.json in {evaluation} (write it with robustprior eval --output)")
-    model = load_model(final)
+    model = load_model(final, announce=False)[0]
     run_metadata = read_state_dict(final)[1]
     metadata = {"trained_by": "robustprior train + recipes/export_robustsam_tiny.py", "git_commit": git_commit(),
-                "iterations": run_metadata.get("iterations") or run_metadata.get("iteration", "unknown")}
+                "iterations": run_metadata.get("iterations") or run_metadata.get("iteration", "unknown"),
+                ROBUST_PARTS_KEY: "trained"}
+    if amg_settings is None:
+        settings_entry, amg_section = measure_for_bundle(
+            model, ("sam", "robust"), amg_scenes, command=f"python recipes/export_robustsam_tiny.py --amg-scenes {amg_scenes}")
+    else:
+        settings_entry, amg_section = settings_metadata(amg_settings), None
+    metadata.update(settings_entry)
     save_checkpoint(model, weights, extra_metadata=metadata, dtype=torch.float16)
     card = weights.with_suffix(".md")
-    write_text_atomically(card, model_card(run, weights, metadata, evaluation, which))
+    write_text_atomically(card, model_card(run, weights, metadata, evaluation, which, amg_section))
     for path in (weights, card):
         path.chmod(0o644)  # the atomic writers' temporary files are private (0600); bundled files are not
     return weights, card
@@ -143,8 +160,10 @@ def main() -> None:
     parser.add_argument("--eval", type=Path, help="a `robustprior eval` output folder to put in the card")
     parser.add_argument("--which", choices=("best", "final"), default="best",
                         help="best validation checkpoint (default) or the last iteration")
+    parser.add_argument("--amg-scenes", type=int, default=8,
+                        help="generated scenes on which the automatic-mask settings are measured")
     arguments = parser.parse_args()
-    for path in export(arguments.run, arguments.weights, arguments.eval, arguments.which):
+    for path in export(arguments.run, arguments.weights, arguments.eval, arguments.which, arguments.amg_scenes):
         print(f"[robustprior] wrote {path}")
 
 

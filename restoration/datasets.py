@@ -137,28 +137,13 @@ def build_prior_extractor(
 
 
 def describe_prior_model(kind: str, checkpoint: str | Path | None) -> str:
-    """Human-readable name of the model behind a prior, following :func:`robustprior.pretrained.load_robust_sam`'s
-    choice among the bundled files (RobustSAM-tiny, else the SAM-tiny base, else a random initialisation)."""
+    """Human-readable name of the model behind a prior: :func:`robustprior.load.describe_checkpoint`
+    for the prior's decoder path (what ``from_pretrained`` loads; nothing is built or downloaded)."""
     if kind == "none":
         return "none"
-    from robustprior.pretrained import BUNDLED
+    from robustprior.load import describe_checkpoint
 
-    decoder = "SAM decoder path" if kind == "sam" else "RobustSAM decoder path"
-    name = "tiny" if checkpoint is None else str(checkpoint)
-    if name not in BUNDLED:
-        return f"{checkpoint} ({decoder})"
-    if name == "tiny" and not BUNDLED["tiny"].is_file() and BUNDLED["sam_tiny"].is_file():
-        name = "sam_tiny"  # load_robust_sam's fallback
-    bundled = BUNDLED[name]
-    if not bundled.is_file():
-        return (f"RANDOMLY INITIALISED tiny model ({decoder}): the bundled {bundled.name} was missing, "
-                "so its masks are meaningless")
-    if name == "sam_tiny":
-        if kind == "sam":
-            return f"SAM-tiny (bundled {bundled.name}, {decoder})"
-        return (f"SAM-tiny base with an UNTRAINED robust path (bundled {bundled.name}; "
-                f"{BUNDLED['tiny'].name} was missing): not RobustSAM")
-    return f"{'SAM-tiny' if kind == 'sam' else 'RobustSAM-tiny'} (bundled {bundled.name}, {decoder})"
+    return describe_checkpoint(checkpoint, "sam" if kind == "sam" else "robust")
 
 
 def prepare_priors(

@@ -11,16 +11,21 @@ masks of every grid point and only then drops those whose predicted IoU is below
 mask feature) are drawn and upsampled only for the points with at least one mask above the
 threshold, and only those masks are upsampled. Every prompt is decoded on its own, so the records
 are the same as SAM's generator gives.
+
+``progress=True`` shows a bar over those batches (automatic masks on a CPU take minutes).
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.utils.amg import (MaskData, batched_mask_to_box, calculate_stability_score,
-                                        is_box_near_crop_edge, mask_to_rle_pytorch, uncrop_masks)
+                                        generate_crop_boxes, is_box_near_crop_edge, mask_to_rle_pytorch,
+                                        uncrop_masks)
+from tqdm.auto import tqdm
 
 from .modeling.robust_sam import DecoderPath, RobustSam
 from .predictor import RobustSamPredictor, as_rgb_uint8
@@ -31,16 +36,30 @@ class RobustAutomaticMaskGenerator(SamAutomaticMaskGenerator):
 
     Keyword arguments are SAM's (``points_per_side=32``, ``points_per_batch=64``,
     ``pred_iou_thresh=0.88``, ``stability_score_thresh=0.95``, ``box_nms_thresh=0.7``,
-    ``min_mask_region_area=0``, ``output_mode="binary_mask"``, ...).
+    ``min_mask_region_area=0``, ``output_mode="binary_mask"``, ...). Note that SAM's thresholds give
+    the bundled tiny models no mask at all: their own settings are in
+    ``robustprior.load.load_model(...)[1].generator_settings(path)``.
     """
 
-    def __init__(self, model: RobustSam, path: DecoderPath = "robust", **kwargs: Any) -> None:
+    def __init__(self, model: RobustSam, path: DecoderPath = "robust", progress: bool = False, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.predictor = RobustSamPredictor(model, path=path)
+        self.progress = progress
+        self._bar: tqdm | None = None
 
     def generate(self, image) -> list[dict[str, Any]]:
         """Masks for an ``H x W x 3`` uint8 RGB image (grayscale / RGBA converted); see SAM's docs."""
-        return super().generate(as_rgb_uint8(image))
+        image = as_rgb_uint8(image)
+        if not self.progress:
+            return super().generate(image)
+        crop_boxes, layers = generate_crop_boxes(image.shape[:2], self.crop_n_layers, self.crop_overlap_ratio)
+        batches = sum(math.ceil(len(self.point_grids[layer]) / self.points_per_batch) for layer in layers)
+        with tqdm(total=batches, desc=f"automatic masks ({self.predictor.path} path)", unit="batch",
+                  leave=False) as self._bar:
+            try:
+                return super().generate(image)
+            finally:
+                self._bar = None
 
     @torch.no_grad()
     def _process_batch(self, points: np.ndarray, im_size: tuple[int, ...], crop_box: list[int],
@@ -84,4 +103,6 @@ class RobustAutomaticMaskGenerator(SamAutomaticMaskGenerator):
         data["masks"] = uncrop_masks(data["masks"], crop_box, orig_h, orig_w)
         data["rles"] = mask_to_rle_pytorch(data["masks"])
         del data["masks"]
+        if self._bar is not None:
+            self._bar.update()
         return data

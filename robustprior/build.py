@@ -1,4 +1,8 @@
-"""Model registry, in the shape of ``segment_anything.sam_model_registry``.
+"""Model sizes and construction: :data:`MODEL_CONFIGS` and :func:`build_from_config`.
+
+Getting a model WITH weights (a checkpoint, a known name, the bundled default) is
+:func:`robustprior.load.load_model`'s job; :func:`robustprior.load.build_robust_sam` and
+``robust_sam_model_registry`` are the ``segment_anything.sam_model_registry``-style entry points.
 
 =========  ==============================  =====  ==========  ======================================
 name       image encoder                   input  C_enc       early (complementary) feature
@@ -18,10 +22,8 @@ package's no-op) and ``token_mode`` ("paper" or "release"; see
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from functools import partial
-from pathlib import Path
-from typing import Callable
 
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
@@ -157,43 +159,3 @@ def build_from_config(config: ModelConfig) -> RobustSam:
     model.freeze_sam()
     model.eval()
     return model
-
-
-def build_robust_sam(
-    model_type: str = "vit_b",
-    checkpoint: str | Path | None = None,
-    *,
-    fourier_mode: str = "paper",
-    token_mode: str | None = None,
-    strict: bool = True,
-    **overrides,
-) -> RobustSam:
-    """Build a RobustSAM of ``model_type`` and optionally load ``checkpoint``.
-
-    ``checkpoint`` may be a SAM / MobileSAM checkpoint (robust parts start fresh, the ROT as a copy
-    of SAM's mask tokens), an official RobustSAM checkpoint (``token_mode`` then defaults to
-    "release", which those weights need) or one of our safetensors checkpoints.
-    ``overrides`` change single :class:`ModelConfig` fields (e.g. a shallower encoder in tests).
-    """
-    from .checkpoint import detect_format, load_state, read_state_dict
-
-    if model_type not in MODEL_CONFIGS:
-        raise ValueError(f"unknown model type {model_type!r}; expected one of {sorted(MODEL_CONFIGS)}")
-    state, checkpoint_format = None, None
-    if checkpoint is not None:
-        state, metadata = read_state_dict(checkpoint)
-        checkpoint_format = detect_format(state, metadata)
-    if token_mode is None:
-        token_mode = "release" if checkpoint_format == "robustsam-official" else "paper"
-    elif token_mode != "release" and checkpoint_format == "robustsam-official":
-        raise ValueError("official RobustSAM checkpoints need token_mode='release' (their AOTG MLP is 64 -> 64 -> 256)")
-    config = replace(MODEL_CONFIGS[model_type], fourier_mode=fourier_mode, token_mode=token_mode, **overrides)
-    model = build_from_config(config)
-    if state is not None:
-        load_state(model, state, checkpoint_format, strict=strict)
-    return model
-
-
-robust_sam_model_registry: dict[str, Callable[..., RobustSam]] = {
-    name: partial(build_robust_sam, name) for name in MODEL_CONFIGS
-}

@@ -1,4 +1,5 @@
-"""Reading, mapping, checking and writing checkpoints.
+"""Checkpoint files: reading, key mapping, checking and writing (file I/O only; building models is
+:mod:`robustprior.load`'s job).
 
 Formats recognised (``peek_checkpoint_format``):
 
@@ -38,8 +39,8 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -84,10 +85,12 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
-def _torch_load(path: Path) -> Mapping[str, torch.Tensor]:
+def _torch_load(path: Path, mmap: bool = False) -> Mapping[str, torch.Tensor]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        if mmap:  # an old (non-zip) torch.save file cannot be memory-mapped: read it whole
+            return _torch_load(path)
         raise CheckpointError(
             f"cannot read checkpoint {path}: the file is corrupt or truncated ({type(error).__name__}: {error})"
         ) from error
@@ -98,10 +101,34 @@ def _torch_load(path: Path) -> Mapping[str, torch.Tensor]:
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
-def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _as_float32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
+class _LazySafetensors(Mapping):
+    """The tensors of a safetensors file, each read (as float32) only when looked up."""
+
+    def __init__(self, path: Path) -> None:
+        self._handle = safe_open(str(path), framework="pt")
+        self._keys = list(self._handle.keys())
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._keys:
+            raise KeyError(key)
+        return _as_float32(self._handle.get_tensor(key))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def read_state_dict(path: str | Path, mmap: bool = False) -> tuple[Mapping[str, torch.Tensor], dict[str, str]]:
     """The tensors of a ``.safetensors`` / ``.pth`` / ``.pt`` file and its metadata (safetensors only).
 
-    Half-precision tensors are returned as float32."""
+    Half-precision tensors are returned as float32. ``mmap=True`` reads tensors only when they are
+    looked up (to inspect a large file's keys and a few tensors)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -109,11 +136,13 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = dict(handle.metadata() or {})
+            if mmap:
+                return _LazySafetensors(path), metadata
             state = load_file(str(path))
-            return {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in state.items()}, metadata
+            return {k: _as_float32(v) for k, v in state.items()}, metadata
         except (SafetensorError, OSError, ValueError) as error:
             raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or truncated ({error})") from error
-    return dict(_torch_load(path)), {}
+    return dict(_torch_load(path, mmap)), {}
 
 
 def detect_format(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> str:
@@ -139,11 +168,12 @@ def map_official_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     return mapped
 
 
-def _guess_model_type(state: Mapping[str, torch.Tensor]) -> str | None:
+def guess_model_type(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The registry size a state dict's image encoder looks like (by its width), or None."""
     weight = state.get("image_encoder.patch_embed.proj.weight")
     if weight is not None:
         return ENCODER_WIDTH_TO_MODEL.get(weight.shape[0])
-    if "image_encoder.patch_embed.seq.0.c.weight" in state:
+    if "image_encoder.patch_embed.seq.0.c.weight" in state or any(k.startswith("image_encoder.layers.") for k in state):
         return "vit_t"
     return None
 
@@ -164,7 +194,7 @@ def check_state_dict(model: RobustSam, state: Mapping[str, torch.Tensor], base_o
     for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mis_shaped)):
         if keys:
             lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys))
-    guessed = _guess_model_type(state)
+    guessed = guess_model_type(state)
     if guessed and guessed != model.config.get("model_type"):
         lines.append(f"  the checkpoint looks like a {guessed} model")
     raise CheckpointError("\n".join(lines))
@@ -214,15 +244,12 @@ def save_checkpoint(model: RobustSam, path: str | Path, extra_metadata: Mapping[
     return path
 
 
-def load_model(path: str | Path, **config_overrides) -> RobustSam:
-    """Build and load a model from one of our safetensors checkpoints (config from its metadata)."""
-    from .build import ModelConfig, build_from_config
-
-    state, metadata = read_state_dict(path)
-    if "config" not in metadata:
-        raise CheckpointError(f"{path} has no robustprior config in its metadata; use build_robust_sam(model_type, path)")
-    config = ModelConfig.from_dict({**json.loads(metadata["config"]), **config_overrides})
-    model = build_from_config(config)
-    check_state_dict(model, state)
-    model.load_state_dict(state, strict=False)
-    return model
+def update_metadata(path: str | Path, entries: Mapping[str, str]) -> Path:
+    """Rewrite a safetensors file with ``entries`` added to (or replacing) its metadata; its tensors
+    are written back byte for byte (same dtypes: a float16 file stays float16), atomically."""
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+    tensors = load_file(str(path))
+    save_safetensors_atomically(tensors, path, {**metadata, **entries})
+    return path

@@ -41,10 +41,12 @@ from tqdm import tqdm
 from robustprior.data_config import build_instance_source
 from robustprior.datasets import CLEAR_KIND, InstanceSource
 from robustprior.degrade import DEGRADATIONS, degrade
+from robustprior.load import ModelSource, load_model
 from robustprior.metrics import ImagePredictions, SegmentationMeter, box_prompt_ap, paired_bootstrap_interval
 from robustprior.modeling.robust_sam import RobustSam
 from robustprior.predictor import RobustSamPredictor
 from robustprior.prompts import center_point, mask_to_box
+from robustprior.scenes import is_generated_scene_file
 
 __all__ = [
     "AP_NAMES",
@@ -251,6 +253,8 @@ class EvaluationResult:
                 "Clear = identity, Average = mean over all kinds. Values in percent."
             ),
         ]
+        if protocol.get("model"):
+            sections.append(f"Model: {protocol['model']}.")
         columns = [(row, metric) for row in SUMMARY_ROWS for metric in ("IoU", "PA")]
         for prompt_type in self.prompt_types:
             rows = []
@@ -451,22 +455,30 @@ def _data_section(config: Mapping[str, Any], split: str | None) -> tuple[str, Ma
     raise ValueError(f"the config has no data.{' or data.'.join(candidates)} section to evaluate")
 
 
-def _load_model(config: Mapping[str, Any], checkpoint: str | None, device: str) -> tuple[RobustSam, str | None]:
-    """The model of ``config["model"]`` (``checkpoint`` overrides ``model.checkpoint``) and the checkpoint used."""
-    from robustprior.pretrained import load_robust_sam
+def _load_model(config: Mapping[str, Any], checkpoint: str | None, device: str) -> tuple[RobustSam, ModelSource]:
+    """The model of ``config["model"]`` (``checkpoint`` overrides ``model.checkpoint``) and its source.
 
+    ``model.allow_untrained_robust: true`` evaluates a model whose robust parts are untrained (e.g.
+    a SAM checkpoint); otherwise such a model is refused, as everywhere (:func:`robustprior.load.load_model`)."""
     model_config = config.get("model") or {}
     checkpoint = checkpoint if checkpoint is not None else model_config.get("checkpoint")
     model_type = model_config.get("type")
     if checkpoint is None and model_type not in (None, "tiny"):
         raise ValueError(
             f"model.type {model_type!r} needs a checkpoint (--checkpoint or model.checkpoint); "
-            "only 'tiny' has bundled (or random) weights"
+            "only 'tiny' has bundled weights"
         )
-    model = load_robust_sam(
-        checkpoint, model_type=model_type, fourier_mode=model_config.get("fourier_mode", "paper"), device=device
-    )
-    return model, None if checkpoint is None else str(checkpoint)
+    return load_model(checkpoint, model_type, fourier_mode=model_config.get("fourier_mode"), device=device,
+                      allow_untrained_robust=bool(model_config.get("allow_untrained_robust", False)))
+
+
+def _is_generated_data(section: Mapping[str, Any]) -> bool:
+    """Whether a data section holds generated scenes (``format: scenes``, or a folder written by
+    :mod:`robustprior.scenes`, which carries its marker)."""
+    if section.get("format", "scenes") == "scenes":
+        return True
+    root = section.get("root") or section.get("image_root")
+    return root is not None and is_generated_scene_file(Path(root) / "_")
 
 
 def run_evaluation(
@@ -495,11 +507,14 @@ def run_evaluation(
     options = _evaluation_options(eval_config)
     section_name, section = _data_section(config, eval_config.get("split"))
     source = build_instance_source(section, cache_root, section=section_name, progress=progress)
-    with torch.random.fork_rng(devices=[]):  # a randomly initialised fallback model is then reproducible
-        torch.manual_seed(options["seed"])
-        model, used_checkpoint = _load_model(config, checkpoint, str(eval_config.get("device", "cpu")))
+    model, model_source = _load_model(config, checkpoint, str(eval_config.get("device", "cpu")))
+    if not _is_generated_data(section):
+        model_source.warn_outside_domain("robust")
+    used_checkpoint = checkpoint if checkpoint is not None else (config.get("model") or {}).get("checkpoint")
+    used_checkpoint = None if used_checkpoint is None else str(used_checkpoint)
     result = evaluate_segmentation(model, source, **options, progress=progress)
-    result.protocol.update({"data": section_name, "checkpoint": used_checkpoint})
+    result.protocol.update({"data": section_name, "checkpoint": used_checkpoint,
+                            "model": model_source.describe("robust"), "model_file": str(model_source.path)})
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "report.md").write_text(result.to_markdown())
     (output_dir / "report.json").write_text(json.dumps(result.to_dict(), indent=1, allow_nan=False) + "\n")

@@ -4,24 +4,28 @@ SAM's encoder is frozen during RobustSAM training, so its outputs for a clear im
 degraded copy never change. They are stored as float16 safetensors files, one per image key,
 under ``ROOT/<model id>/<key[:2]>/<key>.safetensors`` beside a ``manifest.json``. The model id
 hashes the encoder's weights and the encoder-relevant config; each file also records its model id
-and key, and a file whose record does not match is rebuilt, never used. Writes are atomic
-(temporary file + rename), so concurrent DDP ranks and interrupted runs cannot leave half files.
+and key, and a file whose record does not match is rebuilt, never used; so is a file whose tensors no
+longer match the checksum written with them (:mod:`robustprior.tensor_checksum`; with a warning) or
+that carries none (an older version's file). Writes are atomic (temporary file + rename), so
+concurrent DDP ranks and interrupted runs cannot leave half files.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open
+from safetensors.torch import safe_open
 
 from .atomic import save_safetensors_atomically, write_text_atomically
 from .modeling.robust_sam import ImageFeatures, RobustSam
+from .tensor_checksum import CHECKSUM_KEY, ChecksumError, load_checked, with_checksum
 
 ENCODER_CONFIG_FIELDS = ("model_type", "encoder", "image_size", "patch_size", "encoder_dim", "encoder_depth",
                          "encoder_heads", "global_attention_indexes", "window_size", "transformer_dim")
@@ -66,7 +70,8 @@ class FeatureCache:
         return self.directory / key[:2] / f"{key}.safetensors"
 
     def get(self, key: str) -> tuple[ImageFeatures, dict[str, str]] | None:
-        """The cached ``1 x ...`` features and metadata of ``key``, or None when absent or not ours."""
+        """The cached ``1 x ...`` features and metadata of ``key``, or None when absent or not ours
+        (another model's or image's, unreadable, or changed since it was written: with a warning)."""
         path = self.path(key)
         if not path.exists():
             return None
@@ -75,9 +80,15 @@ class FeatureCache:
                 metadata = dict(handle.metadata() or {})
             if metadata.get("model_id") != self.model_id or metadata.get("key") != key:
                 return None  # written by another model or for another image: rebuild
-            tensors = load_file(str(path))
+            if CHECKSUM_KEY not in metadata:
+                return None  # an older version's file: rebuild
+            tensors, metadata = load_checked(path)
+        except ChecksumError as error:
+            warnings.warn(f"re-encoding cached features: {error}", RuntimeWarning, stacklevel=2)
+            return None
         except (SafetensorError, OSError, ValueError):
             return None  # unreadable (e.g. a crash mid-copy by another tool): rebuild
+        metadata.pop(CHECKSUM_KEY)  # the same record as a freshly encoded entry's
         features = ImageFeatures(tensors["embedding"].float()[None], tensors["complementary"].float()[None])
         return features, metadata
 
@@ -87,7 +98,8 @@ class FeatureCache:
             "embedding": features.embedding[0].detach().to(torch.float16).cpu().contiguous(),
             "complementary": features.complementary[0].detach().to(torch.float16).cpu().contiguous(),
         }
-        save_safetensors_atomically(tensors, self.path(key), {**(metadata or {}), "model_id": self.model_id, "key": key})
+        save_safetensors_atomically(tensors, self.path(key),
+                                    with_checksum(tensors, {**(metadata or {}), "model_id": self.model_id, "key": key}))
 
     @torch.no_grad()
     def features(

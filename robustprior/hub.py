@@ -97,13 +97,3 @@ def download_checkpoint(name: str, directory: Path | None = None, progress: bool
     if expected is None:
         recorded.write_text(file_sha256(target) + "\n")
     return target
-
-
-def resolve_checkpoint(spec: str | Path) -> Path:
-    """A checkpoint argument: an existing file path, or a known name from :data:`CHECKPOINTS`."""
-    path = Path(spec)
-    if path.is_file():
-        return path
-    if str(spec) in CHECKPOINTS:
-        return download_checkpoint(str(spec))
-    raise FileNotFoundError(f"checkpoint {spec} is neither a file nor a known name ({sorted(CHECKPOINTS)})")

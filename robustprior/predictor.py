@@ -55,6 +55,43 @@ def as_rgb_uint8(image: np.ndarray, image_format: str = "RGB") -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def check_point_prompt(coords: np.ndarray, labels: np.ndarray | None, image_size: tuple[int, int]) -> None:
+    """``ValueError`` naming the problem unless ``coords`` is a non-empty N x 2 array of finite (x, y)
+    pixels inside an ``image_size`` = (H, W) image and ``labels`` holds N values in {0, 1}."""
+    coords = np.asarray(coords)
+    if labels is None:
+        raise ValueError("point_labels must be given with point_coords")
+    labels = np.asarray(labels)
+    if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
+        raise ValueError(f"point_coords must be a non-empty N x 2 array of (x, y), got shape {coords.shape}")
+    if labels.shape != (coords.shape[0],):
+        raise ValueError(f"point_labels must have shape ({coords.shape[0]},), got {labels.shape}")
+    if not np.all(np.isin(labels, VALID_POINT_LABELS)):
+        raise ValueError(f"point labels must be 1 (foreground) or 0 (background), got {np.unique(labels).tolist()}")
+    _check_inside(coords, "point", image_size)
+
+
+def check_box_prompt(box: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """The box as 4 float32 ``[x0, y0, x1, y1]``; ``ValueError`` unless it has 4 finite values in XYXY
+    order inside an ``image_size`` = (H, W) image."""
+    box = np.asarray(box, dtype=np.float32).reshape(-1)
+    if box.shape != (4,):
+        raise ValueError(f"box must be [x0, y0, x1, y1], got {box.size} values")
+    if box[2] < box[0] or box[3] < box[1]:
+        raise ValueError(f"box {box.tolist()} has x1 < x0 or y1 < y0 (expected XYXY)")
+    _check_inside(box.reshape(2, 2), "box", image_size)
+    return box
+
+
+def _check_inside(coords: np.ndarray, what: str, image_size: tuple[int, int]) -> None:
+    height, width = image_size
+    if not np.all(np.isfinite(coords)):
+        raise ValueError(f"{what} coordinates must be finite")
+    outside = (coords[:, 0] < 0) | (coords[:, 0] > width) | (coords[:, 1] < 0) | (coords[:, 1] > height)
+    if outside.any():
+        raise ValueError(f"{what} coordinates {coords[outside].tolist()} lie outside the {width} x {height} (W x H) image")
+
+
 class RobustSamPredictor:
     """Prompted segmentation with a :class:`RobustSam` (``path="robust"``) or its SAM (``path="sam"``)."""
 
@@ -107,27 +144,6 @@ class RobustSamPredictor:
         if not self.is_image_set:
             raise RuntimeError("an image must be set with .set_image(...) before mask prediction")
 
-    def _check_points(self, coords: np.ndarray, labels: np.ndarray | None) -> None:
-        if labels is None:
-            raise ValueError("point_labels must be given with point_coords")
-        if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
-            raise ValueError(f"point_coords must be a non-empty N x 2 array of (x, y), got shape {coords.shape}")
-        if labels.shape != (coords.shape[0],):
-            raise ValueError(f"point_labels must have shape ({coords.shape[0]},), got {labels.shape}")
-        if not np.all(np.isin(labels, VALID_POINT_LABELS)):
-            raise ValueError(f"point labels must be 1 (foreground) or 0 (background), got {np.unique(labels).tolist()}")
-        self._check_inside(coords, "point")
-
-    def _check_inside(self, coords: np.ndarray, what: str) -> None:
-        height, width = self.original_size
-        if not np.all(np.isfinite(coords)):
-            raise ValueError(f"{what} coordinates must be finite")
-        outside = (coords[:, 0] < 0) | (coords[:, 0] > width) | (coords[:, 1] < 0) | (coords[:, 1] > height)
-        if outside.any():
-            raise ValueError(
-                f"{what} coordinates {coords[outside].tolist()} lie outside the {width} x {height} (W x H) image"
-            )
-
     def predict(
         self,
         point_coords: np.ndarray | None = None,
@@ -151,17 +167,12 @@ class RobustSamPredictor:
         if point_coords is not None:
             point_coords = np.asarray(point_coords, dtype=np.float32)
             point_labels = None if point_labels is None else np.asarray(point_labels)
-            self._check_points(point_coords, point_labels)
+            check_point_prompt(point_coords, point_labels, self.original_size)
             coords = self.transform.apply_coords(point_coords, self.original_size)
             coords_torch = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
             labels_torch = torch.as_tensor(point_labels, dtype=torch.int, device=self.device)[None]
         if box is not None:
-            box = np.asarray(box, dtype=np.float32).reshape(-1)
-            if box.shape != (4,):
-                raise ValueError(f"box must be [x0, y0, x1, y1], got {box.size} values")
-            if box[2] < box[0] or box[3] < box[1]:
-                raise ValueError(f"box {box.tolist()} has x1 < x0 or y1 < y0 (expected XYXY)")
-            self._check_inside(box.reshape(2, 2), "box")
+            box = check_box_prompt(box, self.original_size)
             box_torch = torch.as_tensor(self.transform.apply_boxes(box, self.original_size), device=self.device)
         if mask_input is not None:
             mask_torch = torch.as_tensor(mask_input, dtype=torch.float, device=self.device)[None]

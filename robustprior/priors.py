@@ -5,7 +5,9 @@ image: the automatic masks, their label map and structure map (SAM-Deblur's imag
 two latent feature maps (the encoder's embedding and a mask-feature map). :class:`SAMPrior` (plain
 SAM decoder path) and :class:`RobustSAMPrior` (RobustSAM path) extract it with ONE image-encoder
 forward per image, and with ``cache_dir`` store it under a fingerprint of the model and settings so
-that a changed model never reuses stale priors::
+that a changed model never reuses stale priors; each cache file carries a checksum of its tensors, and
+a file changed since it was written is recomputed with a warning. Automatic-mask settings not given
+default to those stored with the model (:mod:`robustprior.amg_settings`)::
 
     prior = RobustSAMPrior.from_pretrained("tiny", cache_dir="priors_cache")
     result = prior(image)            # H x W x 3 uint8 -> StructurePrior
@@ -18,26 +20,31 @@ import json
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from .amg_settings import SAM_DEFAULTS, describe_thresholds, validate_settings
 from .atomic import save_safetensors_atomically, write_text_atomically
 from .automatic_mask_generator import RobustAutomaticMaskGenerator
 from .image_io import load_image
 from .modeling.robust_sam import DecoderPath, ImageFeatures, RobustSam
 from .predictor import RobustSamPredictor, as_rgb_uint8
 from .structure import masks_to_label_map, structure_map
+from .tensor_checksum import load_checked, update_with_tensors, with_checksum
+
+if TYPE_CHECKING:
+    from .load import ModelSource
 
 FILE_FORMAT = "robustprior.structure_prior"
-FILE_FORMAT_VERSION = "1"  # bump when the stored content or its computation changes: invalidates caches
+FILE_FORMAT_VERSION = "2"  # bump when the stored content or its computation changes: invalidates caches
+# version 2: the header carries a checksum of the tensors (robustprior.tensor_checksum)
 FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 
 
@@ -77,15 +84,18 @@ class StructurePrior:
         """Write the prior as safetensors, atomically (temporary file + ``os.replace``).
 
         Masks are stored bit-packed, the label map in the smallest integer type that holds K (uint8,
-        int16 or int32) and the features as float16 (float32 when a value does not fit in float16). ``metadata`` adds string entries to the header.
+        int16 or int32) and the features as float16 (float32 when a value does not fit in float16).
+        ``metadata`` adds string entries to the header, which also carries a checksum of the tensors.
         """
         path = Path(path)
-        _write_safetensors_atomically(self._storage_tensors(), path, self._storage_metadata(metadata))
+        tensors = self._storage_tensors()
+        save_safetensors_atomically(tensors, path, with_checksum(tensors, self._storage_metadata(metadata)))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> StructurePrior:
-        """Read a prior written by :meth:`save`; anything else raises ``ValueError``."""
+        """Read a prior written by :meth:`save`; anything else (including a file whose tensors no
+        longer match their checksum) raises ``ValueError``."""
         return _read_prior_file(Path(path))[0]
 
     def _storage_metadata(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -140,27 +150,18 @@ def _compact_float(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.half()
 
 
-def _write_safetensors_atomically(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write into a temporary file beside ``path`` and rename it: readers never see half a file."""
-    save_safetensors_atomically(tensors, path, metadata)
-
-
-def _read_metadata(path: Path) -> dict[str, str]:
-    """The safetensors header metadata of ``path`` (reads the header only)."""
-    with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
-
-
 def _read_prior_file(path: Path) -> tuple[StructurePrior, dict[str, str]]:
     """A stored prior and its header metadata; ``ValueError`` for a missing, corrupt or foreign file."""
     if not path.is_file():
         raise FileNotFoundError(f"no structure prior file at {path}")
     try:
-        metadata = _read_metadata(path)
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
         if metadata.get("format") != FILE_FORMAT or metadata.get("format_version") != FILE_FORMAT_VERSION:
             raise ValueError(f"not a version-{FILE_FORMAT_VERSION} structure prior file "
                              f"(format {metadata.get('format')!r}, version {metadata.get('format_version')!r})")
-        prior = StructurePrior._from_storage(load_file(str(path)), int(metadata["height"]), int(metadata["width"]))
+        tensors, metadata = load_checked(path)
+        prior = StructurePrior._from_storage(tensors, int(metadata["height"]), int(metadata["width"]))
     except Exception as error:  # safetensors raises its own error types for truncated or garbled files
         raise ValueError(f"cannot read structure prior {path}: {error}") from error
     return prior, metadata
@@ -208,40 +209,51 @@ class _AutomaticMaskPrior(ABC):
         self,
         model: RobustSam,
         *,
-        points_per_side: int = 32,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
-        box_nms_thresh: float = 0.7,
-        min_mask_region_area: int = 0,
+        points_per_side: int | None = None,
+        pred_iou_thresh: float | None = None,
+        stability_score_thresh: float | None = None,
+        box_nms_thresh: float | None = None,
+        min_mask_region_area: int | None = None,
         points_per_batch: int = 64,
         cache_dir: str | Path | None = None,
         device: str | torch.device | None = None,
+        source: ModelSource | None = None,
+        generated_scenes: bool = False,
     ) -> None:
-        """``model`` is put in eval mode (and moved to ``device`` when given); the keyword arguments
-        are the automatic mask generator's. ``cache_dir`` enables the disk cache."""
+        """``model`` is put in eval mode (and moved to ``device`` when given). The automatic mask
+        generator's settings left at None come from ``source`` (the settings stored with the model
+        for this decoder path, see :mod:`robustprior.amg_settings`), else from SAM's defaults.
+        ``cache_dir`` enables the disk cache. ``source`` (from :func:`robustprior.load.load_model`)
+        also lets a bundled scene-world model say, in one line, when it meets input that is not a
+        generated scene; ``generated_scenes=True`` tells it that every input is one (e.g. arrays
+        from :func:`robustprior.scenes.generate_scene`)."""
         self.model = (model if device is None else model.to(device)).eval()
-        self.settings: dict[str, Any] = {
-            "points_per_side": points_per_side,
-            "pred_iou_thresh": pred_iou_thresh,
-            "stability_score_thresh": stability_score_thresh,
-            "box_nms_thresh": box_nms_thresh,
-            "min_mask_region_area": min_mask_region_area,
-            "points_per_batch": points_per_batch,
-        }
+        self.source = source
+        self.generated_scenes = generated_scenes
+        defaults = source.generator_settings(self.path) if source is not None else SAM_DEFAULTS
+        given = {"points_per_side": points_per_side, "pred_iou_thresh": pred_iou_thresh,
+                 "stability_score_thresh": stability_score_thresh, "box_nms_thresh": box_nms_thresh,
+                 "min_mask_region_area": min_mask_region_area}
+        settings = validate_settings({**defaults, **{k: v for k, v in given.items() if v is not None}},
+                                     f"{type(self).__name__} settings")
+        self.settings: dict[str, Any] = {**settings, "points_per_batch": points_per_batch}
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.generator = RobustAutomaticMaskGenerator(self.model, path=self.path, **self.settings)
         self.generator.predictor = _FeatureRecordingPredictor(self.model, self.path)
         self._fingerprint_memo: tuple[tuple, str] | None = None
 
     @classmethod
-    def from_pretrained(cls, checkpoint: str | Path = "tiny", *, model_type: str | None = None,
-                        device: str | torch.device | None = None, **kwargs: Any) -> _AutomaticMaskPrior:
-        """A prior on :func:`robustprior.pretrained.load_robust_sam` (``"tiny"``, a known name or a
-        file); ``kwargs`` go to the constructor."""
-        from .pretrained import load_robust_sam
+    def from_pretrained(cls, checkpoint: str | Path | None = "tiny", *, model_type: str | None = None,
+                        device: str | torch.device | None = None, allow_untrained_robust: bool = False,
+                        **kwargs: Any) -> _AutomaticMaskPrior:
+        """A prior on :func:`robustprior.load.load_model` (``"tiny"``, a known name or a file) for
+        this prior's decoder path; ``kwargs`` go to the constructor (settings left out or None:
+        the model's own, see the constructor)."""
+        from .load import load_model
 
-        model = load_robust_sam(checkpoint, model_type=model_type, device=str(device or "cpu"))
-        return cls(model, device=device, **kwargs)
+        model, source = load_model(checkpoint, model_type, decoder_path=cls.path, device=device or "cpu",
+                                   allow_untrained_robust=allow_untrained_robust)
+        return cls(model, device=device, source=source, **kwargs)
 
     # ------------------------------------------------------------------ fingerprint
     @property
@@ -263,10 +275,7 @@ class _AutomaticMaskPrior(ABC):
         description = {"prior": type(self).__name__, "path": self.path, "settings": self.settings,
                        "config": self.model.config, "format_version": FILE_FORMAT_VERSION}
         digest = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode())
-        for name in sorted(state):
-            tensor = state[name].detach()
-            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-            digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().data)
+        update_with_tensors(digest, state)
         return digest.hexdigest()[:16]
 
     # ------------------------------------------------------------------ extraction
@@ -275,40 +284,70 @@ class _AutomaticMaskPrior(ABC):
 
         With a cache, a valid stored prior is returned without running the model; otherwise it is
         computed and stored. Cached or not, its features then carry the stored (float16) precision,
-        so a cache hit returns exactly what the first call returned.
+        so a cache hit returns exactly what the first call returned. No mask at all is a warning
+        naming the settings (the structure map is then the image itself).
         """
-        image = as_rgb_uint8(image)
-        if self.cache_dir is None:
-            return self._compute(image)
-        digest = image_hash(image)
-        cached = self._read_cache(digest, image.shape[:2])
-        if cached is not None:
-            return cached
-        return self._store(self._compute(image), digest)
+        self._check_domain([None])
+        prior = self._prior_of(as_rgb_uint8(image))
+        if prior.num_masks == 0:
+            self._warn_no_masks(1, 1)
+        return prior
 
     def precompute(self, images: Iterable[np.ndarray | str | Path], progress: bool = True) -> list[Path]:
-        """Fill the cache for ``images`` (arrays, image files or ``skimage:NAME``) and return their
-        cache files (``cache_folder / <image hash>.safetensors``).
+        """Fill the cache for ``images`` (arrays, image files or ``skimage:NAME``, or a sequence of
+        arrays with a ``paths`` attribute naming their files, such as
+        :class:`restoration.datasets.LazyImages`) and return their cache files
+        (``cache_folder / <image hash>.safetensors``).
 
-        Images with a valid cache file are skipped; the progress bar counts computed and cached ones.
+        Images with a valid cache file (checksum included) are not computed again; the progress bar
+        counts computed and cached ones. Images that got no mask are counted in one warning.
         """
         if self.cache_dir is None:
             raise ValueError("precompute needs a cache: create the prior with cache_dir=...")
+        paths_attribute = getattr(images, "paths", None)
+        self._check_domain(paths_attribute if paths_attribute is not None else
+                           [item if isinstance(item, (str, Path)) else None for item in images]
+                           if isinstance(images, Sequence) else [None])
         total = len(images) if hasattr(images, "__len__") else None
         paths: list[Path] = []
         counts = {"computed": 0, "cached": 0}
+        empty = 0
         with tqdm(images, total=total, desc=f"{type(self).__name__} priors", unit="image", disable=not progress) as bar:
             for item in bar:
                 image = load_image(item)[0] if isinstance(item, (str, Path)) else as_rgb_uint8(item)
                 digest = image_hash(image)
-                if self._is_cached(digest):
+                cached = self._read_cache(digest, image.shape[:2])
+                if cached is not None:
                     counts["cached"] += 1
+                    empty += cached.num_masks == 0
                 else:
-                    self._store(self._compute(image), digest)
+                    empty += self._store(self._compute(image), digest).num_masks == 0
                     counts["computed"] += 1
                 paths.append(self._cache_file(digest))
                 bar.set_postfix(counts)
+        if empty:
+            self._warn_no_masks(empty, len(paths))
         return paths
+
+    def _prior_of(self, image: np.ndarray) -> StructurePrior:
+        """Cached, or computed (and stored when there is a cache)."""
+        if self.cache_dir is None:
+            return self._compute(image)
+        digest = image_hash(image)
+        cached = self._read_cache(digest, image.shape[:2])
+        return cached if cached is not None else self._store(self._compute(image), digest)
+
+    def _check_domain(self, inputs: Sequence[str | Path | None]) -> None:
+        """The bundled scene-world models say once when they meet input that is not a generated scene."""
+        if self.source is not None and not self.generated_scenes:
+            self.source.warn_outside_domain(self.path, inputs)
+
+    def _warn_no_masks(self, empty: int, total: int) -> None:
+        what = "the image" if total == 1 else f"{empty} of {total} images"
+        warnings.warn(f"{type(self).__name__}: no masks for {what} with {describe_thresholds(self.settings)}; "
+                      "the label map is empty and the structure map is the image itself: lower pred_iou_thresh / "
+                      "stability_score_thresh (the bundled models carry settings that give masks on generated "
+                      "scenes: see their model cards)", RuntimeWarning, stacklevel=3)
 
     @torch.no_grad()
     def _compute(self, image: np.ndarray) -> StructurePrior:
@@ -354,18 +393,6 @@ class _AutomaticMaskPrior(ABC):
         """Header entries that tie a cache file to this model, these settings and one image."""
         return {"fingerprint": self.fingerprint, "image_sha256": digest}
 
-    def _is_cached(self, digest: str) -> bool:
-        """Whether a cache file with this model's and image's header exists (reads the header only)."""
-        cache_file = self._cache_file(digest)
-        if not cache_file.is_file():
-            return False
-        try:
-            metadata = _read_metadata(cache_file)
-        except Exception:  # unreadable header: recompute
-            return False
-        expected = {**self._cache_metadata(digest), "format": FILE_FORMAT, "format_version": FILE_FORMAT_VERSION}
-        return all(metadata.get(key) == value for key, value in expected.items())
-
     def _read_cache(self, digest: str, image_size: tuple[int, int]) -> StructurePrior | None:
         """The cached prior, or None: absent, or unusable (corrupt, another model's or image's file),
         which warns and lets the caller recompute and overwrite it."""
@@ -389,8 +416,8 @@ class _AutomaticMaskPrior(ABC):
         """Write ``prior`` to the cache and return it as stored (features at storage precision)."""
         self._write_manifest()
         tensors = prior._storage_tensors()
-        _write_safetensors_atomically(tensors, self._cache_file(digest),
-                                      prior._storage_metadata(self._cache_metadata(digest)))
+        save_safetensors_atomically(tensors, self._cache_file(digest),
+                                    with_checksum(tensors, prior._storage_metadata(self._cache_metadata(digest))))
         return StructurePrior._from_storage(tensors, *prior.label_map.shape)
 
     def _write_manifest(self) -> None:

@@ -619,6 +619,24 @@ def _write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=1) + "\n")
 
 
+SCENE_MARKER = "robustprior_scenes.json"
+"""The file every writer below puts at the top of the folder it writes: images anywhere under a folder
+holding it are generated scenes (the bundled tiny models' own domain); a user's photo never is."""
+
+
+def _write_scene_marker(folder: Path, writer: str, seed: int) -> None:
+    _write_json(folder / SCENE_MARKER, {"generator": "robustprior.scenes", "writer": writer, "seed": seed})
+
+
+def is_generated_scene_file(path: str | Path) -> bool:
+    """Whether ``path`` lies inside a folder written by this module's dataset writers (a folder
+    above it holds :data:`SCENE_MARKER`). ``skimage:NAME`` samples and other files are not."""
+    text = str(path)
+    if text.startswith("skimage:"):
+        return False
+    return any((folder / SCENE_MARKER).is_file() for folder in Path(text).resolve().parents)
+
+
 def _reside_number(value: float) -> str:
     """RESIDE file-name number: two decimals, trailing zeros dropped (0.80 -> "0.8", 1.00 -> "1")."""
     return f"{value:.2f}".rstrip("0").rstrip(".")
@@ -678,7 +696,8 @@ def write_instance_dataset(
     alone, so the files are the same as with one process.
     """
     root = Path(root)
-    _prepare_output(root, [root / "images", root / "instances", root / "annotations.json"], overwrite)
+    _prepare_output(root, [root / "images", root / "instances", root / "annotations.json", root / SCENE_MARKER],
+                    overwrite)
     blocks = [range(start, min(start + 32, n_images)) for start in range(0, n_images, 32)]
     description = f"instance scenes -> {root}"
     if workers > 1 and len(blocks) > 1:
@@ -701,6 +720,7 @@ def write_instance_dataset(
         "categories": [{"id": 1, "name": "object", "supercategory": "object"}],
     }
     _write_json(root / "annotations.json", coco)
+    _write_scene_marker(root, "write_instance_dataset", seed)
     return root
 
 
@@ -752,6 +772,7 @@ def write_sots_dataset(
             _write_image(split_folder / "hazy" / hazy_name, render_hazy(scene, beta, airlight))
             record["hazy"][hazy_name] = {"gt": gt_name, "airlight": airlight, "beta": beta}
     _write_json(split_folder / "generation.json", record)
+    _write_scene_marker(split_folder, "write_sots_dataset", seed)
     return root
 
 
@@ -801,4 +822,5 @@ def write_gopro_dataset(
             progress_bar.update()
     progress_bar.close()
     _write_json(split_folder / "generation.json", record)
+    _write_scene_marker(split_folder, "write_gopro_dataset", seed)
     return root

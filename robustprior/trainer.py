@@ -41,12 +41,12 @@ from torch import nn
 from tqdm import tqdm
 
 from .atomic import save_torch_atomically
-from .build import build_robust_sam
 from .csv_log import append_csv, truncate_csv
-from .checkpoint import load_model, read_state_dict, save_checkpoint
+from .checkpoint import save_checkpoint
 from .datasets import RobustSegmentationDataset
 from .degrade import DEGRADATIONS, DEGRADATIONS_VERSION, RandomDegradation
 from .feature_cache import FeatureCache, image_hash
+from .load import load_model
 from .losses import CONSISTENCY_MODES, TERM_NAMES, LossWeights, distillation_loss, paper_consistency, \
     release_consistency, segmentation_losses, weighted_total
 from .modeling.robust_sam import ImageFeatures, RobustSam
@@ -99,14 +99,9 @@ def load_base_model(model_config: dict) -> RobustSam:
     if robust_init not in ROBUST_INITS:
         raise ValueError(f"model.robust_init must be one of {ROBUST_INITS}, got {robust_init!r}")
     checkpoint = model_config.get("checkpoint")
-    model = None
-    if checkpoint is not None and str(checkpoint).endswith(".safetensors"):
-        _, metadata = read_state_dict(checkpoint)
-        if "config" in metadata:
-            model = load_model(checkpoint)
-    if model is None:
-        model = build_robust_sam(model_config["type"], checkpoint, fourier_mode=model_config.get("fourier_mode", "paper"),
-                                 token_mode=model_config.get("token_mode"))
+    model, _ = load_model(checkpoint, model_config["type"], decoder_path=None, allow_untrained_robust=True,
+                          random_init=checkpoint is None, fourier_mode=model_config.get("fourier_mode"),
+                          token_mode=model_config.get("token_mode"))
     if robust_init == "sam":
         model.start_robust_path_from_sam()
     return model.freeze_sam()

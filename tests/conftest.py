@@ -30,3 +30,19 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def _flip_tensor_bytes(path: Path, count: int = 8) -> None:
+    """Invert ``count`` bytes in the middle of a safetensors file's tensor data, keeping its length and
+    header: the same-length corruption that header and size checks cannot see."""
+    content = bytearray(path.read_bytes())
+    data_start = 8 + int.from_bytes(content[:8], "little")
+    middle = data_start + (len(content) - data_start) // 2
+    content[middle:middle + count] = bytes(255 - b for b in content[middle:middle + count])
+    path.write_bytes(bytes(content))
+
+
+@pytest.fixture()
+def flip_tensor_bytes():
+    """:func:`_flip_tensor_bytes`: corrupt a safetensors file's tensors in place, same length."""
+    return _flip_tensor_bytes

@@ -6,23 +6,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustprior.build import build_robust_sam
 from robustprior.checkpoint import (
     OFFICIAL_KEY_MAP,
     CheckpointError,
     load_checkpoint,
-    load_model,
     map_official_keys,
     save_checkpoint,
 )
 from robustprior.hub import CheckpointSource, download_checkpoint, file_sha256
+from robustprior.load import build_robust_sam, load_model
 from robustprior.pretrained import load_robust_sam
 
 
 @pytest.fixture()
 def tiny() -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_robust_sam("tiny")
+    return build_robust_sam("tiny", random_init=True)
 
 
 def _decode(model, seed: int = 0) -> torch.Tensor:
@@ -35,7 +34,8 @@ def _decode(model, seed: int = 0) -> torch.Tensor:
 
 def test_safetensors_round_trip(tiny, tmp_path: Path) -> None:
     path = save_checkpoint(tiny, tmp_path / "model.safetensors")
-    loaded = load_model(path)
+    loaded, source = load_model(path)
+    assert source.kind == "trained" and source.path == path
     assert loaded.config == tiny.config
     torch.testing.assert_close(_decode(loaded), _decode(tiny), rtol=0, atol=0)
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # the atomic write left nothing behind
@@ -44,7 +44,7 @@ def test_safetensors_round_trip(tiny, tmp_path: Path) -> None:
 def test_sam_checkpoint_loads_base_and_copies_tokens(tiny, tmp_path: Path) -> None:
     sam_state = {k: v for k, v in tiny.state_dict().items() if not k.startswith("robust.")}
     torch.save(sam_state, tmp_path / "sam.pth")
-    fresh = build_robust_sam("tiny")
+    fresh = build_robust_sam("tiny", random_init=True)
     assert load_checkpoint(fresh, tmp_path / "sam.pth") == "sam"
     for key, value in sam_state.items():
         assert torch.equal(fresh.state_dict()[key], value)
@@ -55,7 +55,7 @@ def test_official_key_map_covers_every_robust_tensor() -> None:
     from robust_segment_anything.build_sam import _build_sam
 
     official = _build_sam(encoder_embed_dim=96, encoder_depth=2, encoder_num_heads=3, encoder_global_attn_indexes=[1])
-    ours = build_robust_sam("vit_b", token_mode="release", encoder_dim=96, encoder_depth=2, encoder_heads=3,
+    ours = build_robust_sam("vit_b", random_init=True, token_mode="release", encoder_dim=96, encoder_depth=2, encoder_heads=3,
                             global_attention_indexes=(1,))
     mapped = map_official_keys(official.state_dict())
     assert set(mapped) == set(ours.state_dict())
@@ -69,16 +69,19 @@ def test_missing_and_unexpected_keys_are_named(tiny, tmp_path: Path) -> None:
     save_path = tmp_path / "broken.pth"
     torch.save(state, save_path)
     with pytest.raises(CheckpointError) as error:
-        load_checkpoint(build_robust_sam("tiny"), save_path)
+        load_checkpoint(build_robust_sam("tiny", random_init=True), save_path)
     assert "robust.robust_mlp.layers.0.weight" in str(error.value)
     assert "robust.extra.weight" in str(error.value)
 
 
 def test_checkpoint_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
-    small_vit_b = build_robust_sam("vit_b", encoder_depth=1, global_attention_indexes=(0,))
+    small_vit_b = build_robust_sam("vit_b", random_init=True, encoder_depth=1, global_attention_indexes=(0,))
     torch.save(small_vit_b.state_dict(), tmp_path / "vit_b.pth")
-    with pytest.raises(CheckpointError, match="looks like a vit_b model"):
+    with pytest.raises(CheckpointError, match="model type 'tiny' contradicts .* holds model type 'vit_b'"):
         build_robust_sam("tiny", tmp_path / "vit_b.pth")
+    load_checkpoint(small_vit_b, tmp_path / "vit_b.pth")
+    with pytest.raises(CheckpointError, match="looks like a vit_b model"):
+        load_checkpoint(build_robust_sam("tiny", random_init=True), tmp_path / "vit_b.pth")
 
 
 def test_truncated_checkpoint_is_a_clear_error(tiny, tmp_path: Path) -> None:
@@ -93,7 +96,7 @@ def test_truncated_checkpoint_is_a_clear_error(tiny, tmp_path: Path) -> None:
     cut.write_bytes(safetensors_path.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_model(cut)
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model(tmp_path / "absent.safetensors")
 
 
@@ -139,8 +142,9 @@ def test_unpublished_hash_is_recorded_on_first_download(tmp_path: Path) -> None:
 def test_unknown_name_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown checkpoint"):
         download_checkpoint("sam_vit_z")
-    with pytest.raises(FileNotFoundError, match="neither a file nor a known name"):
+    with pytest.raises(FileNotFoundError, match="does not exist") as error:
         load_robust_sam("no/such/file.pth")
+    assert "sam_tiny" in str(error.value) and "robustsam_vit_b" in str(error.value)
 
 
 def test_mobile_sam_checkpoint_loads_into_vit_t(tmp_path: Path) -> None:
@@ -154,35 +158,43 @@ def test_mobile_sam_checkpoint_loads_into_vit_t(tmp_path: Path) -> None:
     torch.manual_seed(0)
     mobile = mobile_sam_registry["vit_t"]()
     torch.save(mobile.state_dict(), tmp_path / "mobile_sam.pt")
-    ours = load_robust_sam(tmp_path / "mobile_sam.pt")
+    ours = load_robust_sam(tmp_path / "mobile_sam.pt", decoder_path="sam")
     assert ours.config["model_type"] == "vit_t"
     for key, value in mobile.state_dict().items():
         assert torch.equal(ours.state_dict()[key], value), key
 
 
-def test_bundled_tiny_default_and_its_fallbacks(tiny: torch.nn.Module, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    """No checkpoint -> the bundled RobustSAM-tiny, said in one line; without it SAM-tiny with a warning
-    about the untrained robust parts; without both a random model, said as loudly."""
-    from robustprior import pretrained
-
-    robust_file, base_file = tmp_path / "robustsam_tiny.safetensors", tmp_path / "sam_tiny.safetensors"
-    save_checkpoint(tiny, robust_file)
-    save_checkpoint(tiny, base_file)
-    monkeypatch.setitem(pretrained.BUNDLED, "tiny", robust_file)
-    monkeypatch.setitem(pretrained.BUNDLED, "sam_tiny", base_file)
+def test_bundled_tiny_default_names_the_file_used(capsys: pytest.CaptureFixture) -> None:
+    """No checkpoint -> the bundled RobustSAM-tiny, said in one line naming the file; by name: silent."""
+    from robustprior.load import BUNDLED
 
     loaded = load_robust_sam()
     notice = capsys.readouterr().err
-    assert notice.count("\n") == 1 and "robustsam_tiny.safetensors" in notice
-    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in tiny.state_dict().items())
-    load_robust_sam("tiny")
-    assert capsys.readouterr().err == ""  # asked for by name: nothing to say
+    assert notice.count("\n") == 1 and str(BUNDLED["tiny"]) in notice and "RobustSAM-tiny" in notice
+    named = load_robust_sam("tiny")
+    assert capsys.readouterr().err == ""
+    assert all(torch.equal(named.state_dict()[k], v) for k, v in loaded.state_dict().items())
 
-    robust_file.unlink()
-    load_robust_sam()
-    assert "UNTRAINED" in capsys.readouterr().err
-    base_file.unlink()
-    random_model = load_robust_sam()
-    assert "RANDOMLY INITIALISED" in capsys.readouterr().err
-    assert random_model.config["model_type"] == "tiny"
+
+def test_missing_bundled_weights_are_an_error_not_a_random_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from robustprior import load
+
+    monkeypatch.setitem(load.BUNDLED, "tiny", tmp_path / "robustsam_tiny.safetensors")
+    with pytest.raises(FileNotFoundError, match="random_init=True"):
+        load_robust_sam()
+
+
+def test_update_metadata_keeps_the_tensors_byte_for_byte(tiny, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from robustprior.checkpoint import update_metadata
+
+    path = save_checkpoint(tiny, tmp_path / "half.safetensors", {"note": "old"}, dtype=torch.float16)
+    data_before = path.read_bytes()
+    update_metadata(path, {"note": "new", "amg_settings": "{}"})
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        assert handle.get_tensor("robust.robust_mlp.layers.0.weight").dtype == torch.float16
+    assert metadata["note"] == "new" and metadata["amg_settings"] == "{}" and metadata["format"] == "robustprior"
+    header = 8 + int.from_bytes(data_before[:8], "little")
+    assert path.read_bytes()[-(len(data_before) - header):] == data_before[header:]

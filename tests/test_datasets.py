@@ -464,14 +464,14 @@ def test_collating_a_mixed_batch_is_refused_with_a_hint():
 
 
 def test_sample_preparer_groups_prompts_by_kind_and_keeps_their_items():
-    from robustprior.build import build_robust_sam
+    from robustprior.load import build_robust_sam
     from robustprior.training_samples import SamplePreparer
 
     source = SyntheticSource([np.stack([rectangle_mask((24, 32), (4, 20), (6, 26))] * 12)])
     dataset = RobustSegmentationDataset(source, None, prompt="mixed", n_points=3, seed=2, instances_per_image=None,
                                         prompt_mix={"points": 1, "box": 1, "single_point": 1})
     items = [dataset[index] for index in range(len(dataset))]
-    groups = SamplePreparer(build_robust_sam("tiny")).prompt_groups(items)
+    groups = SamplePreparer(build_robust_sam("tiny", random_init=True)).prompt_groups(items)
     assert sorted(int(i) for group in groups for i in group.image_index) == list(range(12))
     for group in groups:
         kinds = {items[int(i)]["prompt_kind"] for i in group.image_index}

@@ -12,7 +12,7 @@ from PIL import Image
 
 import robustprior.data_config as data_config
 import robustprior.evaluate as evaluate
-from robustprior.build import build_robust_sam
+from robustprior.load import build_robust_sam
 from robustprior.data_config import SCENES_PARAMS_FILE, build_instance_source
 from robustprior.datasets import InstanceRecord
 from robustprior.degrade import degrade
@@ -38,7 +38,7 @@ def scenes_source(tmp_path_factory: pytest.TempPathFactory):
 def tiny_model():
     """A randomly initialised tiny RobustSAM (fixed seed)."""
     torch.manual_seed(0)
-    return build_robust_sam("tiny")
+    return build_robust_sam("tiny", random_init=True)
 
 
 def plain_iou(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -376,3 +376,12 @@ def test_paired_difference_is_the_mean_instance_difference_with_a_bootstrap_inte
     covered = sum(low <= 0 <= high for _, low, high in (
         paired_bootstrap_interval(np.random.default_rng(seed).normal(size=40), 2000, seed=seed) for seed in range(200)))
     assert 180 <= covered <= 199
+
+
+def test_generated_data_is_told_apart_from_real_data(shared_data, tmp_path) -> None:
+    from robustprior.scenes import SceneConfig, write_instance_dataset
+
+    written = write_instance_dataset(tmp_path / "scenes", 1, seed=1, config=SceneConfig(image_size=(32, 32)), progress=False)
+    assert evaluate._is_generated_data({"format": "scenes", "n_images": 1, "seed": 1})
+    assert evaluate._is_generated_data({"format": "instance_folder", "root": str(written)})
+    assert not evaluate._is_generated_data({"format": "voc", "root": str(shared_data / "voc-instances" / "voc")})

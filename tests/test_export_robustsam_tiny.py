@@ -13,8 +13,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from recipes.export_robustsam_tiny import evaluation_table, export  # noqa: E402
-from robustprior.build import build_robust_sam  # noqa: E402
-from robustprior.checkpoint import load_model, save_checkpoint  # noqa: E402
+from robustprior.load import build_robust_sam, load_model  # noqa: E402
+from robustprior.checkpoint import save_checkpoint  # noqa: E402
 
 
 def hand_report() -> dict:
@@ -32,8 +32,8 @@ def finished_run(tmp_path: Path) -> Path:
     run = tmp_path / "run"
     run.mkdir()
     torch.manual_seed(0)
-    save_checkpoint(build_robust_sam("tiny"), run / "final.safetensors", {"iterations": "12"})
-    save_checkpoint(build_robust_sam("tiny"), run / "best.safetensors", {"iteration": "8"})  # other weights
+    save_checkpoint(build_robust_sam("tiny", random_init=True), run / "final.safetensors", {"iterations": "12"})
+    save_checkpoint(build_robust_sam("tiny", random_init=True), run / "best.safetensors", {"iteration": "8"})  # other weights
     shutil.copy(REPO_ROOT / "robustprior" / "configs" / "robustsam_tiny.yaml", run / "config.yaml")
     (run / "metrics.json").write_text(json.dumps({"iterations": 12, "seconds": 90.0, "val_iou_robust": 0.61,
                                                   "val_iou_sam": 0.52, "best_val_iou_robust": 0.63}))
@@ -50,10 +50,16 @@ def test_export_writes_float16_weights_and_card(finished_run: Path, tmp_path: Pa
     evaluation = tmp_path / "eval"
     evaluation.mkdir()
     (evaluation / "report.json").write_text(json.dumps(hand_report()))
-    weights, card = export(finished_run, tmp_path / "bundle" / "robustsam_tiny.safetensors", evaluation)
+    settings = {"sam": {"points_per_side": 8, "pred_iou_thresh": 0.7, "stability_score_thresh": 0.5},
+                "robust": {"points_per_side": 8, "pred_iou_thresh": 0.6, "stability_score_thresh": 0.5}}
+    weights, card = export(finished_run, tmp_path / "bundle" / "robustsam_tiny.safetensors", evaluation,
+                           amg_settings=settings)
+    source = load_model(weights)[1]
+    assert source.generator_settings("robust")["pred_iou_thresh"] == 0.6 and source.robust_trained
+    assert source.generator_settings("sam") == {**settings["sam"], "box_nms_thresh": 0.7, "min_mask_region_area": 0}
 
     def assert_float16_copy(source: Path, exported_path: Path) -> None:
-        original, exported = load_model(source), load_model(exported_path)
+        original, exported = load_model(source)[0], load_model(exported_path)[0]
         for name, tensor in original.state_dict().items():
             if tensor.is_floating_point():
                 assert torch.equal(exported.state_dict()[name], tensor.half().float()), name
@@ -68,7 +74,8 @@ def test_export_writes_float16_weights_and_card(finished_run: Path, tmp_path: Pa
     assert "12 iterations of batch 8" in text  # iterations run (metrics.json), batch from the run's config.yaml
     assert "initialised as SAM's decoder" in text  # model.robust_init of the run's config
 
-    final_weights, final_card = export(finished_run, tmp_path / "final.safetensors", which="final")
+    final_weights, final_card = export(finished_run, tmp_path / "final.safetensors", which="final",
+                                       amg_settings=settings)
     assert_float16_copy(finished_run / "final.safetensors", final_weights)
     assert "the final iteration" in final_card.read_text()
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from robustprior.build import build_robust_sam
+from robustprior.load import build_robust_sam
 from robustprior.modeling import (
     AntiDegradationMaskFeatures,
     AntiDegradationOutputTokens,
@@ -82,7 +82,7 @@ def test_output_token_release_mode_uses_first_quarter_of_normalised_token() -> N
 
 def test_frozen_sam_is_bit_identical_after_a_step() -> None:
     torch.manual_seed(0)
-    model = build_robust_sam("tiny")
+    model = build_robust_sam("tiny", random_init=True)
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("robust.")}
     robust_before = {k: v.clone() for k, v in model.robust.state_dict().items()}
@@ -107,7 +107,7 @@ def test_parameter_counts_match_the_official_package() -> None:
     from robust_segment_anything.build_sam import build_sam_vit_b
 
     official = build_sam_vit_b(opt=object())
-    ours = build_robust_sam("vit_b", token_mode="release")
+    ours = build_robust_sam("vit_b", random_init=True, token_mode="release")
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     assert count(ours) == count(official)
     sam_names = ("image_encoder", "prompt_encoder")
@@ -122,7 +122,7 @@ def test_parameter_counts_match_the_official_package() -> None:
 
 def test_batched_prompts_equal_single_prompt_forwards() -> None:
     torch.manual_seed(0)
-    model = build_robust_sam("tiny")
+    model = build_robust_sam("tiny", random_init=True)
     with torch.no_grad():
         features = model.encode_image(model.preprocess(torch.rand(2, 3, 256, 200) * 255))
         points = torch.rand(5, 2, 2) * 200
@@ -146,7 +146,7 @@ def test_sam_path_is_segment_anything_itself() -> None:
     from segment_anything.modeling import Sam
 
     torch.manual_seed(0)
-    model = build_robust_sam("tiny")
+    model = build_robust_sam("tiny", random_init=True)
     sam = Sam(model.image_encoder, model.prompt_encoder, model.mask_decoder).eval()
     images = torch.rand(1, 3, 256, 256) * 255
     points = (torch.tensor([[[40.0, 50.0], [120.0, 90.0]]]), torch.tensor([[1, 0]]))
@@ -162,7 +162,7 @@ def test_sam_path_is_segment_anything_itself() -> None:
 
 def test_teacher_fused_feature_skips_amfg() -> None:
     torch.manual_seed(0)
-    model = build_robust_sam("tiny")
+    model = build_robust_sam("tiny", random_init=True)
     with torch.no_grad():
         features = model.encode_image(model.preprocess(torch.rand(1, 3, 256, 256) * 255))
         sparse, dense = model.encode_prompts(boxes=torch.tensor([[10.0, 10, 100, 100]]))
@@ -174,7 +174,7 @@ def test_teacher_fused_feature_skips_amfg() -> None:
 
 
 def test_tiny_vit_early_feature_shape() -> None:
-    model = build_robust_sam("vit_t")
+    model = build_robust_sam("vit_t", random_init=True)
     with torch.no_grad():
         features = model.encode_image(model.preprocess(torch.rand(1, 3, 1024, 1024) * 255))
     assert features.embedding.shape == (1, 256, 64, 64)
@@ -229,7 +229,7 @@ def test_robust_path_started_from_sam_gives_sams_single_mask() -> None:
     classifier is SAM's token-0 classifier and the robust logits are SAM's divided by the mask
     feature's per-pixel RMS: the same masks."""
     torch.manual_seed(0)
-    model = build_robust_sam("tiny").start_robust_path_from_sam()
+    model = build_robust_sam("tiny", random_init=True).start_robust_path_from_sam()
     with torch.no_grad():
         features = model.encode_image(model.preprocess(torch.rand(2, 3, 256, 256) * 255))
         sparse, dense = model.encode_prompts(points=(torch.rand(3, 2, 2) * 255, torch.tensor([[1, 0], [1, 1], [1, 0]])))

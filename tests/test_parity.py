@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustprior.build import build_robust_sam
+from robustprior.load import build_robust_sam
 
 robust_segment_anything = pytest.importorskip("robust_segment_anything")
 from robust_segment_anything.build_sam import _build_sam  # noqa: E402

@@ -7,14 +7,14 @@ import torch
 from skimage import data
 
 from robustprior.automatic_mask_generator import RobustAutomaticMaskGenerator
-from robustprior.build import build_robust_sam
+from robustprior.load import build_robust_sam
 from robustprior.predictor import RobustSamPredictor
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return build_robust_sam("tiny")
+    return build_robust_sam("tiny", random_init=True)
 
 
 @pytest.fixture(scope="module")
@@ -156,10 +156,10 @@ def test_automatic_masks_equal_segment_anythings_generator(path) -> None:
     batch step (which draws and upsamples every mask first), on the bundled tiny models and a scene."""
     from segment_anything import SamAutomaticMaskGenerator
 
-    from robustprior.checkpoint import load_model
+    from robustprior.load import load_model
     from robustprior.scenes import generate_scene
 
-    model = load_model("robustprior/weights/robustsam_tiny.safetensors")
+    model = load_model("robustsam_tiny")[0]
     scene = generate_scene(5).image
     settings = dict(points_per_side=6, pred_iou_thresh=0.6, stability_score_thresh=0.3, points_per_batch=16)
     ours = RobustAutomaticMaskGenerator(model, path=path, **settings)

@@ -12,7 +12,7 @@ from skimage import data
 
 from robustprior.structure import masks_to_label_map, structure_map
 from robustprior import RobustSAMPrior, SAMPrior, StructurePrior
-from robustprior.build import build_robust_sam
+from robustprior.load import build_robust_sam
 from robustprior.predictor import RobustSamPredictor
 
 # Permissive thresholds so that a random-init model yields masks (one point: 3 masks); few points keep it fast.
@@ -22,7 +22,7 @@ SETTINGS = {"points_per_side": 1, "pred_iou_thresh": -100.0, "stability_score_th
 def make_model(seed: int = 0):
     """A random-init tiny RobustSAM, shrunk further (128 px input, 2 encoder blocks) for speed."""
     torch.manual_seed(seed)
-    return build_robust_sam("tiny", image_size=128, encoder_depth=2, global_attention_indexes=(1,))
+    return build_robust_sam("tiny", random_init=True, image_size=128, encoder_depth=2, global_attention_indexes=(1,))
 
 
 class ForwardCounter:
@@ -130,8 +130,9 @@ def test_image_encoder_runs_once_per_call(robust_run, model, image, counter) -> 
     assert counter.encoder == 1
 
 
-def test_no_masks_gives_the_input_as_structure_map(model, image, tmp_path) -> None:
-    result = SAMPrior(model, **{**SETTINGS, "pred_iou_thresh": 1e9})(image)
+def test_no_masks_gives_the_input_as_structure_map_and_a_warning(model, image, tmp_path) -> None:
+    with pytest.warns(RuntimeWarning, match=r"no masks for the image with points_per_side=1, pred_iou_thresh=1000000000.0"):
+        result = SAMPrior(model, **{**SETTINGS, "pred_iou_thresh": 1e9})(image)
     assert result.masks.shape == (0, *image.shape[:2]) and result.scores.shape == (0,)
     assert not result.label_map.any()
     np.testing.assert_array_equal(result.structure_map, image)
@@ -249,18 +250,35 @@ def test_cache_file_of_another_model_is_never_used(image, tmp_path) -> None:
     counter.remove()
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_corrupt_cache_file_is_recomputed_with_a_warning(model, image, counter, tmp_path, damage) -> None:
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "same-length"])
+def test_corrupt_cache_file_is_recomputed_with_a_warning(model, image, counter, tmp_path, damage,
+                                                         flip_tensor_bytes) -> None:
     prior = SAMPrior(model, **SETTINGS, cache_dir=tmp_path)
     first = prior(image)
     cache_file = prior.cache_path(image)
     content = cache_file.read_bytes()
-    cache_file.write_bytes(b"\x00garbage" * 8 if damage == "garbage" else content[: len(content) // 2])
+    if damage == "same-length":
+        flip_tensor_bytes(cache_file)
+        assert len(cache_file.read_bytes()) == len(content) and cache_file.read_bytes() != content
+    else:
+        cache_file.write_bytes(b"\x00garbage" * 8 if damage == "garbage" else content[: len(content) // 2])
     with pytest.warns(RuntimeWarning, match="recomputing"):
         recomputed = prior(image)
     assert counter.encoder == 2
     assert_same_prior(recomputed, first)
     assert_same_prior(StructurePrior.load(cache_file), first)
+
+
+def test_precompute_recomputes_a_same_length_corruption(model, image, counter, tmp_path, flip_tensor_bytes) -> None:
+    prior = SAMPrior(model, **SETTINGS, cache_dir=tmp_path)
+    [path] = prior.precompute([image], progress=False)
+    flip_tensor_bytes(path)
+    with pytest.raises(ValueError, match="changed after it was written"):
+        StructurePrior.load(path)
+    with pytest.warns(RuntimeWarning, match="changed after it was written"):
+        assert prior.precompute([image], progress=False) == [path]
+    assert counter.encoder == 2
+    StructurePrior.load(path)  # rewritten intact
 
 
 def test_precompute_skips_cached_images(model, image, counter, tmp_path, capsys) -> None:
@@ -294,3 +312,29 @@ def test_top_level_import_stays_light_and_exports_the_priors() -> None:
         SAMPrior, RobustSAMPrior, StructurePrior)
     with pytest.raises(AttributeError):
         robustprior.NoSuchPrior  # noqa: B018
+
+
+# ---------------------------------------------------------------------- the bundled models meet other input
+HONESTY = ("warning: the bundled RobustSAM-tiny model was trained on generated scenes; on real photos use "
+           "--checkpoint robustsam_vit_b (or _l / _h; downloaded once)")
+
+
+@pytest.mark.filterwarnings("ignore:RobustSAMPrior. no masks")
+def test_bundled_prior_warns_once_off_domain_and_never_on_generated_scenes(image, tmp_path, monkeypatch, capsys) -> None:
+    from restoration.datasets import LazyImages  # arrays that know their files: how recipes hand over data
+    from robustprior import load
+    from robustprior.scenes import SceneConfig, write_instance_dataset
+
+    monkeypatch.setattr(load, "_warned_domains", set())
+    root = write_instance_dataset(tmp_path / "scenes", 2, seed=3, config=SceneConfig(image_size=(64, 64)), progress=False)
+    scene_files = sorted((root / "images").iterdir())
+    prior = RobustSAMPrior.from_pretrained("tiny", points_per_side=1, cache_dir=tmp_path / "cache")
+    prior.precompute(scene_files, progress=False)
+    prior.precompute(LazyImages(scene_files), progress=False)
+    RobustSAMPrior.from_pretrained("tiny", points_per_side=1, generated_scenes=True)(image)
+    assert capsys.readouterr().err == ""
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), image)
+    prior.precompute(LazyImages([photo]), progress=False)
+    prior(image)
+    assert capsys.readouterr().err == HONESTY + "\n"  # one line, however often it happens

@@ -84,7 +84,8 @@ def test_train_checkpoint_and_exact_resume(recipe: ModuleType, small_config: dic
 
 
 def test_export_writes_loadable_weights_and_card(recipe: ModuleType, small_config: dict, tmp_path: Path) -> None:
-    from robustprior.checkpoint import load_model, read_state_dict
+    from robustprior.checkpoint import read_state_dict
+    from robustprior.load import load_model
 
     small_config["export"] = {"weights": str(tmp_path / "sam_tiny.safetensors"),
                               "model_card": str(tmp_path / "sam_tiny.md")}
@@ -94,7 +95,7 @@ def test_export_writes_loadable_weights_and_card(recipe: ModuleType, small_confi
                "train_scenes": 4, "test_scenes": 1, "git_commit": "abc"}
     recipe.export_model(recipe.trainable_model("tiny", aligned_attention=True), small_config, summary)
 
-    model = load_model(tmp_path / "sam_tiny.safetensors")
+    model = load_model(tmp_path / "sam_tiny.safetensors", decoder_path="sam")[0]
     assert torch.equal(model.robust.output_tokens.weight, model.mask_decoder.mask_tokens.weight)
     metadata = read_state_dict(tmp_path / "sam_tiny.safetensors")[1]
     assert metadata["trained_by"] == "recipes/train_tiny_sam.py"
@@ -104,7 +105,7 @@ def test_export_writes_loadable_weights_and_card(recipe: ModuleType, small_confi
 
 def test_extended_schedule_history_and_export_of_finished_run(recipe: ModuleType, small_config: dict,
                                                               tmp_path: Path) -> None:
-    from robustprior.checkpoint import load_model
+    from robustprior.load import load_model
 
     small_config["export"] = {"weights": str(tmp_path / "w.safetensors"), "model_card": str(tmp_path / "w.md")}
     run = tmp_path / "run"
@@ -128,7 +129,7 @@ def test_extended_schedule_history_and_export_of_finished_run(recipe: ModuleType
     assert "Single click (as above) per shape kind:" in card
     assert f"--output runs/tiny_sam --iterations 3 --threads {small_config['threads']}\n" in card
     assert "--output runs/tiny_sam --resume --iterations 4 --threads 1\n" in card
-    exported = load_model(tmp_path / "w.safetensors")
+    exported = load_model(tmp_path / "w.safetensors", decoder_path="sam")[0]
     trained = checkpoint.weights["mask_decoder.iou_prediction_head.layers.0.weight"]
     assert torch.allclose(exported.state_dict()["mask_decoder.iou_prediction_head.layers.0.weight"], trained,
                           atol=1e-2, rtol=1e-2)  # float16 file

@@ -117,13 +117,13 @@ def test_changed_degradation_code_invalidates_only_degraded_features(tmp_path: P
 def test_robust_init_sam_starts_the_robust_path_as_sams_decoder(tmp_path: Path) -> None:
     import torch
 
-    from robustprior.build import build_robust_sam
+    from robustprior.load import build_robust_sam
     from robustprior.checkpoint import save_checkpoint
     from robustprior.trainer import load_base_model
 
     torch.manual_seed(0)
     base = tmp_path / "base.safetensors"
-    save_checkpoint(build_robust_sam("tiny"), base)
+    save_checkpoint(build_robust_sam("tiny", random_init=True), base)
     default = load_base_model({"type": "tiny", "checkpoint": str(base)})
     started = load_base_model({"type": "tiny", "checkpoint": str(base), "robust_init": "sam"})
     torch.testing.assert_close(started.robust.robust_mlp.state_dict(),
@@ -140,13 +140,13 @@ def test_paper_consistency_step_against_a_hand_computation() -> None:
     the ORIGINAL SAM's clear features (relative MSE), tokens after AOTG against SAM's clear tokens."""
     import torch
 
-    from robustprior.build import build_robust_sam
+    from robustprior.load import build_robust_sam
     from robustprior.losses import LossWeights, relative_mse
     from robustprior.trainer import RobustTrainingStep
     from robustprior.training_samples import PromptBatch
 
     torch.manual_seed(0)
-    model = build_robust_sam("tiny").start_robust_path_from_sam()
+    model = build_robust_sam("tiny", random_init=True).start_robust_path_from_sam()
     with torch.no_grad():  # perturb the robust parts so that no term is trivially zero
         for parameter in model.robust.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))

@@ -105,7 +105,7 @@ def model_card(config: dict, summary: dict, weights_path: Path) -> str:
 `{weights_path.name}` holds a full `RobustSam` of type `tiny` ({size_kib:.0f} KiB, float16; loading casts to
 float32): SAM parts (image encoder, prompt encoder, mask decoder) trained by `recipes/train_tiny_sam.py`; the
 robust parts are fresh (untrained), with the Robust Output Tokens copied from SAM's mask tokens, as when a
-SAM checkpoint is loaded. Load it with `robustprior.checkpoint.load_model`.
+SAM checkpoint is loaded. Load it with `robustprior.load.load_model("sam_tiny", decoder_path="sam")` (its RobustSAM path is refused: untrained).
 
 ## Data
 

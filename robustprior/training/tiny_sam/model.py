@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from segment_anything.modeling.transformer import Attention
 
-from ...build import build_robust_sam
+from ...load import build_robust_sam
 from ...modeling.robust_sam import RobustSam
 
 
@@ -38,7 +38,7 @@ def trainable_model(model_type: str, aligned_attention: bool = False, overrides:
     """A fresh model whose SAM parameters train (the robust parts stay frozen and untouched);
     ``aligned_attention`` applies :func:`align_decoder_attention`; ``overrides`` change single
     :class:`robustprior.build.ModelConfig` fields (architecture experiments)."""
-    model = build_robust_sam(model_type, **(overrides or {}))
+    model = build_robust_sam(model_type, random_init=True, **(overrides or {}))
     for parameter in model.sam_parameters():
         parameter.requires_grad_(True)
     if aligned_attention:
