@@ -69,8 +69,11 @@ def run_jobs(jobs: list[tuple[str, list[str], Path]], parallel: int, threads: in
 
 
 def train_jobs(configs: dict[str, dict[str, Any]], output: Path) -> list[tuple[str, list[str], Path]]:
+    """One training command per unfinished variant. The variants share one feature cache: its keys name
+    the encoder, the image and the degradation, so variants with the same data reuse each other's work."""
     jobs = []
     for name, config in configs.items():
+        config = merge_config(config, {"feature_cache": {"enabled": True, "dir": str(output / "feature_cache")}})
         run = output / name
         if (run / "final.safetensors").exists():
             continue
