@@ -2,15 +2,15 @@
 
 0. FLOPs of the robust path vs plain SAM (image encoding + one point), counted with
    torch.utils.flop_counter for vit_t / vit_b / vit_h: deterministic, unaffected by machine load.
-1. Overhead of the robust path over plain SAM on the same backbone and prompt: one image set +
-   one point prompt, per decoder path, run in separate subprocesses (so peak RSS is per path) and
-   interleaved over repeats. Default: vit_t at 1024 on CPU (paper, vit_h on GPU: 1.036x time,
-   1.047x memory).
+1. The paper's Table 1: overhead of the robust path over plain SAM on the same backbone and prompt:
+   one image set + one point prompt, per decoder path, run in separate subprocesses (so peak RSS is
+   per path) and interleaved over repeats. Default: vit_t and vit_b at 1024 on CPU, random weights
+   (paper, vit_h on GPU: 1.036x time, 1.047x memory).
 2. Prompts per second for 64 prompts on one image: our batched decoder (one forward) vs the official
    release (PyPI robust-segment-anything) decoding one prompt at a time on the same weights; the
    image encoding is done once beforehand for both and not timed.
 
-    python benchmarks/bench_inference.py [--model vit_t] [--repeats 3] [--prompts 64] [--threads 2]
+    python benchmarks/bench_inference.py [--models vit_t,vit_b] [--repeats 3] [--prompts 64] [--threads 2]
 """
 from __future__ import annotations
 
@@ -176,7 +176,8 @@ def prompts_per_second(prompts: int, threads: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="vit_t")
+    parser.add_argument("--models", default="vit_t,vit_b", help="comma-separated backbones for part 1")
+    parser.add_argument("--model", default="vit_t", help=argparse.SUPPRESS)  # the worker's backbone
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
@@ -193,13 +194,15 @@ def main() -> None:
     for model_type, row in result["flops"].items():
         print(f"{model_type:<8}{row['encoder_gflops']:>10.1f}{row['sam_decoder_gflops']:>13.1f}"
               f"{row['robust_decoder_gflops']:>16.1f}{row['ratio']:>11.3f}x")
-    result["overhead"] = overhead(args.model, args.repeats, args.threads)
-    o = result["overhead"]
-    print(f"\n1. robust-path overhead, {args.model} at its input size, set_image + 1 point, median of {args.repeats}")
-    print(f"{'path':<10}{'seconds':>10}{'peak RSS MB':>14}   (peak over inference; weights included)")
-    for path in ("sam", "robust"):
-        print(f"{path:<10}{o[path]['seconds']:>10.3f}{o[path]['peak_rss_mb']:>14.0f}")
-    print(f"ratio robust/sam: time {o['time_ratio']:.3f}x (target <= 1.05), peak memory {o['memory_ratio']:.3f}x (target <= 1.05)")
+    result["overhead"] = {}
+    print(f"\n1. Table 1: robust-path overhead at the input size, set_image + 1 point, median of {args.repeats}")
+    print(f"{'model':<8}{'path':<10}{'seconds':>10}{'peak RSS MB':>14}   (peak over inference; weights included)")
+    for model_type in args.models.split(","):
+        o = result["overhead"][model_type] = overhead(model_type, args.repeats, args.threads)
+        for path in ("sam", "robust"):
+            print(f"{model_type:<8}{path:<10}{o[path]['seconds']:>10.3f}{o[path]['peak_rss_mb']:>14.0f}")
+        print(f"{model_type:<8}ratio robust/sam: time {o['time_ratio']:.3f}x (target <= 1.05), "
+              f"peak memory {o['memory_ratio']:.3f}x (target <= 1.05)")
     result["prompts"] = prompts_per_second(args.prompts, args.threads)
     p = result["prompts"]
     print(f"\n2. {p['prompts']} prompts on one image (vit_b decoder shapes, encoder excluded)")

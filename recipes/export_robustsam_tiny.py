@@ -75,12 +75,19 @@ def model_card(run: Path, weights: Path, metadata: dict, evaluation: Path | None
         "",
         "## Training",
         "",
-        f"Data: generated scenes ({data['train']}), validation {data['val']}; prompts: {data['prompt']} "
-        f"({data['n_points']} point(s) per instance). Degradations: {degradations['kinds']} (15 kinds + identity) "
-        f"at severity {degradations['severity']}, {degradations['variants_per_image']} cached variants per image. "
-        f"{metrics['iterations']} iterations of batch {train['batch_size']}, {train['optimizer']} lr {train['lr']} "
-        f"({train['schedule']}, warmup {train['warmup']}), loss weights {train['loss_weights']} "
-        "(mask-feature and token consistency against the clear image, Dice + Focal). "
+        f"Data: generated scenes ({data['train']}), validation {data['val']}; prompts: {data['prompt']}"
+        + (f" {data['prompt_mix']}" if data.get("prompt_mix") else "")
+        + f" ({data['n_points']} point(s) per multi-point prompt; single points scored by the best of three masks). "
+        f"Degradations: {degradations['kinds']} (15 kinds + identity) at severity {degradations['severity']}, "
+        + (f"pixel sizes scaled to a {degradations['reference_size']}-px reference, "
+           if degradations.get("reference_size") else "the release's raw pixel sizes, ")
+        + f"{degradations['variants_per_image']} cached variants per image. "
+        f"{metrics['iterations']} iterations of {train['batch_size']} images x up to "
+        f"{train.get('prompts_per_image', 1)} prompts, {train['optimizer']} lr {train['lr']} "
+        f"({train['schedule']}, warmup {train['warmup']}), {train.get('consistency', 'release')} consistency, "
+        f"loss weights {train['loss_weights']} "
+        "(mask-feature and token consistency against the clear image, Dice + Focal, distillation of SAM's "
+        "clear-image logits when weighted). "
         f"Robust parts initialised {ROBUST_INIT_WORDS[config['model'].get('robust_init', 'default')]}. "
         f"Wall time {metrics['seconds'] / 60:.1f} min on the CPU. Git commit `{metadata['git_commit']}`.",
         "",

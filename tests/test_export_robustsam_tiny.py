@@ -71,7 +71,9 @@ def test_export_writes_float16_weights_and_card(finished_run: Path, tmp_path: Pa
     assert "RobustSAM 0.6100, SAM 0.5200; best RobustSAM 0.6300" in text
     assert "(`best.safetensors`, iteration 8)" in text
     assert "| RobustSAM-tiny | 60.00 |" in text
-    assert "12 iterations of batch 8" in text  # iterations run (metrics.json), batch from the run's config.yaml
+    # iterations run (metrics.json), batch and recipe from the run's config.yaml
+    assert "12 iterations of 4 images x up to 4 prompts" in text and "paper consistency" in text
+    assert "scaled to a 512-px reference" in text
     assert "initialised as SAM's decoder" in text  # model.robust_init of the run's config
 
     final_weights, final_card = export(finished_run, tmp_path / "final.safetensors", which="final",

@@ -239,3 +239,45 @@ def test_robust_path_started_from_sam_gives_sams_single_mask() -> None:
     torch.testing.assert_close(robust.mask_tokens, sam.mask_tokens)
     rms = torch.sqrt(sam.mask_feature.pow(2).mean(1, keepdim=True) + 1e-6)
     torch.testing.assert_close(robust.mask_logits * rms, sam.mask_logits, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("shared_dense, images", [(True, 1), (True, 2), (False, 2)])
+def test_two_way_transformer_with_shared_image_work_equals_segment_anythings(shared_dense: bool, images: int) -> None:
+    from robustprior.modeling.two_way_transformer import run_two_way_transformer
+
+    torch.manual_seed(0)
+    model = build_robust_sam("tiny", random_init=True)
+    transformer = model.mask_decoder.transformer
+    embedding = torch.randn(images, 128, 32, 32)
+    image_index = torch.tensor([1, 0, 1, 1, 0]) if images == 2 else torch.zeros(5, dtype=torch.long)
+    tokens = torch.randn(5, 7, 128)
+    dense = (model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(5, -1, 32, 32) if shared_dense
+             else torch.randn(5, 128, 32, 32))
+    position = model.prompt_encoder.get_dense_pe()
+    with torch.no_grad():
+        queries, keys = run_two_way_transformer(transformer, embedding, image_index, dense, position, tokens)
+        expected_queries, expected_keys = transformer(embedding[image_index] + dense, position, tokens)
+    torch.testing.assert_close(queries, expected_queries, rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(keys, expected_keys, rtol=1e-5, atol=2e-5)
+
+
+def test_channel_layer_norm_and_block_attention_merge_equal_the_plain_formulas() -> None:
+    import torch.nn.functional as F
+    from segment_anything.modeling.common import LayerNorm2d
+
+    from robustprior.modeling.layer_norm import ChannelLayerNorm2d
+    from robustprior.modeling.selective_convolution import BranchAttention
+
+    torch.manual_seed(0)
+    plain, fast = LayerNorm2d(12), ChannelLayerNorm2d(12)
+    torch.nn.init.normal_(plain.weight)
+    torch.nn.init.normal_(plain.bias)
+    fast.load_state_dict(plain.state_dict())
+    x = 3 * torch.randn(2, 12, 9, 7) + 1
+    torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
+    attention = BranchAttention(12, reduction=4)
+    a, b = torch.randn(2, 12, 16, 20), torch.randn(2, 12, 16, 20)
+    weight_bn, weight_in = attention(a + b)  # nearest-upsampled maps, as F.interpolate gives them
+    coarse = attention.coarse(a + b)
+    torch.testing.assert_close(weight_bn, F.interpolate(coarse[0], size=(16, 20), mode="nearest"))
+    torch.testing.assert_close(attention.merge(a, b), a * weight_bn + b * weight_in)

@@ -26,14 +26,14 @@ def make_model(seed: int = 0):
 
 
 class ForwardCounter:
-    """Counts forwards of the image encoder and of the decoder's two-way transformer."""
+    """Counts forwards of the image encoder and of the decoder (its IoU head runs once per decode)."""
 
     def __init__(self, model) -> None:
         self.encoder = 0
         self.decoder = 0
         self.handles = [
             model.image_encoder.register_forward_hook(lambda *_: self._count("encoder")),
-            model.mask_decoder.transformer.register_forward_hook(lambda *_: self._count("decoder")),
+            model.mask_decoder.iou_prediction_head.register_forward_hook(lambda *_: self._count("decoder")),
         ]
 
     def _count(self, part: str) -> None:

@@ -163,11 +163,19 @@ def test_paper_consistency_step_against_a_hand_computation() -> None:
     terms = RobustTrainingStep(model, weights, "paper")(clear, degraded, [prompts])
 
     sparse, dense = model.encode_prompts(points=(prompts.point_coords, prompts.point_labels))
+
+    def sam_transformer(features, mask_tokens):  # segment-anything's own transformer and upscaling
+        decoder = model.mask_decoder
+        output_tokens = torch.cat((decoder.iou_token.weight, mask_tokens))
+        tokens = torch.cat((output_tokens[None].expand(3, -1, -1), sparse), dim=1)
+        source = features.embedding[prompts.image_index] + dense
+        hidden, image_tokens = decoder.transformer(source, model.prompt_encoder.get_dense_pe(), tokens)
+        upscaled = decoder.output_upscaling(image_tokens.transpose(1, 2).reshape(source.shape))
+        return hidden[:, 1:5], upscaled
+
     with torch.no_grad():
-        _, clear_tokens, clear_upscaled = model._run_transformer(clear, prompts.image_index, sparse, dense,
-                                                                 model.mask_decoder.mask_tokens.weight)
-        _, robust_tokens, degraded_upscaled = model._run_transformer(degraded, prompts.image_index, sparse, dense,
-                                                                     model.robust.output_tokens.weight)
+        clear_tokens, clear_upscaled = sam_transformer(clear, model.mask_decoder.mask_tokens.weight)
+        robust_tokens, degraded_upscaled = sam_transformer(degraded, model.robust.output_tokens.weight)
         fusion = model.robust.fusion
         expected = {
             "mfc_mask_feature": relative_mse(fusion.mask_feature_amfg(degraded_upscaled), clear_upscaled),

@@ -28,6 +28,7 @@ from .anti_degradation_output_tokens import AntiDegradationOutputTokens, TokenMo
 from .early_features import EarlyFeatureHook
 from .feature_fusion import RobustFeatureFusion
 from .fourier_degradation_suppression import FourierMode
+from .two_way_transformer import run_two_way_transformer
 
 DecoderPath = Literal["robust", "sam"]
 
@@ -70,12 +71,12 @@ class TransformerOutput:
     image_index: torch.Tensor  # P long: the image of each prompt
     iou_predictions: torch.Tensor  # P x T, SAM's IoU head on the IoU token (all four mask tokens)
     mask_tokens: torch.Tensor  # P x T x D output tokens after the transformer
-    upscaled: torch.Tensor  # P x D/8 x 4h x 4w, the decoder's upscaled embedding
+    image_tokens: torch.Tensor  # P x hw x D image tokens after the transformer (RobustSam.upscale -> mask feature)
 
     def select(self, keep: torch.Tensor) -> "TransformerOutput":
         """The prompts picked by ``keep`` (a ``P`` bool mask or indices), in order."""
         return TransformerOutput(self.path, self.image_index[keep], self.iou_predictions[keep], self.mask_tokens[keep],
-                                 self.upscaled[keep])
+                                 self.image_tokens[keep])
 
 
 class RobustComponents(nn.Module):
@@ -217,20 +218,24 @@ class RobustSam(nn.Module):
         dense: torch.Tensor,
         mask_tokens: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """SAM's two-way transformer with the given ``T x D`` mask tokens.
+        """SAM's two-way transformer with the given ``T x D`` mask tokens
+        (:func:`~robustprior.modeling.two_way_transformer.run_two_way_transformer`).
 
-        Returns the IoU token ``P x D``, the mask tokens ``P x T x D`` and the upscaled embedding
-        ``P x D/8 x 4h x 4w``."""
+        Returns the IoU token ``P x D``, the mask tokens ``P x T x D`` and the image tokens
+        ``P x hw x D`` (:meth:`upscale` turns them into the mask feature SAM's classifiers read)."""
         decoder = self.mask_decoder
         prompts = sparse.shape[0]
         output_tokens = torch.cat((decoder.iou_token.weight, mask_tokens), dim=0)
         tokens = torch.cat((output_tokens.unsqueeze(0).expand(prompts, -1, -1), sparse), dim=1)
-        source = features.embedding.index_select(0, image_index) + dense
-        position = self.prompt_encoder.get_dense_pe().expand(prompts, -1, -1, -1)
-        b, c, h, w = source.shape
-        hidden, source = decoder.transformer(source, position, tokens)
-        upscaled = decoder.output_upscaling(source.transpose(1, 2).reshape(b, c, h, w))
-        return hidden[:, 0], hidden[:, 1 : 1 + decoder.num_mask_tokens], upscaled
+        hidden, image_tokens = run_two_way_transformer(decoder.transformer, features.embedding, image_index, dense,
+                                                       self.prompt_encoder.get_dense_pe(), tokens)
+        return hidden[:, 0], hidden[:, 1 : 1 + decoder.num_mask_tokens], image_tokens
+
+    def upscale(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """The decoder's output upscaling: image tokens ``P x hw x D`` -> ``P x D/8 x 4h x 4w``."""
+        prompts, _, channels = image_tokens.shape
+        h, w = self.prompt_encoder.image_embedding_size
+        return self.mask_decoder.output_upscaling(image_tokens.transpose(1, 2).reshape(prompts, channels, h, w))
 
     def run_transformer(
         self,
@@ -240,9 +245,9 @@ class RobustSam(nn.Module):
         image_index: torch.Tensor | None = None,
         path: DecoderPath = "robust",
     ) -> TransformerOutput:
-        """The first, cheap half of :meth:`decode`: SAM's two-way transformer with the path's output
-        tokens (ROT or SAM's), the upscaled embedding and SAM's IoU predictions of all four tokens,
-        before any mask is drawn (the automatic mask generator filters on these scores first)."""
+        """The first, cheaper half of :meth:`decode`: SAM's two-way transformer with the path's output
+        tokens (ROT or SAM's) and SAM's IoU predictions of all four tokens, before any mask is drawn
+        (the automatic mask generator filters on these scores first)."""
         prompts = sparse.shape[0]
         if image_index is None:
             image_index = torch.zeros(prompts, dtype=torch.long, device=sparse.device)
@@ -254,9 +259,9 @@ class RobustSam(nn.Module):
             output_tokens = self.mask_decoder.mask_tokens.weight
         else:
             raise ValueError(f"unknown decoder path {path!r}; expected 'robust' or 'sam'")
-        iou_token, mask_tokens, upscaled = self._run_transformer(features, image_index, sparse, dense, output_tokens)
+        iou_token, mask_tokens, image_tokens = self._run_transformer(features, image_index, sparse, dense, output_tokens)
         return TransformerOutput(path, image_index, self.mask_decoder.iou_prediction_head(iou_token), mask_tokens,
-                                 upscaled)
+                                 image_tokens)
 
     def draw_masks(
         self,
@@ -271,7 +276,7 @@ class RobustSam(nn.Module):
         prompt is computed on its own, so drawing a subset (:meth:`TransformerOutput.select`) gives
         exactly those prompts' masks. Arguments as in :meth:`decode`."""
         path, image_index = transformer.path, transformer.image_index
-        mask_tokens, upscaled = transformer.mask_tokens, transformer.upscaled
+        mask_tokens, upscaled = transformer.mask_tokens, self.upscale(transformer.image_tokens)
         fused_feature, refined = None, None
         if path == "robust" or fused:
             robust = path == "robust"
