@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -27,6 +26,8 @@ from robustprior.atomic import write_text_atomically  # noqa: E402
 from robustprior.checkpoint import load_model, read_state_dict, save_checkpoint  # noqa: E402
 from robustprior.evaluate import SUMMARY_ROWS  # noqa: E402
 from robustprior.pretrained import BUNDLED  # noqa: E402
+from robustprior.training import read_run_config  # noqa: E402
+from robustprior.training.robustsam import SCHEMA  # noqa: E402
 
 
 def evaluation_table(report: dict, prompt_type: str = "point") -> str:
@@ -53,7 +54,7 @@ ROBUST_INIT_WORDS = {
 
 def model_card(run: Path, weights: Path, metadata: dict, evaluation: Path | None, which: str = "best") -> str:
     """The Markdown model card of an exported RobustSAM-tiny run."""
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    config = read_run_config(run, SCHEMA)
     metrics = json.loads((run / "metrics.json").read_text())
     train, data, degradations = config["train"], config["data"], config["degradations"]
     lines = [
@@ -75,7 +76,7 @@ def model_card(run: Path, weights: Path, metadata: dict, evaluation: Path | None
         f"{metrics['iterations']} iterations of batch {train['batch_size']}, {train['optimizer']} lr {train['lr']} "
         f"({train['schedule']}, warmup {train['warmup']}), loss weights {train['loss_weights']} "
         "(mask-feature and token consistency against the clear image, Dice + Focal). "
-        f"Robust parts initialised {ROBUST_INIT_WORDS[config['model'].get('robust_init', 'default')]}. "
+        f"Robust parts initialised {ROBUST_INIT_WORDS[config['model']['robust_init']]}. "
         f"Wall time {metrics['seconds'] / 60:.1f} min on the CPU. Git commit `{metadata['git_commit']}`.",
         "",
         "Validation (single point, degraded images, mean IoU) at the end: "

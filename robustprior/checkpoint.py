@@ -37,6 +37,7 @@ with ``{block} -> {amfg}``: ``fourier_mask_features -> robust.fusion.mask_featur
 from __future__ import annotations
 
 import json
+import pickle
 import zipfile
 from pathlib import Path
 from typing import Mapping
@@ -87,6 +88,11 @@ class CheckpointError(ValueError):
 def _torch_load(path: Path) -> Mapping[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's own message suggests weights_only=False: never here
+        raise CheckpointError(
+            f"refusing to load {path}: torch.load(weights_only=True) cannot read it (Python objects that unpickling "
+            "would run, which is never done here, or not a checkpoint at all)"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         raise CheckpointError(
             f"cannot read checkpoint {path}: the file is corrupt or truncated ({type(error).__name__}: {error})"

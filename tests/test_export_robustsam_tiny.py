@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -65,7 +66,8 @@ def test_export_writes_float16_weights_and_card(finished_run: Path, tmp_path: Pa
     assert "RobustSAM 0.6100, SAM 0.5200; best RobustSAM 0.6300" in text
     assert "(`best.safetensors`, iteration 8)" in text
     assert "| RobustSAM-tiny | 60.00 |" in text
-    assert "12 iterations of batch 8" in text  # iterations run (metrics.json), batch from the run's config.yaml
+    batch = yaml.safe_load((finished_run / "config.yaml").read_text())["train"]["batch_size"]
+    assert f"12 iterations of batch {batch}" in text  # iterations run (metrics.json), batch from the run's config.yaml
     assert "initialised as SAM's decoder" in text  # model.robust_init of the run's config
 
     final_weights, final_card = export(finished_run, tmp_path / "final.safetensors", which="final")

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from robustprior.build import build_robust_sam
-from robustprior.feature_cache import FeatureCache, encoder_fingerprint, image_hash
+from robustprior.training.robustsam.feature_cache import FeatureCache, encoder_fingerprint, image_hash
 
 
 class EncoderCounter:

@@ -1,0 +1,34 @@
+"""The model RobustSAM training starts from."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ...build import build_robust_sam
+from ...checkpoint import load_model, read_state_dict
+from ...modeling.robust_sam import RobustSam
+from ..config import validate_config
+from .config import MODEL_SCHEMA
+
+
+def load_base_model(model_config: Mapping[str, Any]) -> RobustSam:
+    """The model to train: a RobustSAM built from ``model.type`` with ``model.checkpoint`` (SAM /
+    MobileSAM / official / ours) loaded; SAM frozen. ``model_config`` is a config's ``model``
+    section (checked against :data:`~.config.MODEL_SCHEMA`, defaults filled in).
+
+    ``model.robust_init``: ``"default"`` keeps the robust parts as built or loaded (ROT copied from
+    SAM's tokens, the rest random); ``"sam"`` starts the whole robust path as SAM's decoder
+    (:meth:`RobustSam.start_robust_path_from_sam`)."""
+    model_config = validate_config(model_config, MODEL_SCHEMA, source="model")
+    checkpoint = model_config["checkpoint"]
+    model = None
+    if checkpoint is not None and str(checkpoint).endswith(".safetensors"):
+        _, metadata = read_state_dict(checkpoint)
+        if "config" in metadata:
+            model = load_model(checkpoint)
+    if model is None:
+        model = build_robust_sam(model_config["type"], checkpoint, fourier_mode=model_config["fourier_mode"],
+                                 token_mode=model_config["token_mode"])
+    if model_config["robust_init"] == "sam":
+        model.start_robust_path_from_sam()
+    return model.freeze_sam()
