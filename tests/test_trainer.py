@@ -90,6 +90,11 @@ def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="--resume"):
         RobustSamTrainer(_without_validation(_config(tmp_path, 1)), tmp_path / "run")
     assert (tmp_path / "run" / "final.safetensors").read_bytes() == before
+    finished = RobustSamTrainer(None, tmp_path / "run", resume=True, iterations=2)
+    finished.train(stop_after=1)  # nothing to do up to iteration 1: the run stays open
+    assert finished.train()["iterations"] == 2  # one more iteration, then the run is released
+    with pytest.raises(OSError, match="released"):
+        finished.train()
 
 
 def test_training_lowers_loss_and_raises_degraded_iou(tmp_path: Path) -> None:

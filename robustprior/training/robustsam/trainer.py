@@ -22,7 +22,7 @@ from ...checkpoint import save_checkpoint
 from ...metrics import mask_iou
 from ..config import validate_config
 from ..distributed import DistributedContext, resolve_device, setup_distributed
-from ..errors import CheckpointError, ConfigError, RunSetupError
+from ..errors import CheckpointError, ConfigError, RunFolderError, RunSetupError
 from ..losses import TERM_NAMES, LossWeights
 from ..rng import seed_everything
 from ..run_folder import RUN_MARKER, Run, prepare_run_folder, read_run_config
@@ -61,7 +61,7 @@ class RobustSamTrainer:
     def __init__(self, config: Mapping[str, Any] | None, output_dir: str | Path, resume: bool = False,
                  overwrite: bool = False, *, allow_config_change: bool = False, iterations: int | None = None) -> None:
         given = None if config is None else validate_config(config, SCHEMA)
-        self.output_dir = Path(output_dir)
+        self.output_dir, self.closed = Path(output_dir), False
         self.context = setup_distributed(_device_name(given, self.output_dir))  # a missing GPU: an error here
         self.device = self.context.device
         self.run = Run.open(self.output_dir, kind=RUN_KIND, schema=SCHEMA, config=given, resume=resume,
@@ -116,8 +116,9 @@ class RobustSamTrainer:
             print(f"[robustprior] resuming {self.output_dir} at iteration {self.state.iteration}")
 
     def close(self) -> None:
-        """Release the run folder (its lock)."""
+        """Release the run folder (its lock); training with this object is over."""
         self.run.close()
+        self.closed = True
 
     def __enter__(self) -> RobustSamTrainer:
         return self
@@ -180,6 +181,9 @@ class RobustSamTrainer:
         """Train to ``train.iterations`` (or stop, with a checkpoint, at iteration ``stop_after``, as an
         interruption would); returns the final metrics (:meth:`_finish`), or ``{"iterations"}`` when
         stopped early. Reaching the last iteration releases the run folder."""
+        if self.closed:
+            raise RunFolderError(f"this trainer has released {self.output_dir}; continue the run with "
+                                 "RobustSamTrainer(None, output_dir, resume=True) (robustprior train --resume)")
         try:
             return self._train(stop_after)
         except BaseException:
