@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def run(model_type: str, iterations: int, batch_size: int, cached: bool, work: Path) -> float:
     """Seconds per training iteration (cache filled beforehand when ``cached``)."""
-    from robustprior.trainer import RobustSamTrainer
+    from robustprior.training.robustsam import RobustSamTrainer
 
     output = work / ("cached" if cached else "uncached")
     config = {
@@ -33,14 +33,12 @@ def run(model_type: str, iterations: int, batch_size: int, cached: bool, work: P
                  "min_area": 64, "instances_per_image": 1},
         "degradations": {"variants_per_image": 1},
         "feature_cache": {"enabled": cached, "dir": str(work / "feature_cache")},
-        "train": {"iterations": iterations, "batch_size": batch_size, "log_every": 1, "checkpoint_every": 10_000},
+        "train": {"iterations": 1 + iterations, "batch_size": batch_size, "log_every": 1, "checkpoint_every": 10_000},
     }
     trainer = RobustSamTrainer(config, output)
     if cached:
         trainer.fill_cache(progress=False)
-    trainer.config["train"]["iterations"] = 1  # warm-up step (allocations, first-call overheads)
-    trainer.train()
-    trainer.config["train"]["iterations"] = 1 + iterations
+    trainer.train(stop_after=1)  # warm-up step (allocations, first-call overheads)
     started = time.perf_counter()
     trainer.train()
     return (time.perf_counter() - started) / iterations

@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -32,6 +31,8 @@ from robustprior.atomic import write_text_atomically  # noqa: E402
 from robustprior.checkpoint import read_state_dict, save_checkpoint  # noqa: E402
 from robustprior.evaluate import SUMMARY_ROWS  # noqa: E402
 from robustprior.load import BUNDLED, ROBUST_PARTS_KEY, load_model  # noqa: E402
+from robustprior.training import read_run_config  # noqa: E402
+from robustprior.training.robustsam import SCHEMA  # noqa: E402
 
 
 def evaluation_table(report: dict, prompt_type: str = "point") -> str:
@@ -59,7 +60,7 @@ ROBUST_INIT_WORDS = {
 def model_card(run: Path, weights: Path, metadata: dict, evaluation: Path | None, which: str = "best",
                amg_section: str | None = None) -> str:
     """The Markdown model card of an exported RobustSAM-tiny run."""
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    config = read_run_config(run, SCHEMA)
     metrics = json.loads((run / "metrics.json").read_text())
     train, data, degradations = config["train"], config["data"], config["degradations"]
     lines = [

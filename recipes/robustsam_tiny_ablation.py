@@ -28,7 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from robustprior.trainer import load_config, merge_config  # noqa: E402
+from robustprior.training import RUN_MARKER, merge_config, validate_config  # noqa: E402
+from robustprior.training.robustsam import SCHEMA, load_config  # noqa: E402
 
 DEFAULT_CONFIG = REPO_ROOT / "recipes" / "configs" / "robustsam_tiny_ablation.yaml"
 PREVIOUS_BUNDLE = "previous_bundle"
@@ -36,12 +37,14 @@ TARGET = {"degrade_gain": 0.04, "degrade_low": 0.02, "clear_loss": 0.005}
 
 
 def variant_configs(ablation: dict[str, Any], iterations: int | None) -> dict[str, dict[str, Any]]:
-    """Full training config of every variant: base <- baseline overrides <- the variant's overrides."""
+    """Full training config of every variant: base <- baseline overrides <- the variant's overrides,
+    each validated against the trainer's schema (a typo in an override is an error before any run)."""
     base = load_config(REPO_ROOT / ablation["base"])
     base["model"]["checkpoint"] = str(REPO_ROOT / base["model"]["checkpoint"])
     baseline = merge_config(base, ablation.get("baseline") or {})
     baseline["train"]["iterations"] = int(iterations or ablation["iterations"])
-    return {name: merge_config(baseline, overrides or {}) for name, overrides in ablation["variants"].items()}
+    return {name: validate_config(merge_config(baseline, overrides or {}), SCHEMA, source=f"variant {name}")
+            for name, overrides in ablation["variants"].items()}
 
 
 def run_jobs(jobs: list[tuple[str, list[str], Path]], parallel: int, threads: int) -> None:
@@ -77,11 +80,10 @@ def train_jobs(configs: dict[str, dict[str, Any]], output: Path) -> list[tuple[s
         run = output / name
         if (run / "final.safetensors").exists():
             continue
-        run.mkdir(parents=True, exist_ok=True)
         config_path = output / f"{name}.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         command = [sys.executable, "-m", "robustprior.cli", "train", str(config_path), "--output", str(run)]
-        if (run / "checkpoints" / "last.pt").exists():
+        if (run / RUN_MARKER).exists():  # started before: continue (from iteration 0 without a checkpoint)
             command.append("--resume")
         jobs.append((f"train {name}", command, output / "logs" / f"train_{name}.log"))
     return jobs

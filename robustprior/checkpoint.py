@@ -38,6 +38,7 @@ with ``{block} -> {amfg}``: ``fourier_mask_features -> robust.fusion.mask_featur
 from __future__ import annotations
 
 import json
+import pickle
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -88,6 +89,11 @@ class CheckpointError(ValueError):
 def _torch_load(path: Path, mmap: bool = False) -> Mapping[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:  # torch's own message suggests weights_only=False: never here
+        raise CheckpointError(
+            f"refusing to load {path}: torch.load(weights_only=True) cannot read it (Python objects that unpickling "
+            "would run, which is never done here, or not a checkpoint at all)"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         if mmap:  # an old (non-zip) torch.save file cannot be memory-mapped: read it whole
             return _torch_load(path)

@@ -181,34 +181,29 @@ def _segment_with_prompts(args, image, stem, labels, model, source, path) -> int
 
 def command_train(args: argparse.Namespace) -> int:
     """Train RobustSAM's robust parts (DDP under torchrun)."""
-    from .trainer import RobustSamTrainer, load_config
+    from .training.robustsam import RobustSamTrainer, load_config
 
-    config = load_config(args.config)
-    if args.iterations is not None:
-        config["train"]["iterations"] = args.iterations
-    RobustSamTrainer(config, args.output, resume=args.resume, overwrite=args.overwrite).train()
+    config = None if args.config is None else load_config(args.config)
+    with RobustSamTrainer(config, args.output, resume=args.resume, overwrite=args.overwrite,
+                          allow_config_change=args.allow_config_change, iterations=args.iterations) as trainer:
+        trainer.train()
     return 0
 
 
 def command_cache(args: argparse.Namespace) -> int:
-    """Fill the encoder feature cache for a training config."""
-    from .trainer import RobustSamTrainer, load_config
+    """Fill the encoder feature cache for a training config (the config is not saved anywhere)."""
+    from .training.robustsam import fill_feature_cache, load_config
 
-    trainer = RobustSamTrainer(load_config(args.config), args.output, resume=True)
-    counts = trainer.fill_cache()
-    print(f"feature cache {trainer.cache.directory}: {counts['misses']} encoded, {counts['hits']} already cached")
+    directory, counts = fill_feature_cache(load_config(args.config), args.output)
+    print(f"feature cache {directory}: {counts['misses']} encoded, {counts['hits']} already cached")
     return 0
 
 
 def command_eval(args: argparse.Namespace) -> int:
     """Evaluate SAM vs RobustSAM per degradation (the paper's Table 2 layout)."""
-    import yaml
+    from .evaluate import load_eval_config, run_evaluation
 
-    from .evaluate import run_evaluation
-
-    with open(args.config) as handle:
-        config = yaml.safe_load(handle)
-    result = run_evaluation(config, args.checkpoint, Path(args.output), overwrite=args.overwrite)
+    result = run_evaluation(load_eval_config(args.config), args.checkpoint, Path(args.output), overwrite=args.overwrite)
     print(result.to_markdown())
     print(f"report written to {args.output}")
     return 0
@@ -258,16 +253,24 @@ def build_parser() -> argparse.ArgumentParser:
     segment.set_defaults(handler=command_segment)
 
     train = commands.add_parser("train", help="train RobustSAM (torchrun --nproc_per_node N for DDP)")
-    train.add_argument("config", help="training YAML (see robustprior/configs/)")
+    train.add_argument("config", nargs="?", default=None,
+                       help="training YAML (see robustprior/configs/); with --resume it may be left out (the run's own)")
     train.add_argument("--output", required=True, help="run folder (config, logs, checkpoints, weights)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
-    train.add_argument("--overwrite", action="store_true", help="start again in an --output that holds a run")
-    train.add_argument("--iterations", type=int, default=None, help="override train.iterations")
+    mode = train.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="start the run in --output again (only a RobustSAM run folder; its feature cache is kept)")
+    train.add_argument("--allow-config-change", action="store_true",
+                       help="with --resume and a config: continue with a config that differs from the run's "
+                            "(recorded in OUTPUT/config_changes.yaml)")
+    train.add_argument("--iterations", type=int, default=None, help="override train.iterations (also on --resume)")
     train.set_defaults(handler=command_train)
 
     cache = commands.add_parser("cache", help="precompute the encoder feature cache of a training config")
     cache.add_argument("config")
-    cache.add_argument("--output", required=True, help="run folder (the cache goes to feature_cache.dir or OUTPUT/feature_cache)")
+    cache.add_argument("--output", required=True,
+                       help="run folder (the cache goes to feature_cache.dir or OUTPUT/feature_cache); its config is "
+                            "neither read nor written")
     cache.set_defaults(handler=command_cache)
 
     evaluate = commands.add_parser("eval", help="evaluate SAM vs RobustSAM per degradation")
@@ -282,9 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .training.errors import RunSetupError  # after parsing: --help needs no torch
+
+    if args.command == "train":
+        if args.config is None and not args.resume:
+            parser.error("train: a config is needed (only --resume may leave it out)")
+        if args.allow_config_change and not (args.resume and args.config):
+            parser.error("train: --allow-config-change goes with --resume and a config")
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+    except (RunSetupError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -24,6 +24,7 @@ written with other parameters, or not written by this module, is never replaced:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
@@ -38,7 +39,8 @@ from robustprior.datasets import CocoInstances, InstanceMaskFolder, InstanceReco
 from robustprior.hub import cache_dir
 from robustprior.scenes import SceneConfig, TextureBank, write_instance_dataset
 
-__all__ = ["SCENES_PARAMS_FILE", "SOURCE_FORMATS", "NamedSubset", "build_instance_source", "default_data_cache"]
+__all__ = ["SCENES_PARAMS_FILE", "SOURCE_FORMATS", "NamedSubset", "build_instance_source", "check_source_config",
+           "default_data_cache"]
 
 SCENES_PARAMS_FILE = "scenes_params.json"
 SCENES_PARAMS_VERSION = 1
@@ -90,16 +92,34 @@ def _checked_keys(config: Mapping[str, Any], section: str) -> str:
             f"{section}.format is {source_format!r}; expected one of {', '.join(SOURCE_FORMATS)}"
         )
     required, optional = SOURCE_FORMATS[source_format]
+    unknown = sorted(set(config) - {"format", *required, *optional})
+    if unknown:
+        allowed = (*required, *optional)
+        named = [key + "".join(f" (did you mean '{close}'?)"
+                               for close in difflib.get_close_matches(str(key), allowed, n=1)) for key in unknown]
+        raise ValueError(
+            f"{section} (format {source_format}) has unknown key(s) {', '.join(named)}; "
+            f"allowed: {', '.join(allowed)}"
+        )
     missing = [key for key in required if config.get(key) is None]
     if missing:
         raise ValueError(f"{section} (format {source_format}) is missing {', '.join(missing)}")
-    unknown = sorted(set(config) - {"format", *required, *optional})
-    if unknown:
-        raise ValueError(
-            f"{section} (format {source_format}) has unknown key(s) {', '.join(unknown)}; "
-            f"allowed: {', '.join((*required, *optional))}"
-        )
     return source_format
+
+
+def check_source_config(config: Mapping[str, Any], section: str = "data") -> None:
+    """Raise ValueError naming the problem unless ``config`` is a well-formed data section: a known
+    format with its required keys, no unknown key (the closest valid one is named), and for scenes
+    valid counts, seed and ``scene`` fields. Reads no file: paths are checked when the source is
+    built (:func:`build_instance_source`). A config schema's ``check`` for a data section."""
+    source_format = _checked_keys(config, section)
+    if source_format == "scenes":
+        _integer(config, "n_images", section, minimum=1)
+        _integer(config, "seed", section, minimum=0)
+        _scene_config(config.get("scene"), section)
+    names = config.get("names")
+    if names is not None and (isinstance(names, str) or not isinstance(names, Sequence)):
+        raise ValueError(f"{section}.names must be a list of record names, got {names!r}")
 
 
 def _existing_path(config: Mapping[str, Any], key: str, section: str, directory: bool) -> Path:
@@ -240,7 +260,8 @@ def build_instance_source(
     mismatching scenes folder, and FileNotFoundError naming the key of a missing path. ``workers``
     processes write generated scenes (the same files as one process).
     """
-    source_format = _checked_keys(config, section)
+    check_source_config(config, section)
+    source_format = config["format"]
     source: InstanceSource
     if source_format == "instance_folder":
         root = _existing_path(config, "root", section, directory=True)
@@ -267,8 +288,6 @@ def build_instance_source(
         source = InstanceMaskFolder(_scenes_root(config, cache_root, section, progress, workers))
     names = config.get("names")
     if names is not None:
-        if isinstance(names, str) or not isinstance(names, Sequence):
-            raise ValueError(f"{section}.names must be a list of record names, got {names!r}")
         try:
             source = NamedSubset(source, [str(name) for name in names])
         except ValueError as error:

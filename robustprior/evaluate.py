@@ -38,15 +38,19 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from robustprior.data_config import build_instance_source
+from robustprior.build import MODEL_CONFIGS
+from robustprior.data_config import build_instance_source, check_source_config
 from robustprior.datasets import CLEAR_KIND, InstanceSource
 from robustprior.degrade import DEGRADATIONS, degrade
 from robustprior.load import ModelSource, load_model
 from robustprior.metrics import ImagePredictions, SegmentationMeter, box_prompt_ap, paired_bootstrap_interval
+from robustprior.modeling.fourier_degradation_suppression import FOURIER_MODES
 from robustprior.modeling.robust_sam import RobustSam
 from robustprior.predictor import RobustSamPredictor
 from robustprior.prompts import center_point, mask_to_box
 from robustprior.scenes import is_generated_scene_file
+from robustprior.training.config import REQUIRED, Field, Section, load_config, validate_config
+from robustprior.training.distributed import check_device_name, resolve_device
 
 __all__ = [
     "AP_NAMES",
@@ -56,7 +60,9 @@ __all__ = [
     "REPORT_FILES",
     "EvaluationResult",
     "degradation_seed",
+    "EVAL_SCHEMA",
     "evaluate_segmentation",
+    "load_eval_config",
     "predict_instance_masks",
     "run_evaluation",
 ]
@@ -67,8 +73,6 @@ PATH_LABELS = {"sam": "SAM", "robust": "RobustSAM"}
 AP_NAMES = ("AP", "AP50", "AP75")
 SUMMARY_ROWS = ("Degrade", "Clear", "Average")
 REPORT_FILES = ("report.md", "report.json", "iou_per_degradation.png", "config.yaml")
-EVAL_OPTIONS = ("split", "kinds", "prompts", "paths", "seed", "severity", "reference_size", "min_area",
-                "max_instances_per_image", "device")
 
 PROMPT_DESCRIPTIONS = {
     "point": "one positive point at the instance's interior centre (farthest from its boundary)",
@@ -424,23 +428,79 @@ def evaluate_segmentation(
     return EvaluationResult(kinds, prompt_types, paths, meters, box_ap, protocol)
 
 
+def _check_names(allowed: Sequence[str], what: str) -> Any:
+    def check(values: str | list[str]) -> None:
+        names = [values] if isinstance(values, str) else values
+        unknown = [name for name in names if name not in allowed]
+        if not names or unknown:
+            raise ValueError(f"{what} must be {'all or ' if what == 'kinds' else ''}a non-empty list of "
+                             f"{', '.join(allowed)}; got {values!r}")
+    return check
+
+
+def _check_kinds(kinds: str | list[str]) -> None:
+    if kinds != "all":
+        _check_names(DEGRADATIONS, "kinds")(kinds)
+
+
+def _check_data_sections(data: dict) -> None:
+    """``data``: named data sections (``test``, ``val``, ...; each null or a section of
+    :mod:`robustprior.data_config`)."""
+    for name, section in data.items():
+        if section is not None:
+            check_source_config(section, section=f"data.{name}")
+
+
+def _check_split(config: dict) -> None:
+    """The section to evaluate exists: ``eval.split``, else ``data.test`` or ``data.val``."""
+    _data_section(config, config["eval"]["split"])
+
+
+EVAL_OPTIONS = Section({
+    "split": Field(str, None, doc="the data section to evaluate; null: test, else val"),
+    "kinds": Field((str, list), "all", items=str, check=_check_kinds, doc="all, a kind or a list of kinds"),
+    "prompts": Field(list, list(PROMPT_TYPES), items=str, check=_check_names(PROMPT_TYPES, "prompts")),
+    "paths": Field(list, list(DECODER_PATHS), items=str, check=_check_names(DECODER_PATHS, "paths")),
+    "seed": Field(int, 0, at_least=0, doc="degradation seeds derive from (seed, image name, kind)"),
+    "severity": Field(float, 1.0, at_least=0),
+    "reference_size": Field(float, None, above=0, doc="pixel sizes scaled to the image; null: raw"),
+    "min_area": Field(int, 1, at_least=1),
+    "max_instances_per_image": Field(int, None, at_least=1, doc="null: every instance"),
+    "device": Field(str, "cpu", check=check_device_name),
+})
+
+EVAL_SCHEMA = Section({
+    "model": {
+        "type": Field(str, None, choices=tuple(MODEL_CONFIGS), doc="null: from the checkpoint (bundled: tiny)"),
+        "checkpoint": Field(str, None, doc="file path or known name; --checkpoint overrides it; null: bundled tiny"),
+        "fourier_mode": Field(str, None, choices=FOURIER_MODES, doc="null: what the checkpoint says"),
+        "allow_untrained_robust": Field(bool, False, doc="evaluate a model whose robust parts are untrained"),
+    },
+    "data": Field(dict, REQUIRED, check=_check_data_sections, doc="data sections by name (test, val, ...)"),
+    "eval": EVAL_OPTIONS,
+}, check=_check_split)
+
+
+def load_eval_config(path: str | Path) -> dict:
+    """An evaluation YAML file validated against :data:`EVAL_SCHEMA` (defaults filled in): an unknown
+    key, a wrong type or an out-of-range value is one :class:`~robustprior.training.ConfigError`."""
+    return load_config(path, EVAL_SCHEMA)
+
+
 def _evaluation_options(eval_config: Mapping[str, Any]) -> dict[str, Any]:
     """``evaluate_segmentation`` keyword arguments from a config's ``eval`` section."""
-    unknown = sorted(set(eval_config) - set(EVAL_OPTIONS))
-    if unknown:
-        raise ValueError(f"eval has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(EVAL_OPTIONS)}")
-    kinds = eval_config.get("kinds", "all")
-    options: dict[str, Any] = {
-        "kinds": DEGRADATIONS if kinds == "all" else ([kinds] if isinstance(kinds, str) else list(kinds)),
-        "prompt_types": list(eval_config.get("prompts", PROMPT_TYPES)),
-        "paths": list(eval_config.get("paths", DECODER_PATHS)),
-        "seed": int(eval_config.get("seed", 0)),
-        "severity": float(eval_config.get("severity", 1.0)),
-        "reference_size": None if eval_config.get("reference_size") is None else float(eval_config["reference_size"]),
-        "min_area": int(eval_config.get("min_area", 1)),
-        "max_instances_per_image": eval_config.get("max_instances_per_image"),
+    eval_config = validate_config(eval_config, EVAL_OPTIONS, source="eval")
+    kinds = eval_config["kinds"]
+    return {
+        "kinds": DEGRADATIONS if kinds == "all" else ([kinds] if isinstance(kinds, str) else kinds),
+        "prompt_types": eval_config["prompts"],
+        "paths": eval_config["paths"],
+        "seed": eval_config["seed"],
+        "severity": eval_config["severity"],
+        "reference_size": eval_config["reference_size"],
+        "min_area": eval_config["min_area"],
+        "max_instances_per_image": eval_config["max_instances_per_image"],
     }
-    return options
 
 
 def _data_section(config: Mapping[str, Any], split: str | None) -> tuple[str, Mapping[str, Any]]:
@@ -456,13 +516,13 @@ def _data_section(config: Mapping[str, Any], split: str | None) -> tuple[str, Ma
 
 
 def _load_model(config: Mapping[str, Any], checkpoint: str | None, device: str) -> tuple[RobustSam, ModelSource]:
-    """The model of ``config["model"]`` (``checkpoint`` overrides ``model.checkpoint``) and its source.
+    """The model of a validated ``config["model"]`` (``checkpoint`` overrides ``model.checkpoint``) and its source.
 
     ``model.allow_untrained_robust: true`` evaluates a model whose robust parts are untrained (e.g.
     a SAM checkpoint); otherwise such a model is refused, as everywhere (:func:`robustprior.load.load_model`)."""
-    model_config = config.get("model") or {}
-    checkpoint = checkpoint if checkpoint is not None else model_config.get("checkpoint")
-    model_type = model_config.get("type")
+    model_config = config["model"]
+    checkpoint = checkpoint if checkpoint is not None else model_config["checkpoint"]
+    model_type = model_config["type"]
     if checkpoint is None and model_type not in (None, "tiny"):
         raise ValueError(
             f"model.type {model_type!r} needs a checkpoint (--checkpoint or model.checkpoint); "
@@ -497,20 +557,22 @@ def run_evaluation(
     FileExistsError before any work when one of them exists and ``overwrite`` is False.
     ``cache_root`` receives generated scenes (see :func:`robustprior.data_config.build_instance_source`).
     """
+    config = validate_config(config, EVAL_SCHEMA)
     output_dir = Path(output_dir)
     existing = [output_dir / name for name in REPORT_FILES if (output_dir / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(
             f"{', '.join(map(str, existing))} already exist(s); pass overwrite (--overwrite) to replace"
         )
-    eval_config = config.get("eval") or {}
+    eval_config = config["eval"]
     options = _evaluation_options(eval_config)
-    section_name, section = _data_section(config, eval_config.get("split"))
+    device = str(resolve_device(eval_config["device"]))  # a missing GPU: an error before any work
+    section_name, section = _data_section(config, eval_config["split"])
     source = build_instance_source(section, cache_root, section=section_name, progress=progress)
-    model, model_source = _load_model(config, checkpoint, str(eval_config.get("device", "cpu")))
+    model, model_source = _load_model(config, checkpoint, device)
     if not _is_generated_data(section):
         model_source.warn_outside_domain("robust")
-    used_checkpoint = checkpoint if checkpoint is not None else (config.get("model") or {}).get("checkpoint")
+    used_checkpoint = checkpoint if checkpoint is not None else config["model"]["checkpoint"]
     used_checkpoint = None if used_checkpoint is None else str(used_checkpoint)
     result = evaluate_segmentation(model, source, **options, progress=progress)
     result.protocol.update({"data": section_name, "checkpoint": used_checkpoint,
@@ -520,7 +582,7 @@ def run_evaluation(
     (output_dir / "report.json").write_text(json.dumps(result.to_dict(), indent=1, allow_nan=False) + "\n")
     plotted_prompt = "point" if "point" in result.prompt_types else result.prompt_types[0]
     result.plot_iou_per_kind(output_dir / "iou_per_degradation.png", plotted_prompt)
-    used_config = copy.deepcopy(dict(config))
-    used_config["model"] = {**(used_config.get("model") or {}), "checkpoint": used_checkpoint}
+    used_config = copy.deepcopy(config)
+    used_config["model"]["checkpoint"] = used_checkpoint
     (output_dir / "config.yaml").write_text(yaml.safe_dump(used_config, sort_keys=False))
     return result

@@ -62,14 +62,14 @@ def _pixel_count(array: MaskArray) -> MaskArray:
     return array.sum(axis=(-2, -1))
 
 
-def _safe_ratio(numerator: MaskArray, denominator: MaskArray, batched: bool) -> float | MaskArray:
-    """numerator / denominator in float64, 1.0 where the denominator is 0; a float unless batched."""
+def _safe_ratio(numerator: MaskArray, denominator: MaskArray, batched: bool, empty: float = 1.0) -> float | MaskArray:
+    """numerator / denominator in float64, ``empty`` where the denominator is 0; a float unless batched."""
     if isinstance(numerator, torch.Tensor):
         numerator, denominator = numerator.double(), denominator.double()
-        ratio = torch.where(denominator > 0, numerator / denominator.clamp(min=1), torch.ones_like(numerator))
+        ratio = torch.where(denominator > 0, numerator / denominator.clamp(min=1), torch.full_like(numerator, empty))
         return ratio if batched else float(ratio)
     numerator, denominator = np.asarray(numerator, np.float64), np.asarray(denominator, np.float64)
-    ratio = np.where(denominator > 0, numerator / np.maximum(denominator, 1), 1.0)
+    ratio = np.where(denominator > 0, numerator / np.maximum(denominator, 1), empty)
     return ratio if batched else float(ratio)
 
 
@@ -98,9 +98,15 @@ def segmentation_scores(
     }
 
 
-def mask_iou(pred: MaskArray, gt: MaskArray, ignore: MaskArray | None = None) -> float | MaskArray:
-    """Intersection over union (HxW -> float, NxHxW -> N values); 1.0 when both masks are empty."""
-    return segmentation_scores(pred, gt, ignore)["IoU"]
+def mask_iou(pred: MaskArray, gt: MaskArray, ignore: MaskArray | None = None, empty: float = 1.0
+             ) -> float | MaskArray:
+    """Intersection over union (HxW -> float, NxHxW -> N values); ``empty`` (1.0: they agree) when
+    both masks are empty. The one mask IoU of the project: evaluation, training validation and the
+    SAM-tiny recipe's IoU-prediction target (``empty=0.0``) use it."""
+    pred, gt, ignore = _prepared_masks(pred, gt, ignore)
+    if ignore is not None:
+        pred, gt = pred & ~ignore, gt & ~ignore
+    return _safe_ratio(_pixel_count(pred & gt), _pixel_count(pred | gt), pred.ndim == 3, empty)
 
 
 def dice(pred: MaskArray, gt: MaskArray, ignore: MaskArray | None = None) -> float | MaskArray:

@@ -465,7 +465,7 @@ def test_collating_a_mixed_batch_is_refused_with_a_hint():
 
 def test_sample_preparer_groups_prompts_by_kind_and_keeps_their_items():
     from robustprior.load import build_robust_sam
-    from robustprior.training_samples import SamplePreparer
+    from robustprior.training.robustsam.samples import SamplePreparer
 
     source = SyntheticSource([np.stack([rectangle_mask((24, 32), (4, 20), (6, 26))] * 12)])
     dataset = RobustSegmentationDataset(source, None, prompt="mixed", n_points=3, seed=2, instances_per_image=None,

@@ -321,7 +321,8 @@ def test_run_evaluation_writes_the_report_and_refuses_to_overwrite(tmp_path) -> 
     report = json.loads((output / "report.json").read_text(), parse_constant=lambda constant: pytest.fail(constant))
     assert report["kinds"] == ["identity", "brightness"] and report["protocol"]["data"] == "data.test"
     assert "| RobustSAM |" in (output / "report.md").read_text()
-    assert yaml.safe_load((output / "config.yaml").read_text())["eval"] == config["eval"]
+    saved = yaml.safe_load((output / "config.yaml").read_text())["eval"]  # the config used, defaults filled in
+    assert saved == {**saved, **config["eval"]} and saved["paths"] == ["sam", "robust"] and saved["split"] is None
     assert_valid_png(output / "iou_per_degradation.png")
 
     before = (output / "report.md").read_bytes()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from robustprior.load import build_robust_sam
-from robustprior.feature_cache import FeatureCache, encoder_fingerprint, image_hash
+from robustprior.training.robustsam.feature_cache import FeatureCache, encoder_fingerprint, image_hash
 
 
 class EncoderCounter:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torchvision.ops import sigmoid_focal_loss as torchvision_focal
 
-from robustprior.losses import LossWeights, dice_loss, robust_sam_losses, sigmoid_focal_loss
+from robustprior.training.losses import LossWeights, dice_loss, focal_and_dice, robust_sam_losses, sigmoid_focal_loss
 
 
 def test_focal_matches_torchvision() -> None:
@@ -31,6 +31,20 @@ def test_dice_hand_case() -> None:
     torch.testing.assert_close(dice_loss(logits, targets), torch.tensor(0.4), atol=1e-6, rtol=0)
 
 
+def test_focal_and_dice_of_one_sigmoid_equal_the_separate_losses() -> None:
+    """The SAM-tiny recipe's per-mask terms: the same numbers as the two losses (which RobustSAM uses),
+    and without class weighting torchvision's focal loss with ``alpha < 0``."""
+    torch.manual_seed(0)
+    logits = 3 * torch.randn(5, 12, 12)
+    targets = torch.rand(5, 12, 12)  # soft targets (area-averaged masks)
+    focal, dice = focal_and_dice(logits, targets)
+    assert torch.equal(focal, sigmoid_focal_loss(logits, targets, reduction="none"))
+    assert torch.equal(dice, dice_loss(logits, targets, reduction="none"))
+    unweighted, _ = focal_and_dice(logits, targets, alpha=None)
+    torch.testing.assert_close(unweighted, torchvision_focal(logits, targets, alpha=-1, reduction="none").mean((1, 2)))
+    torch.testing.assert_close(sigmoid_focal_loss(logits, targets, alpha=None), unweighted.mean())
+
+
 def test_total_is_the_weighted_sum_and_targets_are_detached() -> None:
     torch.manual_seed(0)
     robust_feature = torch.randn(2, 4, 8, 8, requires_grad=True)
@@ -48,7 +62,7 @@ def test_total_is_the_weighted_sum_and_targets_are_detached() -> None:
 
 
 # --------------------------------------------------------------------------- the paper's terms and ours
-from robustprior.losses import (  # noqa: E402
+from robustprior.training.losses import (  # noqa: E402
     distillation_loss,
     paper_consistency,
     relative_mse,

@@ -58,6 +58,14 @@ def test_empty_masks_conventions():
     assert pixel_accuracy(FIRST, SECOND, ignore=everything) == 1.0
 
 
+def test_iou_of_two_empty_masks_is_the_given_value():
+    empty = np.zeros((2, 5, 5), dtype=bool)
+    pair = np.stack([empty[0], np.ones((5, 5), dtype=bool)])
+    assert mask_iou(empty, empty, empty=0.0).tolist() == [0.0, 0.0]
+    assert mask_iou(torch.as_tensor(pair), torch.as_tensor(pair), empty=0.0).tolist() == [0.0, 1.0]
+    assert mask_iou(pair, empty).tolist() == [1.0, 0.0]
+
+
 def test_batched_equals_per_item_for_numpy_and_torch():
     rng = np.random.default_rng(1)
     pred = rng.random((4, *SHAPE)) < 0.4

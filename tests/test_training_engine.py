@@ -23,8 +23,8 @@ from robustprior.hub import file_sha256
 from robustprior.training import (SCHEDULE_KINDS, CheckpointError, ConfigChangeError, ConfigError, DeviceError,
                                   Field, LearningRateSchedule, Run, RunExistsError, RunFolderError, ScheduleSpec,
                                   Section, capture_rng_state, load_config, load_state_file, load_training_checkpoint,
-                                  resolve_device, restore_rng_state, save_training_checkpoint, setup_distributed,
-                                  validate_config)
+                                  merge_config, resolve_device, restore_rng_state, save_training_checkpoint,
+                                  setup_distributed, validate_config)
 from robustprior.training.checkpoints import CHECKPOINT_FOLDER
 from robustprior.training.run_folder import CONFIG_CHANGES_NAME, CONFIG_NAME, RUN_MARKER
 
@@ -90,6 +90,29 @@ def test_defaults_are_filled_and_yaml_float_strings_read_as_numbers() -> None:
     assert config["train"]["betas"] == [0.0, 1.0]
     assert config["datasets"] == {"crop_size": None, "use_flip": True}
     assert config["history"] == []
+
+
+def test_a_field_of_several_kinds_takes_the_first_that_fits() -> None:
+    schema = Section({"kinds": Field((str, list), "all", items=str),
+                      "severity": Field((float, list), 1.0, items=float, length=2, at_least=0)})
+    assert validate_config({"kinds": ["fog"], "severity": "5e-1"}, schema) == {"kinds": ["fog"], "severity": 0.5}
+    assert validate_config({"severity": [0, 1]}, schema) == {"kinds": "all", "severity": [0.0, 1.0]}
+    with pytest.raises(ConfigError) as error:
+        validate_config({"kinds": 3, "severity": -1}, schema)
+    assert "'kinds' must be a string or a list, got 3 (an integer)" in str(error.value)
+    assert "'severity' must be >= 0, got -1" in str(error.value)
+    with pytest.raises(ConfigError, match="'severity' must have 2 entries, got 1"):
+        validate_config({"severity": [1.0]}, schema)
+
+
+def test_merge_config_overrides_nested_values_and_copies() -> None:
+    base = {"train": {"lr": 0.1, "betas": [0.9, 0.99]}, "seed": 0}
+    override = {"train": {"lr": 0.2}, "extra": {"a": [1]}}
+    merged = merge_config(base, override)
+    assert merged == {"train": {"lr": 0.2, "betas": [0.9, 0.99]}, "seed": 0, "extra": {"a": [1]}}
+    merged["train"]["betas"].append(1.0)
+    merged["extra"]["a"].append(2)
+    assert base["train"]["betas"] == [0.9, 0.99] and override["extra"]["a"] == [1]
 
 
 def test_config_file_errors_are_messages(tmp_path: Path) -> None:

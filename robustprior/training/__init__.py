@@ -23,7 +23,9 @@ module              what it gives
 ``errors``          :class:`RunSetupError` and its kinds; :func:`exit_on_setup_error` turns them into
                     ``error: MESSAGE`` (exit status 2) in a command line
 ``provenance``      :func:`git_commit`
+``losses``          focal, dice and RobustSAM's consistency / distillation terms (both trainers' losses)
 ``tiny_sam``        the SAM-tiny pretraining recipe, a trainer written on this engine
+``robustsam``       the RobustSAM trainer (``robustprior train`` / ``robustprior cache``) on this engine
 ==================  ====================================================================================
 
 A trainer on the engine::
@@ -66,7 +68,8 @@ Commands that only read a run (export, caches) use :func:`read_run_config` and
 from __future__ import annotations
 
 from .checkpoints import TrainingCheckpoint, load_state_file, load_training_checkpoint, save_training_checkpoint
-from .config import REQUIRED, Field, Section, apply_overrides, config_differences, load_config, validate_config
+from .config import (REQUIRED, Field, Section, apply_overrides, config_differences, load_config, merge_config,
+                     validate_config)
 from .csv_log import CsvLog
 from .distributed import DistributedContext, check_device_name, resolve_device, setup_distributed
 from .errors import (CheckpointError, ConfigChangeError, ConfigError, DeviceError, RunExistsError, RunFolderError,
@@ -81,6 +84,6 @@ __all__ = [
     "DeviceError", "DistributedContext", "Field", "LearningRateSchedule", "Run", "RunExistsError", "RunFolderError",
     "RunSetupError", "ScheduleSpec", "Section", "TrainingCheckpoint", "apply_overrides", "capture_rng_state",
     "check_device_name", "config_differences", "exit_on_setup_error", "git_commit", "load_config",
-    "load_state_file", "load_training_checkpoint", "read_run_config", "resolve_device", "restore_rng_state",
-    "save_training_checkpoint", "seed_everything", "setup_distributed", "validate_config",
+    "load_state_file", "load_training_checkpoint", "merge_config", "read_run_config", "resolve_device",
+    "restore_rng_state", "save_training_checkpoint", "seed_everything", "setup_distributed", "validate_config",
 ]

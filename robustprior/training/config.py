@@ -35,7 +35,7 @@ import yaml
 from .errors import ConfigError
 
 __all__ = ["REQUIRED", "Field", "Section", "validate_config", "load_config", "config_differences",
-           "apply_overrides", "copy_internal_values", "format_value"]
+           "apply_overrides", "copy_internal_values", "format_value", "merge_config"]
 
 
 class _Required:
@@ -51,7 +51,8 @@ _KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str:
 @dataclass(frozen=True)
 class Field:
     """One config value: its type (``int``, ``float``, ``bool``, ``str``, ``list`` or ``dict``, a
-    free mapping), default, and constraints.
+    free mapping; or a tuple of them, tried in order, e.g. ``(str, list)`` for ``all`` or a list of
+    names), default, and constraints.
 
     ``at_least`` / ``at_most`` / ``above`` / ``below``: inclusive and strict bounds of numbers.
     ``choices``: the allowed values. ``items`` / ``length``: element type and exact length of a
@@ -60,7 +61,7 @@ class Field:
     ``internal``: written by the training command itself (a run's history), so not compared when a
     run resumes."""
 
-    kind: type
+    kind: type | tuple[type, ...]
     default: Any = REQUIRED
     doc: str = ""
     choices: tuple | None = None
@@ -75,8 +76,19 @@ class Field:
     internal: bool = False
 
     def __post_init__(self) -> None:
-        if self.kind not in _KIND_NAMES:
-            raise TypeError(f"Field kind must be one of {[kind.__name__ for kind in _KIND_NAMES]}, got {self.kind}")
+        if not self.kinds or any(kind not in _KIND_NAMES for kind in self.kinds):
+            raise TypeError(f"Field kind must be one of {[kind.__name__ for kind in _KIND_NAMES]} or a tuple of "
+                            f"them, got {self.kind}")
+
+    @property
+    def kinds(self) -> tuple[type, ...]:
+        """The accepted types, in the order they are tried."""
+        return self.kind if isinstance(self.kind, tuple) else (self.kind,)
+
+    @property
+    def kind_names(self) -> str:
+        """``"an integer"``, ``"a string or a list"``, ... (for messages)."""
+        return " or ".join(_KIND_NAMES[kind] for kind in self.kinds)
 
     @property
     def accepts_null(self) -> bool:
@@ -175,13 +187,18 @@ def _coerce(value: Any, kind: type, path: str) -> tuple[Any, str | None]:
 def _validate_field(value: Any, field: Field, path: str, problems: list[str]) -> Any:
     if value is None:
         if not field.accepts_null:
-            problems.append(f"'{path}' must be {_KIND_NAMES[field.kind]}, got null")
+            problems.append(f"'{path}' must be {field.kind_names}, got null")
         return None
-    value, problem = _coerce(value, field.kind, path)
-    if problem is not None:
-        problems.append(problem)
+    for kind in field.kinds:
+        coerced, problem = _coerce(value, kind, path)
+        if problem is None:
+            value = coerced
+            break
+    else:
+        problems.append(problem if len(field.kinds) == 1 else
+                        f"'{path}' must be {field.kind_names}, got {format_value(value)} ({_kind_of(value)})")
         return None
-    if field.kind is list:
+    if isinstance(value, list):
         if field.length is not None and len(value) != field.length:
             problems.append(f"'{path}' must have {field.length} entries, got {len(value)}: {format_value(value)}")
             return None
@@ -194,7 +211,7 @@ def _validate_field(value: Any, field: Field, path: str, problems: list[str]) ->
                     return None
                 items.append(item)
             value = items
-    if field.kind in (int, float):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         problem = _check_number(value, field, path)
         if problem is not None:
             problems.append(problem)
@@ -258,6 +275,17 @@ def validate_config(values: Mapping[str, Any] | None, schema: Section | Mapping,
         heading = f"{source}: " if len(problems) == 1 else f"{source}: {len(problems)} problems:\n  "
         raise ConfigError(heading + "\n  ".join(problems))
     return result
+
+
+def merge_config(base: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict:
+    """``base`` with ``override`` merged in, recursively (mappings merge, anything else is replaced;
+    keys only in ``override`` are added): a variant of a config written as its differences. A new
+    dict; validate the result against the schema."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in (override or {}).items():
+        merged[key] = (merge_config(merged[key], value) if isinstance(value, Mapping)
+                       and isinstance(merged.get(key), Mapping) else copy.deepcopy(value))
+    return merged
 
 
 def load_config(path: str | Path, schema: Section | Mapping) -> dict:

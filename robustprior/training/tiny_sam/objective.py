@@ -5,34 +5,30 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...metrics import mask_iou
 from ...modeling.robust_sam import ImageFeatures, RobustSam
+from .. import losses
 from .batches import PromptGroup
 
 
 def focal_and_dice(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-mask sigmoid focal loss (pixel mean; ``alpha < 0``: no class weighting) and dice loss:
-    logits ``P x M x H x W``, targets ``P x 1 x H x W`` -> two ``P x M`` tensors."""
-    targets = targets.expand_as(logits)
-    probabilities = logits.sigmoid()
-    cross_entropy = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    correct = probabilities * targets + (1 - probabilities) * (1 - targets)
-    focal = (1 - correct) ** gamma * cross_entropy
-    if alpha >= 0:
-        focal = (alpha * targets + (1 - alpha) * (1 - targets)) * focal
-    focal = focal.mean(dim=(-2, -1))
-    overlap = (probabilities * targets).sum(dim=(-2, -1))
-    dice = 1 - (2 * overlap + 1) / (probabilities.sum(dim=(-2, -1)) + targets.sum(dim=(-2, -1)) + 1)
-    return focal, dice
+    """Per-mask sigmoid focal loss (pixel mean; ``alpha < 0``: no class weighting) and dice loss
+    (:func:`robustprior.training.losses.focal_and_dice`): logits ``P x M x H x W``, targets
+    ``P x 1 x H x W`` -> two ``P x M`` tensors."""
+    masks = logits.shape[:2]
+    focal, dice = losses.focal_and_dice(logits.flatten(0, 1), targets.expand_as(logits).flatten(0, 1),
+                                        alpha=alpha if alpha >= 0 else None, gamma=gamma)
+    return focal.view(masks), dice.view(masks)
 
 
 def actual_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """IoU of ``logits > 0`` (``P x M x H x W``) with ``targets >= 0.5`` (``P x 1 x H x W``) -> ``P x M``."""
+    """IoU of ``logits > 0`` (``P x M x H x W``) with ``targets >= 0.5`` (``P x 1 x H x W``) -> ``P x M``
+    (float32; 0 where both masks are empty: an IoU target that a missed object cannot satisfy)."""
     predicted = logits > 0
-    truth = targets >= 0.5
-    intersection = (predicted & truth).sum(dim=(-2, -1)).float()
-    union = (predicted | truth).sum(dim=(-2, -1)).float()
-    return intersection / union.clamp(min=1)
+    truth = (targets >= 0.5).expand_as(predicted)
+    scores = mask_iou(predicted.flatten(0, 1), truth.flatten(0, 1), empty=0.0)
+    return scores.view(predicted.shape[:2]).float()
 
 
 def group_losses(model: RobustSam, features: ImageFeatures, group: PromptGroup, weights: dict

@@ -22,7 +22,8 @@ mask feature against the clear path's fused feature (computed with the same, tra
 convolutions, so that target moves with the student), and the robust tokens after the two-way
 transformer (before AOTG) against SAM's clear tokens.
 
-Segmentation: Dice + sigmoid Focal (gamma 2, alpha 0.25) against the ground truth, per prompt. A
+Segmentation: Dice + sigmoid Focal (gamma 2, alpha 0.25) against the ground truth, per prompt (the
+same two functions serve the SAM-tiny recipe, :func:`focal_and_dice`). A
 prompt marked ``multimask`` (a single ambiguous point) is scored by its best of SAM's three
 multimask outputs (SAM's minimum-over-masks loss); the others by the single-mask output (token 0).
 
@@ -57,16 +58,34 @@ def _per_prompt_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torc
     return (values * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp_min(1.0)
 
 
-def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
-                       alpha: float = 0.25, gamma: float = 2.0, reduction: str = "mean") -> torch.Tensor:
-    """Focal loss of ``P x H x W`` logits against {0, 1} targets: each prompt's mean over its pixels
-    (``weights``, same shape, masks out ignored pixels), then the mean over prompts
-    (``reduction="none"``: the ``P`` per-prompt values)."""
-    probabilities = logits.sigmoid()
+def _focal_terms(probabilities: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, alpha: float | None,
+                 gamma: float) -> torch.Tensor:
+    """Per-pixel focal loss ``alpha_t (1 - p_t)^gamma CE`` (``alpha=None``: no class weighting)."""
     cross_entropy = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p_true = probabilities * targets + (1 - probabilities) * (1 - targets)
+    if alpha is None:
+        return (1 - p_true) ** gamma * cross_entropy
     alpha_factor = alpha * targets + (1 - alpha) * (1 - targets)
-    per_prompt = _per_prompt_mean(alpha_factor * (1 - p_true) ** gamma * cross_entropy, weights)
+    return alpha_factor * (1 - p_true) ** gamma * cross_entropy
+
+
+def _dice_terms(probabilities: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None,
+                smooth: float) -> torch.Tensor:
+    """``1 - (2|p t| + s) / (|p| + |t| + s)`` per prompt."""
+    if weights is not None:
+        probabilities, targets = probabilities * weights, targets * weights
+    intersection = (probabilities * targets).flatten(1).sum(1)
+    total = probabilities.flatten(1).sum(1) + targets.flatten(1).sum(1)
+    return 1 - (2 * intersection + smooth) / (total + smooth)
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
+                       alpha: float | None = 0.25, gamma: float = 2.0, reduction: str = "mean") -> torch.Tensor:
+    """Focal loss of ``P x H x W`` logits against {0, 1} (or soft) targets: each prompt's mean over
+    its pixels (``weights``, same shape, masks out ignored pixels), then the mean over prompts
+    (``reduction="none"``: the ``P`` per-prompt values). ``alpha=None``: no class weighting."""
+    focal = _focal_terms(logits.sigmoid(), logits, targets, alpha, gamma)
+    per_prompt = _per_prompt_mean(focal, weights)
     return per_prompt if reduction == "none" else per_prompt.mean()
 
 
@@ -74,13 +93,17 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
               smooth: float = 1.0, reduction: str = "mean") -> torch.Tensor:
     """``1 - (2|p t| + s) / (|p| + |t| + s)`` per prompt for ``P x H x W`` inputs; mean over prompts
     (``reduction="none"``: the ``P`` values)."""
-    probabilities = logits.sigmoid()
-    if weights is not None:
-        probabilities, targets = probabilities * weights, targets * weights
-    intersection = (probabilities * targets).flatten(1).sum(1)
-    total = probabilities.flatten(1).sum(1) + targets.flatten(1).sum(1)
-    per_prompt = 1 - (2 * intersection + smooth) / (total + smooth)
+    per_prompt = _dice_terms(logits.sigmoid(), targets, weights, smooth)
     return per_prompt if reduction == "none" else per_prompt.mean()
+
+
+def focal_and_dice(logits: torch.Tensor, targets: torch.Tensor, alpha: float | None = 0.25, gamma: float = 2.0,
+                   smooth: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sigmoid_focal_loss` and :func:`dice_loss` of the same ``P x H x W`` logits, per prompt
+    (two ``P`` tensors), from one sigmoid (both terms back-propagate through it together)."""
+    probabilities = logits.sigmoid()
+    focal = _per_prompt_mean(_focal_terms(probabilities, logits, targets, alpha, gamma), None)
+    return focal, _dice_terms(probabilities, targets, None, smooth)
 
 
 def relative_mse(student: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -23,9 +23,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import safe_open
 
-from .atomic import save_safetensors_atomically, write_text_atomically
-from .modeling.robust_sam import ImageFeatures, RobustSam
-from .tensor_checksum import CHECKSUM_KEY, ChecksumError, load_checked, with_checksum
+from ...atomic import save_safetensors_atomically, write_text_atomically
+from ...modeling.robust_sam import ImageFeatures, RobustSam
+from ...tensor_checksum import CHECKSUM_KEY, ChecksumError, load_checked, with_checksum
 
 ENCODER_CONFIG_FIELDS = ("model_type", "encoder", "image_size", "patch_size", "encoder_dim", "encoder_depth",
                          "encoder_heads", "global_attention_indexes", "window_size", "transformer_dim")

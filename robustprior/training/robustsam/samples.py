@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from .modeling.robust_sam import RobustSam
+from ...modeling.robust_sam import RobustSam
 
 
 @dataclass

@@ -1,0 +1,326 @@
+"""The RobustSAM training loop on the run engine: step, validation, checkpoints, the final weights."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from ...atomic import write_text_atomically
+from ...checkpoint import save_checkpoint
+from ...metrics import mask_iou
+from ..config import validate_config
+from ..distributed import DistributedContext, resolve_device, setup_distributed
+from ..errors import CheckpointError, ConfigError, RunFolderError, RunSetupError
+from ..losses import TERM_NAMES, LossWeights
+from ..rng import seed_everything
+from ..run_folder import RUN_MARKER, Run, prepare_run_folder, read_run_config
+from ..schedules import LearningRateSchedule
+from .batches import TrainingData, TrainingState, feature_cache_dir
+from .config import FEATURE_CACHE_FOLDER, RUN_KIND, SCHEMA, schedule_spec
+from .model import load_base_model
+from .objective import RobustTrainingStep
+
+TRAIN_LOG, VAL_LOG = "log.csv", "val_log.csv"
+VAL_COLUMNS = ("iteration", "epoch", "val_iou_robust", "val_iou_sam")
+OPTIMIZER_CLASSES = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+def _device_name(config: Mapping[str, Any] | None, output: Path) -> str:
+    """The device of the given config, else of the run being resumed (its saved config)."""
+    if config is not None:
+        return config["device"]
+    try:
+        return read_run_config(output, SCHEMA)["device"]
+    except RunSetupError:
+        return "cpu"  # no saved config: opening the run reports what is wrong
+
+
+class RobustSamTrainer:
+    """Train the robust parts of a RobustSAM per a config (:data:`~.config.SCHEMA`) in the run folder
+    ``output_dir`` (:class:`~robustprior.training.Run`, kind ``robustsam``); every rank of a
+    ``torchrun`` job builds one.
+
+    ``config``: the training config (validated here); with ``resume`` it may be None (the run's own),
+    and one that differs from the run's is refused unless ``allow_config_change``. ``iterations``
+    overrides ``train.iterations`` (allowed on resume, recorded). ``overwrite`` starts a run in
+    ``output_dir`` again (its feature cache is kept). The run folder stays locked until
+    :meth:`train` reaches the last iteration, or :meth:`close`."""
+
+    def __init__(self, config: Mapping[str, Any] | None, output_dir: str | Path, resume: bool = False,
+                 overwrite: bool = False, *, allow_config_change: bool = False, iterations: int | None = None) -> None:
+        given = None if config is None else validate_config(config, SCHEMA)
+        self.output_dir, self.closed = Path(output_dir), False
+        self.context = setup_distributed(_device_name(given, self.output_dir))  # a missing GPU: an error here
+        self.device = self.context.device
+        self.run = Run.open(self.output_dir, kind=RUN_KIND, schema=SCHEMA, config=given, resume=resume,
+                            overwrite=overwrite, allow_config_change=allow_config_change,
+                            overrides={} if iterations is None else {"train.iterations": iterations},
+                            keep=(FEATURE_CACHE_FOLDER,), logs={TRAIN_LOG: None, VAL_LOG: VAL_COLUMNS},
+                            context=self.context)
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self) -> None:
+        self.config = copy.deepcopy(self.run.config)
+        train_config = self.config["train"]
+        seed_everything(self.config["seed"])
+        self.model = load_base_model(self.config["model"]).to(self.device)
+        self.model.train()
+        self.data = TrainingData(self.config, self.model, feature_cache_dir(self.config, self.output_dir), self.context)
+        self.weights = LossWeights(**train_config["loss_weights"])
+        self.step_module = RobustTrainingStep(self.model, self.weights, train_config["consistency"])
+        self.wrapped = self.context.wrap(self.step_module)
+        trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
+        self.optimizer = OPTIMIZER_CLASSES[train_config["optimizer"]](trainable, lr=train_config["lr"],
+                                                                      weight_decay=train_config["weight_decay"])
+        self.schedule = LearningRateSchedule(self.optimizer, schedule_spec(train_config), train_config["iterations"])
+        self.state = TrainingState()
+        # grad_/share_ columns of log.csv (blank until the first measurement), fixed so every row has them
+        weighted = [name for name in TERM_NAMES if getattr(self.weights, name)]
+        self._last_gradient_norms: dict[str, float | str] = (
+            {f"{prefix}_{name}": "" for prefix in ("grad", "share") for name in weighted}
+            if train_config["grad_share_every"] else {})
+        if self.run.resumed:
+            self._restore()
+
+    def _restore(self) -> None:
+        checkpoint = self.run.checkpoint
+        try:
+            self.model.robust.load_state_dict(checkpoint.weights)
+            self.optimizer.load_state_dict(checkpoint.state["optimizer"])
+            self.state = TrainingState(**checkpoint.state["training"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"the checkpoint in {self.output_dir} does not fit the model and optimizer of this "
+                                  f"config ({str(error).splitlines()[0]})") from None
+        self.schedule.load_state_dict(checkpoint.state["schedule"], total_iterations=self.config["train"]["iterations"])
+        saved_norms = checkpoint.state.get("gradient_norms", {})
+        self._last_gradient_norms.update({name: saved_norms[name] for name in self._last_gradient_norms
+                                          if name in saved_norms})
+        self.run.restore_rng(reseed=self.config["seed"] + self.run.start_iteration)
+        if self.context.is_main:
+            print(f"[robustprior] resuming {self.output_dir} at iteration {self.state.iteration}")
+
+    def close(self) -> None:
+        """Release the run folder (its lock); training with this object is over."""
+        self.run.close()
+        self.closed = True
+
+    def __enter__(self) -> RobustSamTrainer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ checkpoints and logs
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's BatchNorm running statistics (each rank updated them with its
+        own batches; DDP only re-broadcasts them at the next forward)."""
+        if self.context.distributed:
+            for buffer in self.model.robust.buffers():
+                dist.broadcast(buffer, src=0)
+
+    def _save_checkpoint(self) -> None:
+        self._sync_buffers()
+        self.run.save_checkpoint(self.state.iteration, self.model.robust.state_dict(), {
+            "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+            "training": dataclasses.asdict(self.state), "gradient_norms": dict(self._last_gradient_norms)})
+
+    def _log(self, row: dict[str, Any], name: str = TRAIN_LOG) -> None:
+        if self.context.is_main:
+            self.run.log(name).append([row])
+
+    # ------------------------------------------------------------------ loops
+    def fill_cache(self, progress: bool = True) -> dict[str, int]:
+        """Encode every training / validation image and all its degradation variants into the cache."""
+        return self.data.fill_cache(progress)
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.config["train"]["amp"]:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean single-mask IoU on the validation set's degraded copies (variant 0), robust vs SAM path,
+        with the validation prompts (``data.val_prompt``, by default the evaluation's centre point)."""
+        val_set = self.data.val_set
+        if val_set is None:
+            return {}
+        self.model.eval()
+        scores: dict[str, list[float]] = {"robust": [], "sam": []}
+        batch = self.config["train"]["batch_size"]
+        for start in range(0, len(val_set), batch):
+            indices = list(range(start, min(start + batch, len(val_set))))
+            _, degraded, groups, _ = self.data.batch(val_set, indices, variant=0)
+            for prompts in groups:
+                points = (prompts.point_coords, prompts.point_labels) if prompts.point_coords is not None else None
+                sparse, dense = self.model.encode_prompts(points=points, boxes=prompts.boxes)
+                for path in scores:
+                    logits = self.model.decode(degraded, sparse, dense, prompts.image_index, path=path).mask_logits[:, 0]
+                    scores[path].extend(mask_iou(logits > 0, prompts.targets > 0.5,
+                                                 ignore=prompts.pixel_weights <= 0).tolist())
+        self.model.train()
+        return {f"val_iou_{path}": float(np.mean(values)) for path, values in scores.items()}
+
+    def train(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Train to ``train.iterations`` (or stop, with a checkpoint, at iteration ``stop_after``, as an
+        interruption would); returns the final metrics (:meth:`_finish`), or ``{"iterations"}`` when
+        stopped early. Reaching the last iteration releases the run folder."""
+        if self.closed:
+            raise RunFolderError(f"this trainer has released {self.output_dir}; continue the run with "
+                                 "RobustSamTrainer(None, output_dir, resume=True) (robustprior train --resume)")
+        try:
+            return self._train(stop_after)
+        except BaseException:
+            self.close()
+            raise
+
+    def _train(self, stop_after: int | None) -> dict[str, Any]:
+        config = self.config["train"]
+        total = config["iterations"]
+        end = total if stop_after is None else min(total, stop_after)
+        variants = self.config["degradations"]["variants_per_image"]
+        trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
+        progress = tqdm(total=total, initial=self.state.iteration, disable=not self.context.is_main, desc="train",
+                        dynamic_ncols=True)
+        started, seconds_before = time.time(), self.state.seconds
+        while self.state.iteration < end:
+            indices = self.data.rank_indices(self.state)
+            self.data.train_set.set_epoch(self.state.epoch)
+            clear, degraded, groups, _ = self.data.batch(self.data.train_set, indices, self.state.epoch % variants)
+            with self._autocast():
+                terms = self.wrapped(clear, degraded, groups)
+            self.optimizer.zero_grad(set_to_none=True)
+            share_every = config["grad_share_every"]
+            gradient_norms = {}
+            if share_every and (self.state.iteration + 1) % share_every == 0 and not self.context.distributed:
+                gradient_norms = self._gradient_norms(terms, trainable)
+            terms["total"].backward()
+            for parameter in trainable:  # as the release does, a NaN gradient is zeroed rather than applied
+                if parameter.grad is not None:
+                    torch.nan_to_num_(parameter.grad, nan=0.0, posinf=0.0, neginf=0.0)
+            if config["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(trainable, config["grad_clip"])
+            self.optimizer.step()
+            self.schedule.step()
+            self.state.iteration += 1
+            self.state.seconds = seconds_before + time.time() - started
+            values = {name: float(terms[name].detach()) for name in ("total", *TERM_NAMES) if name in terms}
+            values.update({name: float(terms[name].detach()) for name in terms if name.startswith("mfc_")})
+            progress.update(1)
+            progress.set_postfix({key: f"{value:.3g}" for key, value in values.items()})
+            if self.state.iteration % config["log_every"] == 0 or self.state.iteration == total:
+                self._log({"iteration": self.state.iteration, "epoch": self.state.epoch,
+                           "lr": self.optimizer.param_groups[0]["lr"], **values, **self._last_gradient_norms,
+                           "elapsed_s": round(self.state.seconds, 2)})
+            if self.data.val_set is not None and (self.state.iteration % config["val_every"] == 0
+                                                  or self.state.iteration == total):
+                self._validate_and_keep_best()
+            if gradient_norms:
+                self._last_gradient_norms.update(gradient_norms)
+            if self.state.iteration % config["checkpoint_every"] == 0 or self.state.iteration == end:
+                self._save_checkpoint()
+        progress.close()
+        if self.state.iteration < total:
+            return {"iterations": self.state.iteration}
+        metrics = self._finish()
+        self.close()
+        return metrics
+
+    def _gradient_norms(self, terms: dict[str, torch.Tensor], parameters: list[nn.Parameter]) -> dict[str, float]:
+        """Gradient norm of each weighted loss term on the trainable parameters (``grad_<term>``), and
+        each term's share of their sum (``share_<term>``): which loss drives training."""
+        norms = {}
+        for name in TERM_NAMES:
+            weight = getattr(self.weights, name)
+            if name not in terms or not weight:
+                continue
+            gradients = torch.autograd.grad(weight * terms[name], parameters, retain_graph=True, allow_unused=True)
+            squares = [gradient.float().pow(2).sum() for gradient in gradients if gradient is not None]
+            norms[name] = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+        total = sum(norms.values()) or 1.0
+        return {**{f"grad_{name}": round(value, 6) for name, value in norms.items()},
+                **{f"share_{name}": round(value / total, 4) for name, value in norms.items()}}
+
+    def _validate_and_keep_best(self) -> None:
+        if self.context.is_main:
+            metrics = self.validate()
+            self._log({"iteration": self.state.iteration, "epoch": self.state.epoch, **metrics}, VAL_LOG)
+            if metrics["val_iou_robust"] > self.state.best_iou:
+                self.state.best_iou = metrics["val_iou_robust"]
+                save_checkpoint(self.model, self.output_dir / "best.safetensors",
+                                {"iteration": str(self.state.iteration), "val_iou_robust": f"{self.state.best_iou:.6f}"})
+        self.context.barrier()
+
+    def robust_state_hash(self) -> str:
+        """SHA-256 of the robust parts' tensors (equal on every rank of a DDP run)."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.robust.state_dict().items()):
+            digest.update(name.encode() + tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def _finish(self) -> dict[str, Any]:
+        """``metrics.json`` and ``final.safetensors`` of a finished run; returns the metrics."""
+        self._sync_buffers()
+        hashes = self.context.all_gather(self.robust_state_hash())
+        metrics: dict[str, Any] = {
+            "iterations": self.state.iteration, "epochs": self.state.epoch, "seconds": round(self.state.seconds, 2),
+            "world_size": self.context.world_size, "rank_weight_hashes": hashes, "ranks_agree": len(set(hashes)) == 1,
+            "best_val_iou_robust": self.state.best_iou,
+        }
+        cache = self.data.cache
+        if cache is not None:
+            metrics["feature_cache"] = {"hits": cache.hits, "misses": cache.misses, "dir": str(cache.directory)}
+        if self.data.val_set is not None and self.context.is_main:
+            metrics.update(self.validate())
+        if self.context.is_main:
+            save_checkpoint(self.model, self.output_dir / "final.safetensors", {"iterations": str(self.state.iteration)})
+            write_text_atomically(self.output_dir / "metrics.json", json.dumps(metrics, indent=2))
+            print(f"[robustprior] training done: {self.output_dir / 'final.safetensors'} ({json.dumps(metrics)})")
+        self.context.barrier()
+        return metrics
+
+
+def fill_feature_cache(config: Mapping[str, Any], output: str | Path, progress: bool = True
+                       ) -> tuple[Path, dict[str, int]]:
+    """``robustprior cache``: encode every training / validation image of ``config`` and each of its
+    degradation variants into the feature cache; returns the cache's folder and ``{"hits", "misses"}``.
+
+    The config is used as given and saved nowhere (only training writes a run's config). The cache
+    goes to ``feature_cache.dir``, else ``OUTPUT/feature_cache``; then ``OUTPUT`` must be new, empty or
+    a RobustSAM run folder not in use (a new one holds only its marker and the cache, and training
+    starts in it as in an empty folder)."""
+    config = validate_config(config, SCHEMA)
+    cache_dir = feature_cache_dir(config, output)
+    if cache_dir is None:
+        raise ConfigError("the feature cache is disabled in this config (feature_cache.enabled: false)")
+    device = resolve_device(config["device"])
+    lock = None
+    if config["feature_cache"]["dir"] is None:
+        folder = Path(output)
+        lock = prepare_run_folder(folder, RUN_KIND, resume=(folder / RUN_MARKER).is_file(), overwrite=False,
+                                  keep=(FEATURE_CACHE_FOLDER,))
+    try:
+        seed_everything(config["seed"])
+        model = load_base_model(config["model"]).to(device)
+        model.train()
+        data = TrainingData(config, model, cache_dir, DistributedContext(0, 1, device))  # one process
+        return data.cache.directory, data.fill_cache(progress)
+    finally:
+        if lock is not None:
+            lock.close()
