@@ -80,7 +80,7 @@ def model_card(run: Path, weights: Path, metadata: dict, evaluation: Path | None
         + (f" {data['prompt_mix']}" if data.get("prompt_mix") else "")
         + f" ({data['n_points']} point(s) per multi-point prompt; single points scored by the best of three masks). "
         f"Degradations: {degradations['kinds']} (15 kinds + identity) at severity {degradations['severity']}, "
-        + (f"pixel sizes scaled to a {degradations['reference_size']}-px reference, "
+        + (f"pixel sizes scaled to a {degradations['reference_size']:g}-px reference, "
            if degradations.get("reference_size") else "the release's raw pixel sizes, ")
         + f"{degradations['variants_per_image']} cached variants per image. "
         f"{metrics['iterations']} iterations of {train['batch_size']} images x up to "
