@@ -46,7 +46,7 @@ from restoration.train import RestorationTrainer, RunExistsError, load_options, 
 from robustprior.atomic import write_text_atomically  # noqa: E402
 from robustprior.pretrained import BUNDLED  # noqa: E402
 from robustprior.scenes import SceneConfig, write_gopro_dataset, write_sots_dataset  # noqa: E402
-from robustprior.trainer import merge_config  # noqa: E402
+from robustprior.training import merge_config  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 RECIPE_KEYS = ("task", "threads", "recipe")  # config keys that are not restoration.train options

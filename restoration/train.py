@@ -61,7 +61,7 @@ from restoration.metrics import MetricAccumulator, tensor_to_uint8
 from restoration.tiling import tiled_forward
 from robustprior._basicsr import ARCH_REGISTRY
 from robustprior.atomic import save_torch_atomically, write_text_atomically
-from robustprior.trainer import merge_config
+from robustprior.training import merge_config
 
 CHECKPOINT_NAME = "checkpoint.pt"
 OPTIONS_NAME = "options.yaml"

@@ -14,7 +14,7 @@ _LAZY_EXPORTS = {
     "RobustSam": ".modeling.robust_sam",
     "RobustSamPredictor": ".predictor",
     "RobustAutomaticMaskGenerator": ".automatic_mask_generator",
-    "load_robust_sam": ".pretrained",
+    "load_robust_sam": ".load",
 }
 __all__ = sorted(_LAZY_EXPORTS)
 

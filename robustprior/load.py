@@ -364,3 +364,15 @@ def build_robust_sam(
 robust_sam_model_registry: dict[str, Callable[..., RobustSam]] = {
     name: partial(build_robust_sam, name) for name in MODEL_CONFIGS
 }
+
+
+def load_robust_sam(checkpoint: str | Path | None = None, model_type: str | None = None,
+                    fourier_mode: str | None = None, device: str = "cpu", *,
+                    decoder_path: str | None = "robust", allow_untrained_robust: bool = False) -> RobustSam:
+    """A ready-to-use model in eval mode: ``load_model(...)[0]``, for callers that need no source.
+
+    ``checkpoint``: None (the bundled model, said in one line), ``"tiny"`` / ``"sam_tiny"``, a known
+    name from :data:`robustprior.hub.CHECKPOINTS` (downloaded once into the cache), or a file path.
+    """
+    return load_model(checkpoint, model_type, decoder_path=decoder_path, allow_untrained_robust=allow_untrained_robust,
+                      fourier_mode=fourier_mode, device=device)[0]
