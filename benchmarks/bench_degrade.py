@@ -1,4 +1,4 @@
-"""Benchmark of robustprior.degrade: time per image for each kind, and the vectorised frosted glass
+"""Benchmark of robustprior.data.degrade: time per image for each kind, and the vectorised frosted glass
 against the release-style per-pixel Python loop.
 
     python benchmarks/bench_degrade.py [--size 1024] [--repeats 3] [--out results.json]
@@ -20,7 +20,7 @@ from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from robustprior.degrade import DEGRADATIONS, degrade, displace_pixels  # noqa: E402
+from robustprior.data.degrade import DEGRADATIONS, degrade, displace_pixels  # noqa: E402
 
 GLASS_SIGMA = 0.7
 GLASS_MAX_DISPLACEMENT = 3

@@ -59,12 +59,12 @@ def _peak_rss_mb() -> float:
 def measure_path(model_type: str, path: str, repeats: int, threads: int) -> dict:
     """Time of set_image + predict (one point) and the process's peak RSS, for one decoder path."""
     from robustprior.load import build_robust_sam
-    from robustprior.predictor import RobustSamPredictor
+    from robustprior.predictor import RobustSAMPredictor
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build_robust_sam(model_type, random_init=True)
-    predictor = RobustSamPredictor(model, path=path)
+    predictor = RobustSAMPredictor(model, path=path)
     image = _image(model.image_size)
     point = (np.array([[model.image_size * 0.4, model.image_size * 0.5]]), np.array([1]))
     rss_after_build = _peak_rss_mb()
@@ -87,7 +87,7 @@ def flop_ratios(model_types: tuple[str, ...] = ("vit_t", "vit_b", "vit_h")) -> d
     real tensors)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from robustprior.build import MODEL_CONFIGS
+    from robustprior.modeling.build import MODEL_CONFIGS
     from robustprior.load import build_robust_sam
     from robustprior.modeling.robust_sam import ImageFeatures
 

@@ -33,7 +33,7 @@ from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from robustprior.modeling.robust_sam import RobustSam  # noqa: E402
+from robustprior.modeling.robust_sam import RobustSAM  # noqa: E402
 from robustprior.priors import RobustSAMPrior, SAMPrior, StructurePrior  # noqa: E402
 
 SAMPLE_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
@@ -56,7 +56,7 @@ def benchmark_images(count: int, long_side: int, seed: int = 0) -> list[np.ndarr
     return images
 
 
-def _reference_transformer(self: RobustSam, features, image_index, sparse, dense, mask_tokens):
+def _reference_transformer(self: RobustSAM, features, image_index, sparse, dense, mask_tokens):
     """segment-anything's own two-way transformer on one copy of the image per prompt."""
     decoder = self.mask_decoder
     output_tokens = torch.cat((decoder.iou_token.weight, mask_tokens), dim=0)
@@ -70,14 +70,14 @@ def _reference_transformer(self: RobustSam, features, image_index, sparse, dense
 def reference_implementation(prior) -> Iterator[None]:
     """Run ``prior`` with the computation the library replaced (module docstring)."""
     generator = prior.generator
-    original = RobustSam._run_transformer
+    original = RobustSAM._run_transformer
     generator._process_batch = lambda *args: SamAutomaticMaskGenerator._process_batch(generator, *args)
-    RobustSam._run_transformer = _reference_transformer
+    RobustSAM._run_transformer = _reference_transformer
     try:
         yield
     finally:
         del generator._process_batch
-        RobustSam._run_transformer = original
+        RobustSAM._run_transformer = original
 
 
 def timed_pass(extract: Callable[[np.ndarray], StructurePrior], images: list[np.ndarray]) -> tuple[float, list[StructurePrior]]:

@@ -6,12 +6,12 @@
 Data: the PASCAL VOC photos with instance masks in ``../shared/data/voc-instances`` (3 images, 12
 objects; VOC's void border pixels ignored). Per object, mean IoU of
 
-* a centre click (:func:`robustprior.prompts.center_point`): SAM-tiny and RobustSAM-tiny, single-mask
+* a centre click (:func:`robustprior.data.prompts.center_point`): SAM-tiny and RobustSAM-tiny, single-mask
   output (what ``robustprior segment --points`` writes) and the best-scored of three masks
   (``--multimask``), against a **square around the click**: of a quarter of the image's short side
   (blind to the object), and of the object's own area (side ``sqrt(area)``; told the object's size),
   both clipped to the image;
-* the tight box (:func:`robustprior.prompts.mask_to_box`): both models (single mask) against **the box
+* the tight box (:func:`robustprior.data.prompts.mask_to_box`): both models (single mask) against **the box
   itself as the mask**.
 
 A model that does not beat these baselines does not segment those photos: that is what the bundled
@@ -32,15 +32,15 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
-from robustprior.amg_settings import replace_card_section  # noqa: E402
-from robustprior.atomic import write_text_atomically  # noqa: E402
-from robustprior.datasets import InstanceMaskFolder  # noqa: E402
+from robustprior.evaluation.amg_settings import replace_card_section  # noqa: E402
+from robustprior.io.atomic import write_text_atomically  # noqa: E402
+from robustprior.data.datasets import InstanceMaskFolder  # noqa: E402
 from robustprior.load import REAL_PHOTO_ADVICE  # noqa: E402
-from robustprior.evaluate import predict_instance_masks  # noqa: E402
+from robustprior.evaluation.evaluate import predict_instance_masks  # noqa: E402
 from robustprior.load import load_model  # noqa: E402
-from robustprior.metrics import mask_iou  # noqa: E402
-from robustprior.predictor import RobustSamPredictor  # noqa: E402
-from robustprior.prompts import center_point, mask_to_box  # noqa: E402
+from robustprior.evaluation.metrics import mask_iou  # noqa: E402
+from robustprior.predictor import RobustSAMPredictor  # noqa: E402
+from robustprior.data.prompts import center_point, mask_to_box  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("ROBUSTPRIOR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 LABELS = {"sam": "SAM-tiny", "robust": "RobustSAM-tiny"}
@@ -87,7 +87,7 @@ def main() -> None:
         for path, label in LABELS.items():
             add(f"centre click, {label}, single mask", mask_iou(predictions[(path, "point")][0], record.masks, record.ignore))
             add(f"tight box, {label}, single mask", mask_iou(predictions[(path, "box")][0], record.masks, record.ignore))
-            predictor = RobustSamPredictor(model, path=path)
+            predictor = RobustSAMPredictor(model, path=path)
             predictor.set_image(record.image)
             for point, mask in zip(points, record.masks):
                 masks, scores, _ = predictor.predict(point[None], np.ones(1), multimask_output=True)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def run(model_type: str, iterations: int, batch_size: int, cached: bool, work: Path) -> float:
     """Seconds per training iteration (cache filled beforehand when ``cached``)."""
-    from robustprior.training.robustsam import RobustSamTrainer
+    from robustprior.training.robustsam import RobustSAMTrainer
 
     output = work / ("cached" if cached else "uncached")
     config = {
@@ -35,7 +35,7 @@ def run(model_type: str, iterations: int, batch_size: int, cached: bool, work: P
         "feature_cache": {"enabled": cached, "dir": str(work / "feature_cache")},
         "train": {"iterations": 1 + iterations, "batch_size": batch_size, "log_every": 1, "checkpoint_every": 10_000},
     }
-    trainer = RobustSamTrainer(config, output)
+    trainer = RobustSAMTrainer(config, output)
     if cached:
         trainer.fill_cache(progress=False)
     trainer.train(stop_after=1)  # warm-up step (allocations, first-call overheads)

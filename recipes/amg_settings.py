@@ -4,7 +4,7 @@
     python recipes/amg_settings.py --write         # ... and store them in the bundled weights and cards
 
 Measures ``robustprior/weights/robustsam_tiny.safetensors`` on both decoder paths
-(:func:`robustprior.amg_settings.measure_on_scenes`). ``sam_tiny.safetensors`` holds the same SAM
+(:func:`robustprior.evaluation.amg_settings.measure_on_scenes`). ``sam_tiny.safetensors`` holds the same SAM
 parts (checked), so it gets the SAM-path settings. ``--write`` changes only the files' metadata
 (``amg_settings`` and ``robust_parts``; tensors byte for byte unchanged) and the
 ``## Automatic mask settings`` section of each model card; the measurement also goes to
@@ -22,7 +22,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from robustprior.amg_settings import (  # noqa: E402
+from robustprior.evaluation.amg_settings import (  # noqa: E402
     MEASURE_SEED,
     POINTS_PER_SIDE_GRID,
     card_section,
@@ -30,8 +30,8 @@ from robustprior.amg_settings import (  # noqa: E402
     replace_card_section,
     settings_metadata,
 )
-from robustprior.atomic import write_text_atomically  # noqa: E402
-from robustprior.checkpoint import read_state_dict, update_metadata  # noqa: E402
+from robustprior.io.atomic import write_text_atomically  # noqa: E402
+from robustprior.io.checkpoint import read_state_dict, update_metadata  # noqa: E402
 from robustprior.load import BUNDLED, ROBUST_PARTS_KEY, load_model  # noqa: E402
 
 

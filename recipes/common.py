@@ -43,9 +43,9 @@ if str(REPO_ROOT) not in sys.path:  # `python recipes/dehaze.py` from a checkout
 from restoration.datasets import describe_prior_model  # noqa: E402
 from restoration.report import ROWS, format_table, write_report  # noqa: E402
 from restoration.train import RestorationTrainer, RunExistsError, load_options, setup_distributed  # noqa: E402
-from robustprior.atomic import write_text_atomically  # noqa: E402
-from robustprior.pretrained import BUNDLED  # noqa: E402
-from robustprior.scenes import SceneConfig, write_gopro_dataset, write_sots_dataset  # noqa: E402
+from robustprior.io.atomic import write_text_atomically  # noqa: E402
+from robustprior.load import BUNDLED  # noqa: E402
+from robustprior.data.scenes import SceneConfig, write_gopro_dataset, write_sots_dataset  # noqa: E402
 from robustprior.training import merge_config  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -67,7 +67,7 @@ def generate_sots(root: Path, spec: dict[str, Any], progress: bool) -> str:
     write_sots_dataset(root / "train", spec["train_images"], seed, config=config, overwrite=True, progress=progress)
     write_sots_dataset(root / "test", spec["test_images"], seed + 1, config=config, overwrite=True, progress=progress)
     height, width = spec["image_size"]
-    return (f"generated SOTS-like data (robustprior.scenes, atmospheric scattering with RESIDE's airlight/beta grid; "
+    return (f"generated SOTS-like data (robustprior.data.scenes, atmospheric scattering with RESIDE's airlight/beta grid; "
             f"{width}x{height} px, seeds {seed}/{seed + 1}; NOT the real SOTS)")
 
 
@@ -79,7 +79,7 @@ def generate_gopro(root: Path, spec: dict[str, Any], progress: bool) -> str:
     write_gopro_dataset(root, spec["train_sequences"], spec["train_frames"], seed, split="train", **common)
     write_gopro_dataset(root, spec["test_sequences"], spec["test_frames"], seed + 1, split="test", **common)
     height, width = spec["image_size"]
-    return (f"generated GoPro-like data (robustprior.scenes, moving layered scenes averaged over {spec['blur_frames']} "
+    return (f"generated GoPro-like data (robustprior.data.scenes, moving layered scenes averaged over {spec['blur_frames']} "
             f"sub-frames; {width}x{height} px, seeds {seed}/{seed + 1}; NOT the real GoPro)")
 
 

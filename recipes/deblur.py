@@ -1,6 +1,6 @@
 """Table 8, deblurring: SAM-Deblur (NAFNet + Mask Average Pooling) with no prior / SAM prior / RobustSAM prior.
 
-With no arguments: generates a small GoPro-like data set (robustprior.scenes), computes the priors of
+With no arguments: generates a small GoPro-like data set (robustprior.data.scenes), computes the priors of
 the blurred images with the bundled tiny SAM and RobustSAM models, trains the three rows on the CPU
 and writes report.md, report.json and grid.png into outputs/deblur. Real data and models::
 

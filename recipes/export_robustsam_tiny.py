@@ -10,7 +10,7 @@ The second call rewrites the card with the held-out evaluation (the weights are 
 identically); the last puts the real-photo numbers back into the cards. Writes ``robustprior/weights/robustsam_tiny.safetensors`` and ``robustsam_tiny.md``
 unless ``--weights`` names another file (the card goes beside it, same stem, ``.md``). The weights'
 metadata and the card carry the automatic-mask settings measured on generated scenes for both
-decoder paths (:func:`robustprior.amg_settings.measure_on_scenes`, ``--amg-scenes``; a few minutes
+decoder paths (:func:`robustprior.evaluation.amg_settings.measure_on_scenes`, ``--amg-scenes``; a few minutes
 on a CPU), which priors and ``robustprior segment`` use by default.
 """
 from __future__ import annotations
@@ -26,10 +26,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from recipes.provenance import git_commit  # noqa: E402
-from robustprior.amg_settings import measure_for_bundle, settings_metadata  # noqa: E402
-from robustprior.atomic import write_text_atomically  # noqa: E402
-from robustprior.checkpoint import read_state_dict, save_checkpoint  # noqa: E402
-from robustprior.evaluate import SUMMARY_ROWS  # noqa: E402
+from robustprior.evaluation.amg_settings import measure_for_bundle, settings_metadata  # noqa: E402
+from robustprior.io.atomic import write_text_atomically  # noqa: E402
+from robustprior.io.checkpoint import read_state_dict, save_checkpoint  # noqa: E402
+from robustprior.evaluation.evaluate import SUMMARY_ROWS  # noqa: E402
 from robustprior.load import BUNDLED, ROBUST_PARTS_KEY, load_model  # noqa: E402
 from robustprior.training import read_run_config  # noqa: E402
 from robustprior.training.robustsam import SCHEMA  # noqa: E402
@@ -67,7 +67,7 @@ def model_card(run: Path, weights: Path, metadata: dict, evaluation: Path | None
         "# robustsam_tiny: RobustSAM trained on top of the bundled SAM-tiny",
         "",
         f"`{weights.name}` ({weights.stat().st_size / 1024:.0f} KiB, float16; loading casts to float32) holds a full "
-        "`RobustSam` of type `tiny`: the SAM parts are the frozen SAM-tiny base "
+        "`RobustSAM` of type `tiny`: the SAM parts are the frozen SAM-tiny base "
         f"(`{config['model']['checkpoint']}`, see `sam_tiny.md`), the robust parts (AMFG with Fourier Degradation "
         "Suppression, AOTG, Robust Output Token, feature fusion) were trained by this project's RobustSAM trainer "
         "with the paper's recipe (frozen SAM, degradations, consistency + segmentation losses; the weights "

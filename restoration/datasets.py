@@ -15,7 +15,7 @@ and two pixel-coordinate channels, so the label map is cropped, mirror-padded, f
 transposed exactly like the image, and the coordinate channels say where every output pixel came
 from. Latent features are bilinearly sampled at those source coordinates (at the crop's pixel grid);
 at test time they are resampled over the image at their own density
-(:func:`~robustprior.structure.resample_prior_features`).
+(:func:`~robustprior.data.structure.resample_prior_features`).
 
 SAM's features cover the model's padded square input: an H x W image is resized so that its long
 side fills the square, so the feature map covers the image-plane square ``[0, S) x [0, S)`` with
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from restoration.paired_data import PairedImageDataset, read_rgb
-from robustprior.structure import resample_prior_features
+from robustprior.data.structure import resample_prior_features
 from robustprior.priors import RobustSAMPrior, SAMPrior, StructurePrior
 
 PRIOR_KINDS: tuple[str, ...] = ("none", "sam", "robustsam")

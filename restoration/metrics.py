@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from robustprior._basicsr import calculate_psnr, calculate_ssim
+from restoration._basicsr import calculate_psnr, calculate_ssim
 
 METRIC_PROTOCOL = "BasicSR 1.4.2 calculate_psnr/calculate_ssim on uint8 RGB, crop border 0, all RGB channels"
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from robustprior._basicsr import DATASET_REGISTRY
-from robustprior.image_io import read_native_rgb, read_rgb_image
+from restoration._basicsr import DATASET_REGISTRY
+from robustprior.data.image_io import read_native_rgb, read_rgb_image
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 SOTS_HAZY_FOLDERS: tuple[str, ...] = ("hazy",)

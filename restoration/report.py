@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from restoration.metrics import psnr, ssim  # noqa: E402
 from restoration.paired_data import read_rgb  # noqa: E402
 from restoration.train import RESULTS_NAME, write_json  # noqa: E402
-from robustprior.atomic import atomic_path, write_text_atomically  # noqa: E402
+from robustprior.io.atomic import atomic_path, write_text_atomically  # noqa: E402
 
 ROWS: tuple[tuple[str, str], ...] = (("none", "No prior"), ("sam", "SAM prior"), ("robustsam", "RobustSAM prior"))
 # RobustSAM (CVPR 2024) Table 8: (PSNR, SSIM) with each prior; the paper has no no-prior row there.

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 
-from robustprior.structure import resample_prior_features
+from robustprior.data.structure import resample_prior_features
 
 
 def _tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:

@@ -55,12 +55,12 @@ from tqdm.auto import tqdm
 
 import restoration.archs  # noqa: F401  (registers the networks in ARCH_REGISTRY)
 from restoration.archs import SAMDeblurNet, SAMGuidedDehazeNet
-from robustprior.csv_log import append_csv, truncate_csv
+from robustprior.training.csv_log import append_csv, truncate_csv
 from restoration.datasets import PriorIndex, PriorPairedDataset, complete_prior_options, prepare_priors
 from restoration.metrics import MetricAccumulator, tensor_to_uint8
 from restoration.tiling import tiled_forward
-from robustprior._basicsr import ARCH_REGISTRY
-from robustprior.atomic import save_torch_atomically, write_text_atomically
+from restoration._basicsr import ARCH_REGISTRY
+from robustprior.io.atomic import save_torch_atomically, write_text_atomically
 from robustprior.training import merge_config
 
 CHECKPOINT_NAME = "checkpoint.pt"

@@ -1,7 +1,7 @@
 """robustprior: RobustSAM on segment-anything, and SAM/RobustSAM structure priors for restoration."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY_EXPORTS = {
     "RobustSAMPrior": ".priors",
@@ -11,9 +11,12 @@ _LAZY_EXPORTS = {
     "robust_sam_model_registry": ".load",
     "load_model": ".load",
     "ModelSource": ".load",
-    "RobustSam": ".modeling.robust_sam",
+    "RobustSAM": ".modeling.robust_sam",
+    "RobustSam": ".modeling.robust_sam",  # old spellings, kept for one release
     "RobustSamPredictor": ".predictor",
     "RobustAutomaticMaskGenerator": ".automatic_mask_generator",
+    "RobustSAMPredictor": ".predictor",
+    "RobustSAMAutomaticMaskGenerator": ".automatic_mask_generator",
     "load_robust_sam": ".load",
 }
 __all__ = sorted(_LAZY_EXPORTS)

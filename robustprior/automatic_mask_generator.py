@@ -2,12 +2,12 @@
 
 This is ``segment_anything.SamAutomaticMaskGenerator`` (point grid, batched prompts, predicted-IoU
 and stability filters, box NMS, optional crops and small-region removal) driven by a
-:class:`RobustSamPredictor`, so each batch of ``points_per_batch`` prompts is one decoder forward.
+:class:`RobustSAMPredictor`, so each batch of ``points_per_batch`` prompts is one decoder forward.
 
 Nothing is computed that the generator discards: SAM's generator draws and upsamples the three
 masks of every grid point and only then drops those whose predicted IoU is below
 ``pred_iou_thresh``. The predicted IoU comes from the decoder's transformer alone
-(:meth:`RobustSam.run_transformer`), so here the masks (for RobustSAM the expensive per-prompt robust
+(:meth:`RobustSAM.run_transformer`), so here the masks (for RobustSAM the expensive per-prompt robust
 mask feature) are drawn and upsampled only for the points with at least one mask above the
 threshold, and only those masks are upsampled. Every prompt is decoded on its own, so the records
 are the same as SAM's generator gives.
@@ -27,12 +27,12 @@ from segment_anything.utils.amg import (MaskData, batched_mask_to_box, calculate
                                         uncrop_masks)
 from tqdm.auto import tqdm
 
-from .modeling.robust_sam import DecoderPath, RobustSam
-from .predictor import RobustSamPredictor, as_rgb_uint8
+from .modeling.robust_sam import DecoderPath, RobustSAM
+from .predictor import RobustSAMPredictor, as_rgb_uint8
 
 
-class RobustAutomaticMaskGenerator(SamAutomaticMaskGenerator):
-    """``SamAutomaticMaskGenerator`` on a :class:`RobustSam`; ``path`` picks RobustSAM or SAM.
+class RobustSAMAutomaticMaskGenerator(SamAutomaticMaskGenerator):
+    """``SamAutomaticMaskGenerator`` on a :class:`RobustSAM`; ``path`` picks RobustSAM or SAM.
 
     Keyword arguments are SAM's (``points_per_side=32``, ``points_per_batch=64``,
     ``pred_iou_thresh=0.88``, ``stability_score_thresh=0.95``, ``box_nms_thresh=0.7``,
@@ -41,9 +41,9 @@ class RobustAutomaticMaskGenerator(SamAutomaticMaskGenerator):
     ``robustprior.load.load_model(...)[1].generator_settings(path)``.
     """
 
-    def __init__(self, model: RobustSam, path: DecoderPath = "robust", progress: bool = False, **kwargs: Any) -> None:
+    def __init__(self, model: RobustSAM, path: DecoderPath = "robust", progress: bool = False, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        self.predictor = RobustSamPredictor(model, path=path)
+        self.predictor = RobustSAMPredictor(model, path=path)
         self.progress = progress
         self._bar: tqdm | None = None
 
@@ -106,3 +106,6 @@ class RobustAutomaticMaskGenerator(SamAutomaticMaskGenerator):
         if self._bar is not None:
             self._bar.update()
         return data
+
+
+RobustAutomaticMaskGenerator = RobustSAMAutomaticMaskGenerator  # the name before 0.2; kept for one release

@@ -28,7 +28,7 @@ def _parse_numbers(text: str) -> np.ndarray:
 
 def _input_images(spec: str) -> list[str]:
     """The image files of ``spec``: itself (a file or ``skimage:NAME``), or a folder's images (sorted)."""
-    from .scenes import PHOTO_EXTENSIONS
+    from robustprior.data.scenes import PHOTO_EXTENSIONS
 
     folder = Path(spec)
     if not folder.is_dir():
@@ -45,7 +45,7 @@ def _stem(spec: str) -> str:
 
 def _generator_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The automatic-mask settings given on the command line (validated)."""
-    from .amg_settings import validate_settings
+    from robustprior.evaluation.amg_settings import validate_settings
 
     given = {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
              "stability_score_thresh": args.stability_thresh, "box_nms_thresh": args.box_nms_thresh,
@@ -73,7 +73,7 @@ def command_segment(args: argparse.Namespace) -> int:
     """Segment an image or a folder: point / box prompts, or automatic masks when none are given."""
     import torch
 
-    from .image_io import load_image
+    from robustprior.data.image_io import load_image
     from .load import load_model
     from .predictor import check_box_prompt, check_point_prompt
 
@@ -120,16 +120,16 @@ def command_segment(args: argparse.Namespace) -> int:
 def _segment_automatically(args, inputs, stems, model, source, path, overrides) -> int:
     from tqdm.auto import tqdm
 
-    from .amg_settings import describe_thresholds
-    from .automatic_mask_generator import RobustAutomaticMaskGenerator
-    from .image_io import load_image
-    from .mask_outputs import clear_mask_folder, record_mask, write_coco_rle, write_mask_folder, write_png
-    from .visualize import overlay_masks
+    from robustprior.evaluation.amg_settings import describe_thresholds
+    from .automatic_mask_generator import RobustSAMAutomaticMaskGenerator
+    from robustprior.data.image_io import load_image
+    from robustprior.io.mask_outputs import clear_mask_folder, record_mask, write_coco_rle, write_mask_folder, write_png
+    from robustprior.evaluation.visualize import overlay_masks
 
     settings = {**source.generator_settings(path), **overrides}
     print(f"[robustprior] automatic masks with {describe_thresholds(settings)}"
           + ("" if overrides else " (the model's own settings)"), file=sys.stderr)
-    generator = RobustAutomaticMaskGenerator(model, path=path, progress=not args.no_progress, output_mode=args.output_mode,
+    generator = RobustSAMAutomaticMaskGenerator(model, path=path, progress=not args.no_progress, output_mode=args.output_mode,
                                              points_per_batch=args.points_per_batch, **settings)
     output = Path(args.output)
     for spec, stem in tqdm(list(zip(inputs, stems)), desc="images", unit="image", disable=args.no_progress or len(inputs) == 1):
@@ -151,11 +151,11 @@ def _segment_automatically(args, inputs, stems, model, source, path, overrides) 
 
 
 def _segment_with_prompts(args, image, stem, labels, model, source, path) -> int:
-    from .mask_outputs import write_png
-    from .predictor import RobustSamPredictor
-    from .visualize import overlay_masks
+    from robustprior.io.mask_outputs import write_png
+    from .predictor import RobustSAMPredictor
+    from robustprior.evaluation.visualize import overlay_masks
 
-    predictor = RobustSamPredictor(model, path=path)
+    predictor = RobustSAMPredictor(model, path=path)
     predictor.set_image(image)
     masks, scores, _ = predictor.predict(args.points, labels, args.box, multimask_output=args.multimask)
     best = int(np.argmax(scores))
@@ -164,7 +164,7 @@ def _segment_with_prompts(args, image, stem, labels, model, source, path) -> int
     write_png(mask_path, masks[best].astype(np.uint8) * 255)
     write_png(overlay_path, overlay_masks(image, masks[best : best + 1], points=args.points, labels=labels, box=args.box))
     if args.multimask:
-        from .atomic import write_text_atomically
+        from robustprior.io.atomic import write_text_atomically
 
         rows = ["id,predicted_iou,area,best"]
         for index, (mask, score) in enumerate(zip(masks, scores)):
@@ -181,10 +181,10 @@ def _segment_with_prompts(args, image, stem, labels, model, source, path) -> int
 
 def command_train(args: argparse.Namespace) -> int:
     """Train RobustSAM's robust parts (DDP under torchrun)."""
-    from .training.robustsam import RobustSamTrainer, load_config
+    from .training.robustsam import RobustSAMTrainer, load_config
 
     config = None if args.config is None else load_config(args.config)
-    with RobustSamTrainer(config, args.output, resume=args.resume, overwrite=args.overwrite,
+    with RobustSAMTrainer(config, args.output, resume=args.resume, overwrite=args.overwrite,
                           allow_config_change=args.allow_config_change, iterations=args.iterations) as trainer:
         trainer.train()
     return 0
@@ -201,7 +201,7 @@ def command_cache(args: argparse.Namespace) -> int:
 
 def command_eval(args: argparse.Namespace) -> int:
     """Evaluate SAM vs RobustSAM per degradation (the paper's Table 2 layout)."""
-    from .evaluate import load_eval_config, run_evaluation
+    from robustprior.evaluation.evaluate import load_eval_config, run_evaluation
 
     result = run_evaluation(load_eval_config(args.config), args.checkpoint, Path(args.output), overwrite=args.overwrite)
     print(result.to_markdown())

@@ -1,4 +1,4 @@
-"""One model loader: a name, a file or the bundled default -> ``(RobustSam, ModelSource)``.
+"""One model loader: a name, a file or the bundled default -> ``(RobustSAM, ModelSource)``.
 
 :func:`load_model` is the single way every command and API gets a model. It resolves what it is given
 once, reads the file once, builds the model from it and returns a :class:`ModelSource` saying what was
@@ -17,7 +17,7 @@ source kind        what it is
 =================  ==============================================================================
 
 Names: ``tiny`` / ``robustsam_tiny`` / ``sam_tiny`` (bundled) and those of
-:data:`robustprior.hub.CHECKPOINTS` (downloaded once). Traps closed here: a model with untrained
+:data:`robustprior.io.hub.CHECKPOINTS` (downloaded once). Traps closed here: a model with untrained
 robust parts is refused for the RobustSAM decoder path unless ``allow_untrained_robust=True``; an
 explicit ``model_type`` (or ``fourier_mode`` / ``token_mode``) that contradicts the file is an error;
 a model without weights needs ``random_init=True``.
@@ -37,17 +37,17 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from .amg_settings import SAM_DEFAULTS, settings_from_metadata
-from .build import MODEL_CONFIGS, ModelConfig, build_from_config
-from .checkpoint import (
+from robustprior.evaluation.amg_settings import SAM_DEFAULTS, settings_from_metadata
+from robustprior.modeling.build import MODEL_CONFIGS, ModelConfig, build_from_config
+from robustprior.io.checkpoint import (
     CheckpointError,
     detect_format,
     guess_model_type,
     load_state,
     read_state_dict,
 )
-from .hub import CHECKPOINTS, cache_dir, download_checkpoint
-from .modeling.robust_sam import RobustSam
+from robustprior.io.hub import CHECKPOINTS, cache_dir, download_checkpoint
+from .modeling.robust_sam import RobustSAM
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 BUNDLED: dict[str, Path] = {
@@ -127,7 +127,7 @@ class ModelSource:
 
     def generator_settings(self, decoder_path: Literal["robust", "sam"]) -> dict[str, Any]:
         """The automatic-mask settings stored with the model for ``decoder_path`` (SAM's defaults
-        when it has none; see :mod:`robustprior.amg_settings`)."""
+        when it has none; see :mod:`robustprior.evaluation.amg_settings`)."""
         return dict(self.amg_settings.get(decoder_path) or SAM_DEFAULTS)
 
     def domain_warning(self, decoder_path: DecoderPathOrNone = "robust") -> str | None:
@@ -141,7 +141,7 @@ class ModelSource:
                             inputs: Iterable[str | Path | None] | None = None) -> bool:
         """Print :meth:`domain_warning` once per model and process when an input is not a generated
         scene. ``inputs``: image paths (a generated scene is an image inside a folder written by
-        :mod:`robustprior.scenes`, see :func:`robustprior.scenes.is_generated_scene_file`); None
+        :mod:`robustprior.data.scenes`, see :func:`robustprior.data.scenes.is_generated_scene_file`); None
         entries (arrays of unknown origin, sample photos) count as not generated; ``inputs=None``
         means the caller already knows the input is not a generated scene. Returns whether it warned
         (now or before)."""
@@ -149,7 +149,7 @@ class ModelSource:
         if message is None:
             return False
         if inputs is not None:
-            from .scenes import is_generated_scene_file
+            from robustprior.data.scenes import is_generated_scene_file
 
             if all(item is not None and is_generated_scene_file(item) for item in inputs):
                 return False
@@ -251,8 +251,8 @@ def load_model(
     strict: bool = True,
     announce: bool = True,
     **overrides: Any,
-) -> tuple[RobustSam, ModelSource]:
-    """A :class:`RobustSam` in eval mode (SAM frozen) on ``device`` and the :class:`ModelSource` it came from.
+) -> tuple[RobustSAM, ModelSource]:
+    """A :class:`RobustSAM` in eval mode (SAM frozen) on ``device`` and the :class:`ModelSource` it came from.
 
     ``checkpoint``: None (the bundled model for ``decoder_path``), a bundled or downloadable name, or
     a file (SAM, MobileSAM, official RobustSAM ``.pth`` or our safetensors). ``model_type`` (and
@@ -340,7 +340,7 @@ def build_robust_sam(
     token_mode: str | None = None,
     strict: bool = True,
     **overrides: Any,
-) -> RobustSam:
+) -> RobustSAM:
     """A RobustSAM of ``model_type`` with ``checkpoint`` loaded (``segment_anything``'s registry style).
 
     ``checkpoint`` may be a SAM / MobileSAM checkpoint (robust parts start fresh, the ROT as a copy of
@@ -361,18 +361,18 @@ def build_robust_sam(
     return model
 
 
-robust_sam_model_registry: dict[str, Callable[..., RobustSam]] = {
+robust_sam_model_registry: dict[str, Callable[..., RobustSAM]] = {
     name: partial(build_robust_sam, name) for name in MODEL_CONFIGS
 }
 
 
 def load_robust_sam(checkpoint: str | Path | None = None, model_type: str | None = None,
                     fourier_mode: str | None = None, device: str = "cpu", *,
-                    decoder_path: str | None = "robust", allow_untrained_robust: bool = False) -> RobustSam:
+                    decoder_path: str | None = "robust", allow_untrained_robust: bool = False) -> RobustSAM:
     """A ready-to-use model in eval mode: ``load_model(...)[0]``, for callers that need no source.
 
     ``checkpoint``: None (the bundled model, said in one line), ``"tiny"`` / ``"sam_tiny"``, a known
-    name from :data:`robustprior.hub.CHECKPOINTS` (downloaded once into the cache), or a file path.
+    name from :data:`robustprior.io.hub.CHECKPOINTS` (downloaded once into the cache), or a file path.
     """
     return load_model(checkpoint, model_type, decoder_path=decoder_path, allow_untrained_robust=allow_untrained_robust,
                       fourier_mode=fourier_mode, device=device)[0]

@@ -1,4 +1,4 @@
-"""``RobustSamPredictor``: the ``segment_anything.SamPredictor`` interface for RobustSAM.
+"""``RobustSAMPredictor``: the ``segment_anything.SamPredictor`` interface for RobustSAM.
 
 Set an image once (the encoder runs once), then ask for masks with any number of prompts.
 ``predict_torch`` decodes N prompts for the image in ONE batched forward. ``path="sam"`` gives the
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from .modeling.robust_sam import DecoderPath, ImageFeatures, RobustSam
+from .modeling.robust_sam import DecoderPath, ImageFeatures, RobustSAM
 
 VALID_POINT_LABELS = (0, 1)
 
@@ -92,10 +92,10 @@ def _check_inside(coords: np.ndarray, what: str, image_size: tuple[int, int]) ->
         raise ValueError(f"{what} coordinates {coords[outside].tolist()} lie outside the {width} x {height} (W x H) image")
 
 
-class RobustSamPredictor:
-    """Prompted segmentation with a :class:`RobustSam` (``path="robust"``) or its SAM (``path="sam"``)."""
+class RobustSAMPredictor:
+    """Prompted segmentation with a :class:`RobustSAM` (``path="robust"``) or its SAM (``path="sam"``)."""
 
-    def __init__(self, model: RobustSam, path: DecoderPath = "robust") -> None:
+    def __init__(self, model: RobustSAM, path: DecoderPath = "robust") -> None:
         if path not in ("robust", "sam"):
             raise ValueError(f"path must be 'robust' or 'sam', got {path!r}")
         self.model = model
@@ -236,3 +236,6 @@ class RobustSamPredictor:
             return masks, output.iou_predictions, output.mask_logits
         features = PromptFeatures(output.mask_feature, output.mask_tokens, self.features.embedding)
         return masks, output.iou_predictions, output.mask_logits, features
+
+
+RobustSamPredictor = RobustSAMPredictor  # the name before 0.2; kept for one release

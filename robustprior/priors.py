@@ -7,7 +7,7 @@ SAM decoder path) and :class:`RobustSAMPrior` (RobustSAM path) extract it with O
 forward per image, and with ``cache_dir`` store it under a fingerprint of the model and settings so
 that a changed model never reuses stale priors; each cache file carries a checksum of its tensors, and
 a file changed since it was written is recomputed with a warning. Automatic-mask settings not given
-default to those stored with the model (:mod:`robustprior.amg_settings`)::
+default to those stored with the model (:mod:`robustprior.evaluation.amg_settings`)::
 
     prior = RobustSAMPrior.from_pretrained("tiny", cache_dir="priors_cache")
     result = prior(image)            # H x W x 3 uint8 -> StructurePrior
@@ -30,21 +30,21 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from .amg_settings import SAM_DEFAULTS, describe_thresholds, validate_settings
-from .atomic import save_safetensors_atomically, write_text_atomically
-from .automatic_mask_generator import RobustAutomaticMaskGenerator
-from .image_io import load_image
-from .modeling.robust_sam import DecoderPath, ImageFeatures, RobustSam
-from .predictor import RobustSamPredictor, as_rgb_uint8
-from .structure import masks_to_label_map, structure_map
-from .tensor_checksum import load_checked, update_with_tensors, with_checksum
+from robustprior.evaluation.amg_settings import SAM_DEFAULTS, describe_thresholds, validate_settings
+from robustprior.io.atomic import save_safetensors_atomically, write_text_atomically
+from .automatic_mask_generator import RobustSAMAutomaticMaskGenerator
+from robustprior.data.image_io import load_image
+from .modeling.robust_sam import DecoderPath, ImageFeatures, RobustSAM
+from .predictor import RobustSAMPredictor, as_rgb_uint8
+from robustprior.data.structure import masks_to_label_map, structure_map
+from robustprior.io.tensor_checksum import load_checked, update_with_tensors, with_checksum
 
 if TYPE_CHECKING:
     from .load import ModelSource
 
 FILE_FORMAT = "robustprior.structure_prior"
 FILE_FORMAT_VERSION = "2"  # bump when the stored content or its computation changes: invalidates caches
-# version 2: the header carries a checksum of the tensors (robustprior.tensor_checksum)
+# version 2: the header carries a checksum of the tensors (robustprior.io.tensor_checksum)
 FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 
 
@@ -174,7 +174,7 @@ def image_hash(image: np.ndarray) -> str:
     return digest.hexdigest()[:32]
 
 
-class _FeatureRecordingPredictor(RobustSamPredictor):
+class _FeatureRecordingPredictor(RobustSAMPredictor):
     """A predictor that keeps the features of the image it last encoded after ``reset_image``.
 
     The automatic mask generator calls ``set_image`` on each crop and ``reset_image`` when the crop
@@ -182,7 +182,7 @@ class _FeatureRecordingPredictor(RobustSamPredictor):
     prior reads the very encoding the masks were decoded from instead of encoding the image again.
     """
 
-    def __init__(self, model: RobustSam, path: DecoderPath) -> None:
+    def __init__(self, model: RobustSAM, path: DecoderPath) -> None:
         super().__init__(model, path=path)
         self.recorded: list[tuple[tuple[int, int], ImageFeatures]] = []
 
@@ -207,7 +207,7 @@ class _AutomaticMaskPrior(ABC):
 
     def __init__(
         self,
-        model: RobustSam,
+        model: RobustSAM,
         *,
         points_per_side: int | None = None,
         pred_iou_thresh: float | None = None,
@@ -222,11 +222,11 @@ class _AutomaticMaskPrior(ABC):
     ) -> None:
         """``model`` is put in eval mode (and moved to ``device`` when given). The automatic mask
         generator's settings left at None come from ``source`` (the settings stored with the model
-        for this decoder path, see :mod:`robustprior.amg_settings`), else from SAM's defaults.
+        for this decoder path, see :mod:`robustprior.evaluation.amg_settings`), else from SAM's defaults.
         ``cache_dir`` enables the disk cache. ``source`` (from :func:`robustprior.load.load_model`)
         also lets a bundled scene-world model say, in one line, when it meets input that is not a
         generated scene; ``generated_scenes=True`` tells it that every input is one (e.g. arrays
-        from :func:`robustprior.scenes.generate_scene`)."""
+        from :func:`robustprior.data.scenes.generate_scene`)."""
         self.model = (model if device is None else model.to(device)).eval()
         self.source = source
         self.generated_scenes = generated_scenes
@@ -238,7 +238,7 @@ class _AutomaticMaskPrior(ABC):
                                      f"{type(self).__name__} settings")
         self.settings: dict[str, Any] = {**settings, "points_per_batch": points_per_batch}
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.generator = RobustAutomaticMaskGenerator(self.model, path=self.path, **self.settings)
+        self.generator = RobustSAMAutomaticMaskGenerator(self.model, path=self.path, **self.settings)
         self.generator.predictor = _FeatureRecordingPredictor(self.model, self.path)
         self._fingerprint_memo: tuple[tuple, str] | None = None
 

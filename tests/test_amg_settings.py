@@ -9,7 +9,7 @@ import pytest
 import torch
 from skimage import data
 
-from robustprior.amg_settings import (
+from robustprior.evaluation.amg_settings import (
     METADATA_KEY,
     SAM_DEFAULTS,
     SettingsScore,
@@ -23,7 +23,7 @@ from robustprior.amg_settings import (
     settings_metadata,
     validate_settings,
 )
-from robustprior.automatic_mask_generator import RobustAutomaticMaskGenerator
+from robustprior.automatic_mask_generator import RobustSAMAutomaticMaskGenerator
 from robustprior.load import build_robust_sam, load_model
 
 
@@ -40,14 +40,14 @@ def image() -> np.ndarray:
 
 @pytest.mark.parametrize("min_area", [0, 40])
 def test_offline_thresholds_equal_a_generator_run_with_them(small_model, image, min_area) -> None:
-    generator = RobustAutomaticMaskGenerator(small_model, path="sam", points_per_side=3)
+    generator = RobustSAMAutomaticMaskGenerator(small_model, path="sam", points_per_side=3)
     candidates = capture_candidates(generator, image)
     assert len(candidates["rles"]) == 27  # every point's three masks, nothing filtered
     assert (generator.pred_iou_thresh, generator.stability_score_thresh) == (0.88, 0.95)  # restored
     iou_thresh = float(np.median(candidates["iou_preds"]))
     stability = float(np.nanmedian(candidates["stability_score"]))
     offline = apply_thresholds(candidates, iou_thresh, stability, 0.5, min_area)
-    real = RobustAutomaticMaskGenerator(small_model, path="sam", points_per_side=3, pred_iou_thresh=iou_thresh,
+    real = RobustSAMAutomaticMaskGenerator(small_model, path="sam", points_per_side=3, pred_iou_thresh=iou_thresh,
                                         stability_score_thresh=stability, box_nms_thresh=0.5,
                                         min_mask_region_area=min_area).generate(image)
     assert 0 < len(offline) < 27
@@ -119,7 +119,7 @@ def test_bundled_models_carry_settings_that_differ_from_sams() -> None:
 
 def test_priors_default_to_the_stored_settings_and_give_masks_on_generated_scenes() -> None:
     from robustprior import RobustSAMPrior, SAMPrior
-    from robustprior.scenes import TextureBank, derive_seed, generate_scene
+    from robustprior.data.scenes import TextureBank, derive_seed, generate_scene
 
     textures = TextureBank.load(None)
     scenes = [generate_scene(derive_seed(4000, index), textures=textures) for index in range(2)]

@@ -6,16 +6,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustprior.checkpoint import (
+from robustprior.io.checkpoint import (
     OFFICIAL_KEY_MAP,
     CheckpointError,
     load_checkpoint,
     map_official_keys,
     save_checkpoint,
 )
-from robustprior.hub import CheckpointSource, download_checkpoint, file_sha256
+from robustprior.io.hub import CheckpointSource, download_checkpoint, file_sha256
 from robustprior.load import build_robust_sam, load_model
-from robustprior.pretrained import load_robust_sam
+from robustprior.load import load_robust_sam
 
 
 @pytest.fixture()
@@ -187,7 +187,7 @@ def test_missing_bundled_weights_are_an_error_not_a_random_model(tmp_path: Path,
 def test_update_metadata_keeps_the_tensors_byte_for_byte(tiny, tmp_path: Path) -> None:
     from safetensors import safe_open
 
-    from robustprior.checkpoint import update_metadata
+    from robustprior.io.checkpoint import update_metadata
 
     path = save_checkpoint(tiny, tmp_path / "half.safetensors", {"note": "old"}, dtype=torch.float16)
     data_before = path.read_bytes()

@@ -11,9 +11,9 @@ from pycocotools import mask as mask_utils
 
 from robustprior import load
 from robustprior.cli import main
-from robustprior.image_io import read_rgb_image
-from robustprior.mask_outputs import METADATA_COLUMNS
-from robustprior.scenes import SceneConfig, write_instance_dataset
+from robustprior.data.image_io import read_rgb_image
+from robustprior.io.mask_outputs import METADATA_COLUMNS
+from robustprior.data.scenes import SceneConfig, write_instance_dataset
 
 PERMISSIVE = ["--points-per-side", "4", "--pred-iou-thresh", "0.3", "--stability-thresh", "0.5", "--no-progress"]
 HONESTY = ("warning: the bundled {} model was trained on generated scenes; on real photos use --checkpoint "
@@ -27,7 +27,7 @@ def fresh_domain_warnings(monkeypatch) -> None:
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory) -> Path:
-    """Two generated 96 x 96 scenes written by robustprior.scenes (their folder carries its marker)."""
+    """Two generated 96 x 96 scenes written by robustprior.data.scenes (their folder carries its marker)."""
     root = tmp_path_factory.mktemp("scenes")
     return write_instance_dataset(root, 2, seed=7, config=SceneConfig(image_size=(96, 96)), progress=False) / "images"
 

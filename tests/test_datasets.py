@@ -1,4 +1,4 @@
-"""Tests of robustprior.datasets (readers, the RobustSAM dataset) and robustprior.prompts."""
+"""Tests of robustprior.data.datasets (readers, the RobustSAM dataset) and robustprior.data.prompts."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from pycocotools import mask as coco_mask
 from scipy.optimize import linear_sum_assignment
 from skimage.draw import disk, polygon
 
-from robustprior.datasets import (
+from robustprior.data.datasets import (
     CLEAR_KIND,
     CocoInstances,
     InstanceMaskFolder,
@@ -22,7 +22,7 @@ from robustprior.datasets import (
     collate_segmentation,
     read_rgb_image,
 )
-from robustprior.prompts import center_point, jitter_box, mask_to_box, sample_points
+from robustprior.data.prompts import center_point, jitter_box, mask_to_box, sample_points
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -35,7 +35,7 @@ def rectangle_mask(shape: tuple[int, int], rows: tuple[int, int], columns: tuple
 
 
 def pairwise_iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """K1 x K2 IoU matrix of two KxHxW bool stacks (plain numpy, independent of robustprior.metrics)."""
+    """K1 x K2 IoU matrix of two KxHxW bool stacks (plain numpy, independent of robustprior.evaluation.metrics)."""
     first = first.reshape(first.shape[0], -1).astype(np.int64)
     second = second.reshape(second.shape[0], -1).astype(np.int64)
     intersection = first @ second.T

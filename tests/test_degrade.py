@@ -1,4 +1,4 @@
-"""Tests of the degradation engine (robustprior.degrade)."""
+"""Tests of the degradation engine (robustprior.data.degrade)."""
 from __future__ import annotations
 
 import cv2
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from robustprior.degrade import DEGRADATIONS, RandomDegradation, degrade, displace_pixels
+from robustprior.data.degrade import DEGRADATIONS, RandomDegradation, degrade, displace_pixels
 
 NON_RANDOM_KINDS = {"identity", "resampling_blur"}
 RANDOM_KINDS = [kind for kind in DEGRADATIONS if kind not in NON_RANDOM_KINDS]
@@ -316,7 +316,7 @@ def test_random_degradation_bad_arguments(arguments: dict) -> None:
 
 
 # --------------------------------------------------------------------------- reference size
-from robustprior.degrade import SPATIAL_KINDS, elastic_transform, motion_blur, spatial_scale  # noqa: E402
+from robustprior.data.degrade import SPATIAL_KINDS, elastic_transform, motion_blur, spatial_scale  # noqa: E402
 
 
 def test_reference_size_of_the_image_itself_changes_nothing(textured_image: np.ndarray) -> None:

@@ -1,4 +1,4 @@
-"""Tests of robustprior.evaluate (SAM vs RobustSAM report) and robustprior.data_config (data sections)."""
+"""Tests of robustprior.evaluation.evaluate (SAM vs RobustSAM report) and robustprior.data.sources (data sections)."""
 from __future__ import annotations
 
 import json
@@ -10,13 +10,13 @@ import torch
 import yaml
 from PIL import Image
 
-import robustprior.data_config as data_config
-import robustprior.evaluate as evaluate
+import robustprior.data.sources as data_config
+import robustprior.evaluation.evaluate as evaluate
 from robustprior.load import build_robust_sam
-from robustprior.data_config import SCENES_PARAMS_FILE, build_instance_source
-from robustprior.datasets import InstanceRecord
-from robustprior.degrade import degrade
-from robustprior.evaluate import EvaluationResult, degradation_seed, evaluate_segmentation, run_evaluation
+from robustprior.data.sources import SCENES_PARAMS_FILE, build_instance_source
+from robustprior.data.datasets import InstanceRecord
+from robustprior.data.degrade import degrade
+from robustprior.evaluation.evaluate import EvaluationResult, degradation_seed, evaluate_segmentation, run_evaluation
 
 SMALL_SCENES = {"image_size": [96, 128], "object_count_range": [1, 3]}
 
@@ -42,7 +42,7 @@ def tiny_model():
 
 
 def plain_iou(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per-instance IoU of two KxHxW bool stacks (plain numpy, independent of robustprior.metrics)."""
+    """Per-instance IoU of two KxHxW bool stacks (plain numpy, independent of robustprior.evaluation.metrics)."""
     intersection = (predicted & truth).sum(axis=(1, 2))
     union = (predicted | truth).sum(axis=(1, 2))
     return np.where(union > 0, intersection / np.maximum(union, 1), 1.0)
@@ -225,15 +225,15 @@ def test_evaluate_rejects_bad_options(scenes_source) -> None:
 
 
 def test_predict_instance_masks_matches_the_predictor(scenes_source, tiny_model) -> None:
-    from robustprior.predictor import RobustSamPredictor
-    from robustprior.prompts import center_point, mask_to_box
+    from robustprior.predictor import RobustSAMPredictor
+    from robustprior.data.prompts import center_point, mask_to_box
 
     record = scenes_source[1]
     points = np.stack([center_point(mask) for mask in record.masks])
     boxes = np.stack([mask_to_box(mask) for mask in record.masks])
     batched = evaluate.predict_instance_masks(tiny_model, record.image, points, boxes)
     for path in ("sam", "robust"):
-        predictor = RobustSamPredictor(tiny_model, path=path)
+        predictor = RobustSAMPredictor(tiny_model, path=path)
         predictor.set_image(record.image)
         for index in sorted({0, len(points) - 1}):
             point_mask, point_score, _ = predictor.predict(points[index : index + 1], np.ones(1), multimask_output=False)
@@ -340,15 +340,15 @@ def test_run_evaluation_writes_the_report_and_refuses_to_overwrite(tmp_path) -> 
 
 
 def test_example_config_is_valid() -> None:
-    config = yaml.safe_load((Path(evaluate.__file__).parent / "configs" / "eval_tiny.yaml").read_text())
+    config = yaml.safe_load((Path(evaluate.__file__).parents[1] / "configs" / "eval_tiny.yaml").read_text())
     options = evaluate._evaluation_options(config["eval"])
     assert len(options["kinds"]) == 16 and options["prompt_types"] == ["point", "box"]
     assert config["data"]["test"] == {"format": "scenes", "n_images": 40, "seed": 1000}
 
 
 def test_paired_difference_is_the_mean_instance_difference_with_a_bootstrap_interval() -> None:
-    from robustprior.evaluate import EvaluationResult
-    from robustprior.metrics import SegmentationMeter, paired_bootstrap_interval
+    from robustprior.evaluation.evaluate import EvaluationResult
+    from robustprior.evaluation.metrics import SegmentationMeter, paired_bootstrap_interval
 
     rng = np.random.default_rng(0)
     kinds = ("identity", "fog", "snow")
@@ -380,7 +380,7 @@ def test_paired_difference_is_the_mean_instance_difference_with_a_bootstrap_inte
 
 
 def test_generated_data_is_told_apart_from_real_data(shared_data, tmp_path) -> None:
-    from robustprior.scenes import SceneConfig, write_instance_dataset
+    from robustprior.data.scenes import SceneConfig, write_instance_dataset
 
     written = write_instance_dataset(tmp_path / "scenes", 1, seed=1, config=SceneConfig(image_size=(32, 32)), progress=False)
     assert evaluate._is_generated_data({"format": "scenes", "n_images": 1, "seed": 1})

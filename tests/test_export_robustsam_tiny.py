@@ -15,7 +15,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from recipes.export_robustsam_tiny import evaluation_table, export  # noqa: E402
 from robustprior.load import build_robust_sam, load_model  # noqa: E402
-from robustprior.checkpoint import save_checkpoint  # noqa: E402
+from robustprior.io.checkpoint import save_checkpoint  # noqa: E402
 
 
 def hand_report() -> dict:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from robustprior import load
-from robustprior.checkpoint import read_state_dict, save_checkpoint
+from robustprior.io.checkpoint import read_state_dict, save_checkpoint
 from robustprior.load import (
     BUNDLED,
     UntrainedRobustPartsError,
@@ -132,7 +132,7 @@ def test_restoration_describes_priors_with_the_loader() -> None:
 
 
 def test_domain_warning_is_one_line_once_and_only_off_domain(monkeypatch, tmp_path: Path, capsys) -> None:
-    from robustprior.scenes import SceneConfig, write_instance_dataset
+    from robustprior.data.scenes import SceneConfig, write_instance_dataset
 
     monkeypatch.setattr(load, "_warned_domains", set())
     _, source = load_model("tiny")

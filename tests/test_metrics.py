@@ -1,4 +1,4 @@
-"""Tests of robustprior.metrics against hand-computed values."""
+"""Tests of robustprior.evaluation.metrics against hand-computed values."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 from pycocotools import mask as coco_mask
 
-from robustprior.metrics import (
+from robustprior.evaluation.metrics import (
     ImagePredictions,
     SegmentationMeter,
     box_prompt_ap,

@@ -15,7 +15,7 @@ from restoration.paired_data import (
     read_rgb,
     read_rgb_float,
 )
-from robustprior._basicsr import DATASET_REGISTRY
+from restoration._basicsr import DATASET_REGISTRY
 
 
 def _write(path: Path, array: np.ndarray) -> Path:

@@ -71,12 +71,12 @@ PROMPTS = {
 
 @pytest.mark.parametrize("prompt_name", sorted(PROMPTS))
 def test_matches_official_release(official_checkpoint, image, prompt_name: str) -> None:
-    from robustprior.predictor import RobustSamPredictor
+    from robustprior.predictor import RobustSAMPredictor
 
     official, path = official_checkpoint
     ours = build_robust_sam("vit_b", path, fourier_mode="identity", encoder_depth=3, global_attention_indexes=(2,))
     assert ours.config["token_mode"] == "release"
-    predictor = RobustSamPredictor(ours)
+    predictor = RobustSAMPredictor(ours)
     predictor.set_torch_image(ResizeLongestSide(1024).apply_image_torch(image), ORIGINAL_SIZE)
     prompt = PROMPTS[prompt_name]
     for multimask in (False, True):

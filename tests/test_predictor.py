@@ -1,4 +1,4 @@
-"""RobustSamPredictor and automatic masks: batching, input validation, features, SAM equivalence."""
+"""RobustSAMPredictor and automatic masks: batching, input validation, features, SAM equivalence."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 import torch
 from skimage import data
 
-from robustprior.automatic_mask_generator import RobustAutomaticMaskGenerator
+from robustprior.automatic_mask_generator import RobustSAMAutomaticMaskGenerator
 from robustprior.load import build_robust_sam
-from robustprior.predictor import RobustSamPredictor
+from robustprior.predictor import RobustSAMPredictor
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,8 @@ def image() -> np.ndarray:
 
 
 @pytest.fixture()
-def predictor(model, image) -> RobustSamPredictor:
-    predictor = RobustSamPredictor(model)
+def predictor(model, image) -> RobustSAMPredictor:
+    predictor = RobustSAMPredictor(model)
     predictor.set_image(image)
     return predictor
 
@@ -58,7 +58,7 @@ def test_sam_path_matches_segment_anything_predictor(model, image) -> None:
 
     sam_predictor = SamPredictor(Sam(model.image_encoder, model.prompt_encoder, model.mask_decoder).eval())
     sam_predictor.set_image(image)
-    ours = RobustSamPredictor(model, path="sam")
+    ours = RobustSAMPredictor(model, path="sam")
     ours.set_image(image)
     prompt = dict(point_coords=np.array([[80.0, 100.0]]), point_labels=np.array([1]), box=np.array([20, 30, 150, 220]))
     expected_masks, expected_scores, expected_logits = sam_predictor.predict(**prompt)
@@ -77,14 +77,14 @@ def test_return_features(predictor) -> None:
 
 def test_grayscale_and_rgba_are_converted(model, image) -> None:
     gray = image[:, :, 1]
-    reference = RobustSamPredictor(model)
+    reference = RobustSAMPredictor(model)
     reference.set_image(np.repeat(gray[:, :, None], 3, axis=2))
     for variant in (gray, gray[:, :, None]):
-        predictor = RobustSamPredictor(model)
+        predictor = RobustSAMPredictor(model)
         predictor.set_image(variant)
         assert torch.equal(predictor.get_image_embedding(), reference.get_image_embedding())
     rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 7, np.uint8)], axis=2)
-    predictor, plain = RobustSamPredictor(model), RobustSamPredictor(model)
+    predictor, plain = RobustSAMPredictor(model), RobustSAMPredictor(model)
     predictor.set_image(rgba)
     plain.set_image(image)
     assert torch.equal(predictor.get_image_embedding(), plain.get_image_embedding())
@@ -102,7 +102,7 @@ def test_grayscale_and_rgba_are_converted(model, image) -> None:
 )
 def test_bad_images(model, bad, message) -> None:
     with pytest.raises(ValueError, match=message):
-        RobustSamPredictor(model).set_image(bad)
+        RobustSAMPredictor(model).set_image(bad)
 
 
 @pytest.mark.parametrize(
@@ -135,13 +135,13 @@ def test_bad_batched_prompts(predictor) -> None:
 
 def test_predict_before_set_image(model) -> None:
     with pytest.raises(RuntimeError, match="set_image"):
-        RobustSamPredictor(model).predict(np.array([[1, 1]]), np.array([1]))
+        RobustSAMPredictor(model).predict(np.array([[1, 1]]), np.array([1]))
 
 
 def test_automatic_masks_for_both_paths(model, image) -> None:
     results: dict[str, np.ndarray] = {}
     for path in ("robust", "sam"):
-        generator = RobustAutomaticMaskGenerator(model, path=path, points_per_side=4, pred_iou_thresh=-10,
+        generator = RobustSAMAutomaticMaskGenerator(model, path=path, points_per_side=4, pred_iou_thresh=-10,
                                                  stability_score_thresh=0, box_nms_thresh=1.0)
         records = generator.generate(image)
         assert records and {"segmentation", "area", "bbox", "predicted_iou", "stability_score"} <= set(records[0])
@@ -157,13 +157,13 @@ def test_automatic_masks_equal_segment_anythings_generator(path) -> None:
     from segment_anything import SamAutomaticMaskGenerator
 
     from robustprior.load import load_model
-    from robustprior.scenes import generate_scene
+    from robustprior.data.scenes import generate_scene
 
     model = load_model("robustsam_tiny")[0]
     scene = generate_scene(5).image
     settings = dict(points_per_side=6, pred_iou_thresh=0.6, stability_score_thresh=0.3, points_per_batch=16)
-    ours = RobustAutomaticMaskGenerator(model, path=path, **settings)
-    reference = RobustAutomaticMaskGenerator(model, path=path, **settings)
+    ours = RobustSAMAutomaticMaskGenerator(model, path=path, **settings)
+    reference = RobustSAMAutomaticMaskGenerator(model, path=path, **settings)
     reference._process_batch = lambda *args: SamAutomaticMaskGenerator._process_batch(reference, *args)
     got, expected = ours.generate(scene), reference.generate(scene)
     assert len(expected) > 0 and len(got) == len(expected)

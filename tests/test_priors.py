@@ -10,10 +10,10 @@ import pytest
 import torch
 from skimage import data
 
-from robustprior.structure import masks_to_label_map, structure_map
+from robustprior.data.structure import masks_to_label_map, structure_map
 from robustprior import RobustSAMPrior, SAMPrior, StructurePrior
 from robustprior.load import build_robust_sam
-from robustprior.predictor import RobustSamPredictor
+from robustprior.predictor import RobustSAMPredictor
 
 # Permissive thresholds so that a random-init model yields masks (one point: 3 masks); few points keep it fast.
 SETTINGS = {"points_per_side": 1, "pred_iou_thresh": -100.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
@@ -105,7 +105,7 @@ def test_prior_shapes_and_consistency(model, robust_run, image) -> None:
 
 def test_features_match_the_model(model, image, robust_run, sam_result) -> None:
     result, _ = robust_run
-    predictor = RobustSamPredictor(model)
+    predictor = RobustSAMPredictor(model)
     predictor.set_image(image)
     features = predictor.features
     assert torch.equal(result.embedding, features.embedding[0])
@@ -323,7 +323,7 @@ HONESTY = ("warning: the bundled RobustSAM-tiny model was trained on generated s
 def test_bundled_prior_warns_once_off_domain_and_never_on_generated_scenes(image, tmp_path, monkeypatch, capsys) -> None:
     from restoration.datasets import LazyImages  # arrays that know their files: how recipes hand over data
     from robustprior import load
-    from robustprior.scenes import SceneConfig, write_instance_dataset
+    from robustprior.data.scenes import SceneConfig, write_instance_dataset
 
     monkeypatch.setattr(load, "_warned_domains", set())
     root = write_instance_dataset(tmp_path / "scenes", 2, seed=3, config=SceneConfig(image_size=(64, 64)), progress=False)

@@ -9,8 +9,8 @@ import torch
 import restoration.archs.nafnet as nafnet_module
 from restoration.archs import MaskAveragePooling, NAFNet, SAMDeblurNet, SAMGuidedDehazeNet, register_arch
 from restoration.archs.nafnet import local_average_pool
-from robustprior.structure import drop_masks
-from robustprior._basicsr import ARCH_REGISTRY
+from robustprior.data.structure import drop_masks
+from restoration._basicsr import ARCH_REGISTRY
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

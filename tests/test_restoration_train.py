@@ -21,7 +21,7 @@ from restoration.metrics import psnr, ssim
 from restoration.paired_data import read_rgb
 from restoration.train import CHECKPOINT_NAME, RestorationTrainer, RunExistsError, psnr_loss
 from robustprior.priors import StructurePrior
-from robustprior.scenes import SceneConfig, write_gopro_dataset
+from robustprior.data.scenes import SceneConfig, write_gopro_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

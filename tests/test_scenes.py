@@ -12,7 +12,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from restoration.paired_data import PairedImageDataset, pair_gopro, pair_sots, read_rgb
-from robustprior.scenes import (
+from robustprior.data.scenes import (
     Scene,
     SceneConfig,
     TextureBank,
@@ -249,7 +249,7 @@ def test_writers_refuse_non_empty_folders(tmp_path: Path) -> None:
 
 
 def test_scene_arrays_are_the_same_from_parallel_workers() -> None:
-    from robustprior.scenes import generate_scene_arrays
+    from robustprior.data.scenes import generate_scene_arrays
 
     serial = generate_scene_arrays(3, 70, workers=1)  # two blocks of 64 and 6 scenes
     parallel = generate_scene_arrays(3, 70, workers=2)
@@ -260,3 +260,14 @@ def test_scene_arrays_are_the_same_from_parallel_workers() -> None:
     assert np.array_equal(parallel[1][65], scene.instances) and parallel[2][65] == scene.kinds
     with pytest.raises(ValueError, match="count must be positive"):
         generate_scene_arrays(3, 0)
+
+
+def test_default_photo_folder_is_the_shared_data_beside_the_checkout(monkeypatch) -> None:
+    from conftest import SHARED_DATA
+
+    from robustprior.data.scenes import default_photo_folder
+
+    monkeypatch.delenv("ROBUSTPRIOR_SHARED_DATA", raising=False)
+    assert default_photo_folder() == (Path(__file__).resolve().parents[2] / "shared" / "data" / "photos").resolve()
+    monkeypatch.setenv("ROBUSTPRIOR_SHARED_DATA", str(SHARED_DATA))
+    assert default_photo_folder() == SHARED_DATA / "photos"

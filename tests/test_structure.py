@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustprior.structure import (
+from robustprior.data.structure import (
     drop_masks,
     grayscale_segment_coding,
     masks_to_label_map,

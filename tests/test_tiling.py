@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from restoration.archs import SAMGuidedDehazeNet
-from robustprior.structure import resample_prior_features
+from robustprior.data.structure import resample_prior_features
 from restoration.tiling import tiled_forward
 
 

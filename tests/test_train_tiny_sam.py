@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustprior.atomic import is_temporary
-from robustprior.scenes import TextureBank, derive_seed, generate_scene
+from robustprior.io.atomic import is_temporary
+from robustprior.data.scenes import TextureBank, derive_seed, generate_scene
 from robustprior.training import load_training_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def test_train_checkpoint_and_exact_resume(recipe: ModuleType, small_config: dic
 
 
 def test_export_writes_loadable_weights_and_card(recipe: ModuleType, small_config: dict, tmp_path: Path) -> None:
-    from robustprior.checkpoint import read_state_dict
+    from robustprior.io.checkpoint import read_state_dict
     from robustprior.load import load_model
 
     small_config["export"] = {"weights": str(tmp_path / "sam_tiny.safetensors"),
@@ -137,8 +137,8 @@ def test_extended_schedule_history_and_export_of_finished_run(recipe: ModuleType
 
 def test_evaluation_per_shape_kind_matches_object_by_object_clicks(recipe: ModuleType) -> None:
     """Each object's single click, decoded on its own, averaged per kind of that object."""
-    from robustprior.metrics import mask_iou
-    from robustprior.prompts import center_point
+    from robustprior.evaluation.metrics import mask_iou
+    from robustprior.data.prompts import center_point
 
     torch.manual_seed(0)
     model = recipe.trainable_model("tiny").eval()
@@ -184,7 +184,7 @@ def test_fit_minutes_fixes_and_records_the_schedule(recipe: ModuleType, small_co
 
 def test_training_batches_do_not_depend_on_workers_or_start(recipe: ModuleType, small_config: dict) -> None:
     """Step i is the same made in this process, by 2 loader workers, or reached from another start."""
-    from robustprior.scenes import generate_scene_arrays
+    from robustprior.data.scenes import generate_scene_arrays
 
     images, instances, _ = generate_scene_arrays(0, 6)
     here = recipe.training_batches(images, instances, small_config, 3, workers=1)

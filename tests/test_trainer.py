@@ -15,11 +15,11 @@ import torch
 import yaml
 from test_training_engine import _PlantedCode, logged_iterations
 
-from robustprior.hub import file_sha256
+from robustprior.io.hub import file_sha256
 from robustprior.training import (CheckpointError, ConfigError, LearningRateSchedule, load_training_checkpoint,
                                   merge_config)
 from robustprior.training.checkpoints import CHECKPOINT_FOLDER
-from robustprior.training.robustsam import RobustSamTrainer, fill_feature_cache, load_config, schedule_spec
+from robustprior.training.robustsam import RobustSAMTrainer, fill_feature_cache, load_config, schedule_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,12 +67,12 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
 
 
 def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
-    straight = RobustSamTrainer(_without_validation(_config(tmp_path, 4)), tmp_path / "straight")
+    straight = RobustSAMTrainer(_without_validation(_config(tmp_path, 4)), tmp_path / "straight")
     straight.train()
-    interrupted = RobustSamTrainer(_without_validation(_config(tmp_path, 2)), tmp_path / "interrupted")
+    interrupted = RobustSAMTrainer(_without_validation(_config(tmp_path, 2)), tmp_path / "interrupted")
     interrupted.train()
     # the run's own config, four iterations now (``robustprior train --resume --iterations 4``)
-    resumed = RobustSamTrainer(None, tmp_path / "interrupted", resume=True, iterations=4)
+    resumed = RobustSAMTrainer(None, tmp_path / "interrupted", resume=True, iterations=4)
     assert resumed.state.iteration == 2
     resumed.train()
     assert resumed.robust_state_hash() == straight.robust_state_hash()
@@ -85,12 +85,12 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
 
 
 def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
-    RobustSamTrainer(_without_validation(_config(tmp_path, 1)), tmp_path / "run").train()
+    RobustSAMTrainer(_without_validation(_config(tmp_path, 1)), tmp_path / "run").train()
     before = (tmp_path / "run" / "final.safetensors").read_bytes()
     with pytest.raises(FileExistsError, match="--resume"):
-        RobustSamTrainer(_without_validation(_config(tmp_path, 1)), tmp_path / "run")
+        RobustSAMTrainer(_without_validation(_config(tmp_path, 1)), tmp_path / "run")
     assert (tmp_path / "run" / "final.safetensors").read_bytes() == before
-    finished = RobustSamTrainer(None, tmp_path / "run", resume=True, iterations=2)
+    finished = RobustSAMTrainer(None, tmp_path / "run", resume=True, iterations=2)
     finished.train(stop_after=1)  # nothing to do up to iteration 1: the run stays open
     assert finished.train()["iterations"] == 2  # one more iteration, then the run is released
     with pytest.raises(OSError, match="released"):
@@ -104,7 +104,7 @@ def test_training_lowers_loss_and_raises_degraded_iou(tmp_path: Path) -> None:
     config["data"]["train"].update(n_images=2, root=str(tmp_path / "two_scenes"))
     config["data"]["instances_per_image"] = 1
     config["data"]["val"] = config["data"]["train"]
-    trainer = RobustSamTrainer(config, tmp_path / "learn")
+    trainer = RobustSAMTrainer(config, tmp_path / "learn")
     before = trainer.validate()["val_iou_robust"]
     metrics = trainer.train()
     rows = [line.split(",") for line in (tmp_path / "learn" / "log.csv").read_text().splitlines()]
@@ -168,7 +168,7 @@ def test_robust_init_sam_starts_the_robust_path_as_sams_decoder(tmp_path: Path) 
     import torch
 
     from robustprior.load import build_robust_sam
-    from robustprior.checkpoint import save_checkpoint
+    from robustprior.io.checkpoint import save_checkpoint
     from robustprior.training.robustsam import load_base_model
 
     torch.manual_seed(0)
@@ -245,7 +245,7 @@ def test_images_with_several_prompts_are_encoded_once(tmp_path: Path) -> None:
     config["data"]["instances_per_image"] = None
     config["data"]["min_area"] = 1
     config["data"].update(prompt="mixed", prompt_mix={"points": 1, "box": 1, "single_point": 1})
-    trainer = RobustSamTrainer(config, tmp_path / "grouped")
+    trainer = RobustSAMTrainer(config, tmp_path / "grouped")
     data = trainer.data
     indices = data.rank_indices(trainer.state)
     records = [data.train_set.pairs[index][0] for index in indices]
@@ -337,7 +337,7 @@ def test_step_schedule_counts_its_steps_after_the_warmup() -> None:
 # ----------------------------------------------------------------------------- run safety (issue 14)
 def test_planted_code_checkpoint_is_refused_and_never_runs(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
-    RobustSamTrainer(_two_scenes(_config(tmp_path, 2), tmp_path), run).train()
+    RobustSAMTrainer(_two_scenes(_config(tmp_path, 2), tmp_path), run).train()
     state_file = next((run / CHECKPOINT_FOLDER).glob("state-*.pt"))
     mark = tmp_path / "code_ran"
     torch.save({"format": "robustprior-training-checkpoint", "iteration": 2, "payload": _PlantedCode(mark)}, state_file)
@@ -346,7 +346,7 @@ def test_planted_code_checkpoint_is_refused_and_never_runs(tmp_path: Path, capsy
     pointer["state"].update(bytes=state_file.stat().st_size, sha256=file_sha256(state_file))
     pointer_path.write_text(json.dumps(pointer))
     with pytest.raises(CheckpointError, match="would run code"):
-        RobustSamTrainer(None, run, resume=True, iterations=3)
+        RobustSAMTrainer(None, run, resume=True, iterations=3)
     status, error = _cli(["train", "--output", str(run), "--resume", "--iterations", "3"], capsys)
     assert status == 2 and error.startswith("error: refusing to load") and "posix.system" in error
     torch.save({"weights": _PlantedCode(mark)}, tmp_path / "planted.pth")  # also as the model to start from
@@ -402,11 +402,11 @@ def test_log_after_a_kill_before_the_first_checkpoint_has_each_row_once(tmp_path
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("robustprior.training.run_folder.save_training_checkpoint", killed)
         with pytest.raises(KeyboardInterrupt):
-            RobustSamTrainer(config, run).train()
+            RobustSAMTrainer(config, run).train()
     assert load_training_checkpoint(run) is None and logged_iterations(run / "log.csv") == [1, 2]
     with pytest.raises(FileExistsError, match="already holds a robustsam run"):
-        RobustSamTrainer(config, run)  # neither --resume nor --overwrite: refused
-    assert RobustSamTrainer(None, run, resume=True).train()["iterations"] == 3
+        RobustSAMTrainer(config, run)  # neither --resume nor --overwrite: refused
+    assert RobustSAMTrainer(None, run, resume=True).train()["iterations"] == 3
     assert logged_iterations(run / "log.csv") == [1, 2, 3]
 
 
@@ -450,7 +450,7 @@ def test_former_tracebacks_are_messages(tmp_path: Path, capsys) -> None:
 
 
 def test_eval_config_is_checked_before_any_work(tmp_path: Path, capsys) -> None:
-    from robustprior.evaluate import load_eval_config
+    from robustprior.evaluation.evaluate import load_eval_config
 
     shipped = REPO_ROOT / "robustprior" / "configs" / "eval_tiny.yaml"
     assert load_eval_config(shipped)["eval"]["kinds"] == "all"

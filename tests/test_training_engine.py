@@ -18,8 +18,8 @@ import pytest
 import torch
 import yaml
 
-from robustprior.atomic import is_temporary
-from robustprior.hub import file_sha256
+from robustprior.io.atomic import is_temporary
+from robustprior.io.hub import file_sha256
 from robustprior.training import (SCHEDULE_KINDS, CheckpointError, ConfigChangeError, ConfigError, DeviceError,
                                   Field, LearningRateSchedule, Run, RunExistsError, RunFolderError, ScheduleSpec,
                                   Section, capture_rng_state, load_config, load_state_file, load_training_checkpoint,
@@ -384,7 +384,7 @@ def test_files_left_by_a_process_killed_while_writing_are_cleaned_on_the_next_st
         run.save_checkpoint(1, {"w": torch.zeros(1)}, {})
     script = textwrap.dedent(f"""
         import os, signal
-        from robustprior.atomic import atomic_path
+        from robustprior.io.atomic import atomic_path
         with atomic_path({str(folder / CHECKPOINT_FOLDER / "weights-00000002-abcdef.safetensors")!r}) as temporary:
             with open(temporary, "wb") as handle:
                 handle.write(b"x" * 1_000_000)

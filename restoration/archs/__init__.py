@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from robustprior._basicsr import ARCH_REGISTRY
+from restoration._basicsr import ARCH_REGISTRY
 
 ArchClass = TypeVar("ArchClass", bound=type)
 

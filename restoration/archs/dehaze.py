@@ -6,8 +6,8 @@ compact NAFBlock U-Net (:class:`~restoration.archs.nafnet.NAFNet`, not one of th
 Uformer / Restormer backbones) and the prior is one of
 
 * ``"none"``: hazy RGB only (the baseline);
-* ``"grayscale"``: + 1 channel :func:`~robustprior.structure.grayscale_segment_coding` (the paper);
-* ``"structure"``: + the 3-channel :func:`~robustprior.structure.structure_map` (as in SAM-Deblur);
+* ``"grayscale"``: + 1 channel :func:`~robustprior.data.structure.grayscale_segment_coding` (the paper);
+* ``"structure"``: + the 3-channel :func:`~robustprior.data.structure.structure_map` (as in SAM-Deblur);
 * ``"features"``: the grayscale channel, plus a latent prior feature map (e.g. RobustSAM's robust
   mask feature or the SAM image embedding) injected at every encoder level through a 1x1 conv
   initialised to zero, so at initialisation it is exactly the ``"grayscale"`` network.
@@ -22,7 +22,7 @@ from torch import nn
 
 from restoration.archs import register_arch
 from restoration.archs.nafnet import NAFNet
-from robustprior.structure import grayscale_segment_coding, structure_map
+from robustprior.data.structure import grayscale_segment_coding, structure_map
 
 PRIOR_CHANNELS = {"none": 0, "grayscale": 1, "structure": 3, "features": 1}
 

@@ -28,7 +28,7 @@ from segment_anything.modeling.common import LayerNorm2d  # per-pixel layer norm
 from torch import nn
 
 from restoration.archs import register_arch
-from robustprior.structure import drop_masks, region_mean_pool, resample_prior_features
+from robustprior.data.structure import drop_masks, region_mean_pool, resample_prior_features
 
 
 def simple_gate(x: torch.Tensor) -> torch.Tensor:
@@ -198,7 +198,7 @@ class MaskAveragePooling(nn.Module):
 
     A 3x3 conv and a 1x1 conv map the image to ``out_channels`` channels; each channel is then
     replaced inside every mask region by its mean there, and uncovered pixels by the mean over all
-    uncovered pixels (:func:`~robustprior.structure.region_mean_pool`).
+    uncovered pixels (:func:`~robustprior.data.structure.region_mean_pool`).
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 2) -> None:
@@ -216,7 +216,7 @@ class SAMDeblurNet(nn.Module):
 
     ``prior="structure"``: NAFNet with a (3 + ``structure_channels``)-channel intro conv fed
     ``[image, MAP(image, label_map)]``; during training (``self.training``) each sample's masks are
-    dropped with probability ``mask_dropout`` first (:func:`~robustprior.structure.drop_masks`, global
+    dropped with probability ``mask_dropout`` first (:func:`~robustprior.data.structure.drop_masks`, global
     RNG). ``prior="none"``: the plain NAFNet baseline on RGB; label maps are ignored. Other arguments
     as :class:`NAFNet`. Forward: B x 3 x H x W (+ B x H x W labels) -> B x 3 x H x W.
     """

@@ -3,7 +3,7 @@ from .anti_degradation_mask_features import AntiDegradationMaskFeatures, Squeeze
 from .anti_degradation_output_tokens import AntiDegradationOutputTokens
 from .feature_fusion import RobustFeatureFusion
 from .fourier_degradation_suppression import FourierDegradationSuppression
-from .robust_sam import DecoderOutput, ImageFeatures, RobustComponents, RobustSam
+from .robust_sam import DecoderOutput, ImageFeatures, RobustComponents, RobustSAM
 from .selective_convolution import BranchAttention, SelectiveConvolution
 
 __all__ = [
@@ -15,7 +15,7 @@ __all__ = [
     "ImageFeatures",
     "RobustComponents",
     "RobustFeatureFusion",
-    "RobustSam",
+    "RobustSAM",
     "SelectiveConvolution",
     "SqueezeExcitation",
 ]

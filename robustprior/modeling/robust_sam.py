@@ -71,7 +71,7 @@ class TransformerOutput:
     image_index: torch.Tensor  # P long: the image of each prompt
     iou_predictions: torch.Tensor  # P x T, SAM's IoU head on the IoU token (all four mask tokens)
     mask_tokens: torch.Tensor  # P x T x D output tokens after the transformer
-    image_tokens: torch.Tensor  # P x hw x D image tokens after the transformer (RobustSam.upscale -> mask feature)
+    image_tokens: torch.Tensor  # P x hw x D image tokens after the transformer (RobustSAM.upscale -> mask feature)
 
     def select(self, keep: torch.Tensor) -> "TransformerOutput":
         """The prompts picked by ``keep`` (a ``P`` bool mask or indices), in order."""
@@ -101,7 +101,7 @@ class RobustComponents(nn.Module):
         self.robust_mlp = MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
 
 
-class RobustSam(nn.Module):
+class RobustSAM(nn.Module):
     """SAM + RobustSAM. Images in: ``B x 3 x S x S`` from :meth:`preprocess`."""
 
     mask_threshold: float = 0.0
@@ -139,14 +139,14 @@ class RobustSam(nn.Module):
         """Parameters of the frozen SAM (encoder, prompt encoder, SAM decoder)."""
         return [p for name, p in self.named_parameters() if not name.startswith("robust.")]
 
-    def freeze_sam(self) -> "RobustSam":
+    def freeze_sam(self) -> "RobustSAM":
         """Freeze every SAM parameter; only ``robust`` stays trainable (the paper's recipe)."""
         for parameter in self.sam_parameters():
             parameter.requires_grad_(False)
         return self
 
     @torch.no_grad()
-    def start_robust_path_from_sam(self) -> "RobustSam":
+    def start_robust_path_from_sam(self) -> "RobustSAM":
         """Initialise the robust parts so the robust path starts out as SAM's decoder.
 
         The Robust Output Tokens become copies of SAM's mask tokens (the paper's definition), the
@@ -162,7 +162,7 @@ class RobustSam(nn.Module):
         self.robust.fusion.start_as_mask_feature()
         return self
 
-    def train(self, mode: bool = True) -> "RobustSam":
+    def train(self, mode: bool = True) -> "RobustSAM":
         """Like ``nn.Module.train``, but SAM stays in eval mode (it is frozen)."""
         super().train(mode)
         for part in (self.image_encoder, self.prompt_encoder, self.mask_decoder):
@@ -344,3 +344,6 @@ class RobustSam(nn.Module):
             selected = slice(1, None) if multimask_output else slice(0, 1)
             output.mask_logits, output.iou_predictions = output.mask_logits[:, selected], output.iou_predictions[:, selected]
         return output
+
+
+RobustSam = RobustSAM  # the name before 0.2 (one spelling for public classes); kept for one release

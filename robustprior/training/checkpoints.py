@@ -32,8 +32,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..atomic import save_safetensors_atomically, save_torch_atomically, write_text_atomically
-from ..hub import file_sha256
+from robustprior.io.atomic import save_safetensors_atomically, save_torch_atomically, write_text_atomically
+from robustprior.io.hub import file_sha256
 from .errors import CheckpointError
 
 CHECKPOINT_FOLDER = "checkpoints"

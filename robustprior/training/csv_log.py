@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_text_atomically
+from robustprior.io.atomic import write_text_atomically
 
 
 class CsvLog:

@@ -45,7 +45,7 @@ import torch
 import yaml
 
 from .. import __version__
-from ..atomic import remove_temporaries, write_text_atomically
+from robustprior.io.atomic import remove_temporaries, write_text_atomically
 from .checkpoints import (CHECKPOINT_FOLDER, TrainingCheckpoint, load_training_checkpoint, remove_unreferenced,
                           save_training_checkpoint)
 from .config import (Section, apply_overrides, config_differences, copy_internal_values, format_value,

@@ -38,11 +38,11 @@ from .feature_cache import FeatureCache, encoder_fingerprint, image_hash
 from .model import load_base_model
 from .objective import RobustTrainingStep
 from .samples import PromptBatch, SamplePreparer
-from .trainer import TRAIN_LOG, VAL_COLUMNS, VAL_LOG, RobustSamTrainer, fill_feature_cache
+from .trainer import TRAIN_LOG, VAL_COLUMNS, VAL_LOG, RobustSAMTrainer, fill_feature_cache
 
 __all__ = [
     "FEATURE_CACHE_FOLDER", "MODEL_SCHEMA", "ROBUST_INITS", "RUN_KIND", "SCHEMA", "TRAIN_LOG", "VAL_COLUMNS", "VAL_LOG",
-    "FeatureCache", "PromptBatch", "RobustSamTrainer", "RobustTrainingStep", "SamplePreparer", "TrainingData",
+    "FeatureCache", "PromptBatch", "RobustSAMTrainer", "RobustTrainingStep", "SamplePreparer", "TrainingData",
     "TrainingState", "build_datasets", "build_degradation", "encoder_fingerprint", "feature_cache_dir",
     "fill_feature_cache", "image_hash", "load_base_model", "load_config", "schedule_spec",
 ]

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ...data_config import build_instance_source
-from ...datasets import RobustSegmentationDataset
-from ...degrade import DEGRADATIONS_VERSION
-from ...modeling.robust_sam import ImageFeatures, RobustSam
+from robustprior.data.sources import build_instance_source
+from robustprior.data.datasets import RobustSegmentationDataset
+from robustprior.data.degrade import DEGRADATIONS_VERSION
+from ...modeling.robust_sam import ImageFeatures, RobustSAM
 from ..distributed import DistributedContext
 from ..errors import ConfigError
 from .config import FEATURE_CACHE_FOLDER, build_degradation
@@ -77,7 +77,7 @@ class TrainingData:
 
     ``cache_dir``: the feature cache (None: encode every time)."""
 
-    def __init__(self, config: Mapping[str, Any], model: RobustSam, cache_dir: str | Path | None,
+    def __init__(self, config: Mapping[str, Any], model: RobustSAM, cache_dir: str | Path | None,
                  context: DistributedContext) -> None:
         self.config, self.model, self.context = config, model, context
         self.preparer = SamplePreparer(model)

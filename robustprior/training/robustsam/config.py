@@ -3,7 +3,7 @@
 Every key the trainer reads is declared here with its default; an unknown key, a wrong type or an
 out-of-range value is one :class:`~robustprior.training.ConfigError` before any work, naming the key
 and the closest valid one. The data sections ``data.train`` / ``data.val`` are checked by
-:func:`robustprior.data_config.check_source_config` (their keys depend on their ``format``).
+:func:`robustprior.data.sources.check_source_config` (their keys depend on their ``format``).
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ...build import MODEL_CONFIGS
-from ...data_config import check_source_config
-from ...datasets import PROMPT_KINDS, RobustSegmentationDataset
-from ...degrade import DEGRADATIONS, RandomDegradation
+from robustprior.modeling.build import MODEL_CONFIGS
+from robustprior.data.sources import check_source_config
+from robustprior.data.datasets import PROMPT_KINDS, RobustSegmentationDataset
+from robustprior.data.degrade import DEGRADATIONS, RandomDegradation
 from ...modeling.anti_degradation_output_tokens import TOKEN_MODES
 from ...modeling.fourier_degradation_suppression import FOURIER_MODES
 from ..config import REQUIRED, Field, Section, load_config as load_checked_config
@@ -61,12 +61,12 @@ def build_degradation(degradations: Mapping[str, Any]) -> RandomDegradation:
 
 
 MODEL_SCHEMA = Section({
-    "type": Field(str, "tiny", choices=tuple(MODEL_CONFIGS), doc="robustprior.build registry name"),
+    "type": Field(str, "tiny", choices=tuple(MODEL_CONFIGS), doc="robustprior.modeling.build registry name"),
     "checkpoint": Field(str, None, doc="SAM / MobileSAM / official RobustSAM / robustprior weights; null: random"),
     "fourier_mode": Field(str, "paper", choices=FOURIER_MODES),
     "token_mode": Field(str, None, choices=TOKEN_MODES, doc="null: release for official checkpoints, else paper"),
     "robust_init": Field(str, "default", choices=ROBUST_INITS,
-                         doc="sam: the robust path starts as SAM's decoder (RobustSam.start_robust_path_from_sam)"),
+                         doc="sam: the robust path starts as SAM's decoder (RobustSAM.start_robust_path_from_sam)"),
 })
 
 SCHEMA = Section({
@@ -74,7 +74,7 @@ SCHEMA = Section({
     "device": Field(str, "auto", check=check_device_name),
     "model": MODEL_SCHEMA,
     "data": Section({
-        "train": Field(dict, REQUIRED, check=_check_data_source, doc="a data section (robustprior.data_config)"),
+        "train": Field(dict, REQUIRED, check=_check_data_source, doc="a data section (robustprior.data.sources)"),
         "val": Field(dict, None, check=_check_data_source, doc="a data section; null: no validation"),
         "prompt": Field(str, "points", choices=(*PROMPT_KINDS, "mixed")),
         "prompt_mix": Field(dict, None, check=_check_prompt_mix, doc="{kind: weight} for prompt: mixed"),

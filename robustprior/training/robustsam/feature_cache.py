@@ -5,7 +5,7 @@ degraded copy never change. They are stored as float16 safetensors files, one pe
 under ``ROOT/<model id>/<key[:2]>/<key>.safetensors`` beside a ``manifest.json``. The model id
 hashes the encoder's weights and the encoder-relevant config; each file also records its model id
 and key, and a file whose record does not match is rebuilt, never used; so is a file whose tensors no
-longer match the checksum written with them (:mod:`robustprior.tensor_checksum`; with a warning) or
+longer match the checksum written with them (:mod:`robustprior.io.tensor_checksum`; with a warning) or
 that carries none (an older version's file). Writes are atomic (temporary file + rename), so
 concurrent DDP ranks and interrupted runs cannot leave half files.
 """
@@ -23,9 +23,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import safe_open
 
-from ...atomic import save_safetensors_atomically, write_text_atomically
-from ...modeling.robust_sam import ImageFeatures, RobustSam
-from ...tensor_checksum import CHECKSUM_KEY, ChecksumError, load_checked, with_checksum
+from robustprior.io.atomic import save_safetensors_atomically, write_text_atomically
+from ...modeling.robust_sam import ImageFeatures, RobustSAM
+from robustprior.io.tensor_checksum import CHECKSUM_KEY, ChecksumError, load_checked, with_checksum
 
 ENCODER_CONFIG_FIELDS = ("model_type", "encoder", "image_size", "patch_size", "encoder_dim", "encoder_depth",
                          "encoder_heads", "global_attention_indexes", "window_size", "transformer_dim")
@@ -38,7 +38,7 @@ def image_hash(image: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def encoder_fingerprint(model: RobustSam) -> str:
+def encoder_fingerprint(model: RobustSAM) -> str:
     """A short id of everything that determines the encoder's outputs: its weights and config."""
     digest = hashlib.sha256()
     config = {field: model.config.get(field) for field in ENCODER_CONFIG_FIELDS}
@@ -53,7 +53,7 @@ def encoder_fingerprint(model: RobustSam) -> str:
 class FeatureCache:
     """Encoder outputs on disk for one model; :meth:`features` encodes only what is missing."""
 
-    def __init__(self, root: str | Path, model: RobustSam) -> None:
+    def __init__(self, root: str | Path, model: RobustSAM) -> None:
         self.model = model
         self.model_id = encoder_fingerprint(model)
         self.directory = Path(root) / self.model_id

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...modeling.robust_sam import ImageFeatures, RobustSam
+from ...modeling.robust_sam import ImageFeatures, RobustSAM
 from ..losses import (CONSISTENCY_MODES, LossWeights, distillation_loss, paper_consistency, release_consistency,
                       segmentation_losses, weighted_total)
 from .samples import PromptBatch
@@ -18,7 +18,7 @@ class RobustTrainingStep(nn.Module):
     clear image by SAM (teacher, no gradient) and on the degraded image by the robust path, all four
     output tokens; the loss terms are computed once over all prompts (:mod:`robustprior.training.losses`)."""
 
-    def __init__(self, model: RobustSam, weights: LossWeights, consistency: str = "paper") -> None:
+    def __init__(self, model: RobustSAM, weights: LossWeights, consistency: str = "paper") -> None:
         super().__init__()
         if consistency not in CONSISTENCY_MODES:
             raise ValueError(f"train.consistency must be one of {CONSISTENCY_MODES}, got {consistency!r}")

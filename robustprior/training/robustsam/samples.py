@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from ...modeling.robust_sam import RobustSam
+from ...modeling.robust_sam import RobustSAM
 
 
 @dataclass
@@ -42,14 +42,14 @@ class PromptBatch:
 class SamplePreparer:
     """Resizes images, prompts and masks the way SAM's predictor does (long side to ``image_size``)."""
 
-    def __init__(self, model: RobustSam) -> None:
+    def __init__(self, model: RobustSAM) -> None:
         self.image_size = model.image_size
         self.low_res = model.prompt_encoder.mask_input_size[0]
         self.transform = ResizeLongestSide(self.image_size)
         self.pixel_mean, self.pixel_std = model.pixel_mean.cpu(), model.pixel_std.cpu()
 
     def image_tensor(self, image: np.ndarray) -> torch.Tensor:
-        """``H x W x 3`` uint8 -> normalised, padded ``3 x S x S`` (what ``RobustSam.preprocess`` gives)."""
+        """``H x W x 3`` uint8 -> normalised, padded ``3 x S x S`` (what ``RobustSAM.preprocess`` gives)."""
         resized = torch.as_tensor(self.transform.apply_image(image)).permute(2, 0, 1).float()
         normalised = (resized - self.pixel_mean) / self.pixel_std
         h, w = normalised.shape[-2:]

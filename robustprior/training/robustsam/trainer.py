@@ -17,9 +17,9 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from ...atomic import write_text_atomically
-from ...checkpoint import save_checkpoint
-from ...metrics import mask_iou
+from robustprior.io.atomic import write_text_atomically
+from robustprior.io.checkpoint import save_checkpoint
+from robustprior.evaluation.metrics import mask_iou
 from ..config import validate_config
 from ..distributed import DistributedContext, resolve_device, setup_distributed
 from ..errors import CheckpointError, ConfigError, RunFolderError, RunSetupError
@@ -47,7 +47,7 @@ def _device_name(config: Mapping[str, Any] | None, output: Path) -> str:
         return "cpu"  # no saved config: opening the run reports what is wrong
 
 
-class RobustSamTrainer:
+class RobustSAMTrainer:
     """Train the robust parts of a RobustSAM per a config (:data:`~.config.SCHEMA`) in the run folder
     ``output_dir`` (:class:`~robustprior.training.Run`, kind ``robustsam``); every rank of a
     ``torchrun`` job builds one.
@@ -120,7 +120,7 @@ class RobustSamTrainer:
         self.run.close()
         self.closed = True
 
-    def __enter__(self) -> RobustSamTrainer:
+    def __enter__(self) -> RobustSAMTrainer:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -183,7 +183,7 @@ class RobustSamTrainer:
         stopped early. Reaching the last iteration releases the run folder."""
         if self.closed:
             raise RunFolderError(f"this trainer has released {self.output_dir}; continue the run with "
-                                 "RobustSamTrainer(None, output_dir, resume=True) (robustprior train --resume)")
+                                 "RobustSAMTrainer(None, output_dir, resume=True) (robustprior train --resume)")
         try:
             return self._train(stop_after)
         except BaseException:
@@ -324,3 +324,6 @@ def fill_feature_cache(config: Mapping[str, Any], output: str | Path, progress: 
     finally:
         if lock is not None:
             lock.close()
+
+
+RobustSamTrainer = RobustSAMTrainer  # the name before 0.2; kept for one release

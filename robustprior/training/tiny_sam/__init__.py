@@ -1,6 +1,6 @@
 """Train the tiny SAM base (the SAM parts of ``build_robust_sam("tiny")``) from scratch.
 
-Data: the scene world (:mod:`robustprior.scenes`), pre-generated once into a cache under the output
+Data: the scene world (:mod:`robustprior.data.scenes`), pre-generated once into a cache under the output
 folder. Training follows SAM: each step takes B images and P prompts per image (one positive point,
 a few points with an optional negative, or a jittered box, all drawn from a random object's exact
 mask), with focal + dice losses on the logits upsampled to the image size against the exact masks

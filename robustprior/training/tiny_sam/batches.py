@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...atomic import atomic_path
-from ...prompts import jitter_box, mask_to_box, sample_points
-from ...scenes import TextureBank, generate_scene_arrays
+from robustprior.io.atomic import atomic_path
+from robustprior.data.prompts import jitter_box, mask_to_box, sample_points
+from robustprior.data.scenes import TextureBank, generate_scene_arrays
 
 PAD_LABEL = -1  # SAM's label for a padding point (ignored by the prompt encoder)
 

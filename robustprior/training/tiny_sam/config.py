@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...build import MODEL_CONFIGS, ModelConfig
+from robustprior.modeling.build import MODEL_CONFIGS, ModelConfig
 from ..config import Field, Section, load_config as load_checked_config
 from ..distributed import check_device_name
 
@@ -37,7 +37,7 @@ def _check_counts(config: dict) -> None:
 
 
 SCHEMA = Section({
-    "model_type": Field(str, "tiny", choices=tuple(MODEL_CONFIGS), doc="robustprior.build registry name"),
+    "model_type": Field(str, "tiny", choices=tuple(MODEL_CONFIGS), doc="robustprior.modeling.build registry name"),
     "model_overrides": Field(dict, None, check=_check_model_overrides, doc="ModelConfig fields to change"),
     "aligned_attention_init": Field(bool, False, doc="decoder attention starts with W_k = W_q"),
     "seed": Field(int, 0, at_least=0),

@@ -6,10 +6,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...metrics import mask_iou
-from ...modeling.robust_sam import RobustSam
-from ...prompts import center_point, mask_to_box
-from ...scenes import generate_scene_arrays
+from robustprior.evaluation.metrics import mask_iou
+from ...modeling.robust_sam import RobustSAM
+from robustprior.data.prompts import center_point, mask_to_box
+from robustprior.data.scenes import generate_scene_arrays
 
 
 def held_out_scenes(seed: int, count: int, workers: int = 1) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
@@ -18,7 +18,7 @@ def held_out_scenes(seed: int, count: int, workers: int = 1) -> tuple[np.ndarray
 
 
 @torch.no_grad()
-def evaluate(model: RobustSam, images: np.ndarray, instances: np.ndarray, kinds: list[list[str]] | None = None,
+def evaluate(model: RobustSAM, images: np.ndarray, instances: np.ndarray, kinds: list[list[str]] | None = None,
              images_per_batch: int = 8) -> dict[str, Any]:
     """Single-click, token-0 and box IoU over every object of the scenes (``N x H x W x 3`` / ``N x H x W``).
 

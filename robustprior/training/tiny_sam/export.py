@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from ...atomic import write_text_atomically
-from ...checkpoint import save_checkpoint
-from ...modeling.robust_sam import RobustSam
+from robustprior.io.atomic import write_text_atomically
+from robustprior.io.checkpoint import save_checkpoint
+from ...modeling.robust_sam import RobustSAM
 from ..checkpoints import load_training_checkpoint
 from ..config import validate_config
 from ..errors import CheckpointError
@@ -18,7 +18,7 @@ from .evaluation import evaluate, held_out_scenes
 from .model import trainable_model
 
 
-def export_model(model: RobustSam, config: dict, summary: dict) -> None:
+def export_model(model: RobustSAM, config: dict, summary: dict) -> None:
     """Write the fp16 safetensors weights and the model card named in ``config["export"]``."""
     model.cpu()
     with torch.no_grad():
@@ -102,14 +102,14 @@ def model_card(config: dict, summary: dict, weights_path: Path) -> str:
     size_kib = weights_path.stat().st_size / 1024
     return f"""# sam_tiny: the tiny SAM base, trained from scratch
 
-`{weights_path.name}` holds a full `RobustSam` of type `tiny` ({size_kib:.0f} KiB, float16; loading casts to
+`{weights_path.name}` holds a full `RobustSAM` of type `tiny` ({size_kib:.0f} KiB, float16; loading casts to
 float32): SAM parts (image encoder, prompt encoder, mask decoder) trained by `recipes/train_tiny_sam.py`; the
 robust parts are fresh (untrained), with the Robust Output Tokens copied from SAM's mask tokens, as when a
 SAM checkpoint is loaded. Load it with `robustprior.load.load_model("sam_tiny", decoder_path="sam")` (its RobustSAM path is refused: untrained).
 
 ## Data
 
-The scene world of `robustprior.scenes` (default `SceneConfig`: 256 x 256, 2-6 textured objects on a photo
+The scene world of `robustprior.data.scenes` (default `SceneConfig`: 256 x 256, 2-6 textured objects on a photo
 background, textures from the shared photos). Train: {data['train_scenes']} scenes
 `generate_scene(derive_seed({data['train_seed']}, i))`, random flips. Held-out test: {data['test_scenes']} scenes
 `generate_scene(derive_seed({data['test_seed']}, i))` ({metrics['objects']} objects), a different seed stream.

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ...atomic import write_text_atomically
+from robustprior.io.atomic import write_text_atomically
 from ..config import validate_config
 from ..distributed import resolve_device
 from ..errors import ConfigError

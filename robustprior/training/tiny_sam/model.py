@@ -5,10 +5,10 @@ import torch
 from segment_anything.modeling.transformer import Attention
 
 from ...load import build_robust_sam
-from ...modeling.robust_sam import RobustSam
+from ...modeling.robust_sam import RobustSAM
 
 
-def parameter_groups(model: RobustSam, weight_decay: float) -> list[dict]:
+def parameter_groups(model: RobustSAM, weight_decay: float) -> list[dict]:
     """SAM parameters, without weight decay for biases, norms and position embeddings."""
     decayed, plain = [], []
     for name, parameter in model.named_parameters():
@@ -19,7 +19,7 @@ def parameter_groups(model: RobustSam, weight_decay: float) -> list[dict]:
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
-def align_decoder_attention(model: RobustSam) -> None:
+def align_decoder_attention(model: RobustSAM) -> None:
     """Initialise every key projection of SAM's two-way transformer as a copy of its query projection.
 
     With ``W_k = W_q`` the attention score between a prompt token and an image position contains
@@ -34,10 +34,10 @@ def align_decoder_attention(model: RobustSam) -> None:
                 module.k_proj.bias.copy_(module.q_proj.bias)
 
 
-def trainable_model(model_type: str, aligned_attention: bool = False, overrides: dict | None = None) -> RobustSam:
+def trainable_model(model_type: str, aligned_attention: bool = False, overrides: dict | None = None) -> RobustSAM:
     """A fresh model whose SAM parameters train (the robust parts stay frozen and untouched);
     ``aligned_attention`` applies :func:`align_decoder_attention`; ``overrides`` change single
-    :class:`robustprior.build.ModelConfig` fields (architecture experiments)."""
+    :class:`robustprior.modeling.build.ModelConfig` fields (architecture experiments)."""
     model = build_robust_sam(model_type, random_init=True, **(overrides or {}))
     for parameter in model.sam_parameters():
         parameter.requires_grad_(True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...metrics import mask_iou
-from ...modeling.robust_sam import ImageFeatures, RobustSam
+from robustprior.evaluation.metrics import mask_iou
+from ...modeling.robust_sam import ImageFeatures, RobustSAM
 from .. import losses
 from .batches import PromptGroup
 
@@ -31,11 +31,11 @@ def actual_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return scores.view(predicted.shape[:2]).float()
 
 
-def group_losses(model: RobustSam, features: ImageFeatures, group: PromptGroup, weights: dict
+def group_losses(model: RobustSAM, features: ImageFeatures, group: PromptGroup, weights: dict
                  ) -> dict[str, torch.Tensor]:
     """Summed (over prompts) focal, dice and IoU-MSE terms of one prompt group. With
     ``weights["full_resolution"]`` the ``P x 4 x 128 x 128`` low-resolution logits are upsampled
-    bilinearly to the image size (as :meth:`RobustSam.postprocess_masks` does at inference) and
+    bilinearly to the image size (as :meth:`RobustSAM.postprocess_masks` does at inference) and
     compared with the exact masks; otherwise they are compared at 128 x 128 with the masks
     area-averaged to that size (soft targets). The soft targets of objects narrower than two
     low-resolution pixels sit near 0.5, whose optimum is a logit near 0: a coin flip after
@@ -78,7 +78,7 @@ def group_losses(model: RobustSam, features: ImageFeatures, group: PromptGroup, 
     }
 
 
-def training_step_loss(model: RobustSam, images: torch.Tensor, groups: list[PromptGroup], config: dict
+def training_step_loss(model: RobustSAM, images: torch.Tensor, groups: list[PromptGroup], config: dict
                        ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss of one step (mean over prompts) for ``images`` (``B x H x W x 3`` uint8)."""
     weights = config["loss"]

@@ -16,7 +16,7 @@ scenes            ``n_images``, ``seed``                      ``root``, ``scene`
 ================  ==========================================  ===============================================
 
 ``names`` keeps only the listed records (in source order). ``scenes`` is the generated scene world
-of :mod:`robustprior.scenes`: it is written once into ``root`` (or into
+of :mod:`robustprior.data.scenes`: it is written once into ``root`` (or into
 ``cache_root/scenes-N-SEED[-HASH]``, HASH naming non-default ``scene`` options) together with
 ``scenes_params.json``, and reused as long as that file records the same parameters; a folder
 written with other parameters, or not written by this module, is never replaced: it is an error.
@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from robustprior.datasets import CocoInstances, InstanceMaskFolder, InstanceRecord, InstanceSource
-from robustprior.hub import cache_dir
-from robustprior.scenes import SceneConfig, TextureBank, write_instance_dataset
+from robustprior.data.datasets import CocoInstances, InstanceMaskFolder, InstanceRecord, InstanceSource
+from robustprior.io.hub import cache_dir
+from robustprior.data.scenes import SceneConfig, TextureBank, write_instance_dataset
 
 __all__ = ["SCENES_PARAMS_FILE", "SOURCE_FORMATS", "NamedSubset", "build_instance_source", "check_source_config",
            "default_data_cache"]
@@ -55,7 +55,7 @@ SOURCE_FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 
 def default_data_cache() -> Path:
-    """Where generated data goes when no ``cache_root`` is given: ``robustprior.hub.cache_dir() / "datasets"``."""
+    """Where generated data goes when no ``cache_root`` is given: ``robustprior.io.hub.cache_dir() / "datasets"``."""
     return cache_dir() / "datasets"
 
 
@@ -160,7 +160,7 @@ def _scenes_params(n_images: int, seed: int, scene_config: SceneConfig) -> dict[
     """What a written scenes folder must record to be reused (JSON-normalised)."""
     textures = TextureBank.load(scene_config.texture_source)
     params = {
-        "generator": "robustprior.scenes.write_instance_dataset",
+        "generator": "robustprior.data.scenes.write_instance_dataset",
         "version": SCENES_PARAMS_VERSION,
         "n_images": n_images,
         "seed": seed,

@@ -19,7 +19,7 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from robustprior.datasets import CLEAR_KIND
+from robustprior.data.datasets import CLEAR_KIND
 
 MaskArray = np.ndarray | torch.Tensor
 METRIC_NAMES = ("IoU", "Dice", "PA")

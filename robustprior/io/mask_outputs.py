@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .atomic import atomic_path
+from robustprior.io.atomic import atomic_path
 
 OUTPUT_MODES = ("binary_mask", "coco_rle")
 METADATA_COLUMNS = ("id", "area", "bbox_x0", "bbox_y0", "bbox_w", "bbox_h", "point_input_x", "point_input_y",

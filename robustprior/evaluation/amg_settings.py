@@ -94,7 +94,7 @@ def describe_thresholds(settings: Mapping[str, Any]) -> str:
 def capture_candidates(generator, image: np.ndarray) -> MaskData:
     """Every mask the generator proposes for ``image`` before any filter (all points x 3 masks).
 
-    ``generator`` is a :class:`robustprior.automatic_mask_generator.RobustAutomaticMaskGenerator`;
+    ``generator`` is a :class:`robustprior.automatic_mask_generator.RobustSAMAutomaticMaskGenerator`;
     its thresholds are switched off for the call (predicted IoU 0, stability 0, box NMS 1.0, no
     small-region removal) and restored afterwards. Returns numpy ``MaskData`` with ``rles``,
     ``boxes`` (XYXY), ``iou_preds``, ``stability_score`` and ``points``.
@@ -226,11 +226,11 @@ def search_amg_settings(
 ) -> tuple[dict[str, Any], list[SettingsScore]]:
     """Measure the settings grid for ``model`` on decoder ``path`` over ``images`` with their
     ``K x H x W`` bool ``objects``; returns the chosen settings and every setting's score."""
-    from .automatic_mask_generator import RobustAutomaticMaskGenerator
+    from robustprior.automatic_mask_generator import RobustSAMAutomaticMaskGenerator
 
     scores = []
     for points_per_side in points_per_side_grid:
-        generator = RobustAutomaticMaskGenerator(model, path=path, points_per_side=points_per_side)
+        generator = RobustSAMAutomaticMaskGenerator(model, path=path, points_per_side=points_per_side)
         candidates = [capture_candidates(generator, image) for image in tqdm(
             images, desc=f"candidate masks ({path} path, {points_per_side}x{points_per_side} points)",
             disable=not progress)]
@@ -253,9 +253,9 @@ def measure_on_scenes(model, paths: Sequence[str] = ("sam", "robust"), n_scenes:
                       points_per_side_grid: Sequence[int] = POINTS_PER_SIDE_GRID, progress: bool = True
                       ) -> tuple[dict[str, dict[str, Any]], dict[str, list[SettingsScore]]]:
     """:func:`search_amg_settings` for each decoder path on ``n_scenes`` generated scenes
-    ``generate_scene(derive_seed(seed, i))`` (default :class:`~robustprior.scenes.SceneConfig`, 256 px);
+    ``generate_scene(derive_seed(seed, i))`` (default :class:`~robustprior.data.scenes.SceneConfig`, 256 px);
     returns the chosen settings and all scores, per path."""
-    from .scenes import TextureBank, derive_seed, generate_scene
+    from robustprior.data.scenes import TextureBank, derive_seed, generate_scene
 
     textures = TextureBank.load(None)
     scenes = [generate_scene(derive_seed(seed, index), textures=textures) for index in range(n_scenes)]
@@ -284,7 +284,7 @@ def card_section(chosen: Mapping[str, Mapping[str, Any]], scores: Mapping[str, S
         "and `robustprior segment` unless told otherwise. SAM's own defaults (predicted IoU 0.88, stability 0.95) "
         "give this model (almost) no mask (last column). Chosen on "
         f"{n_scenes} held-out generated scenes (`generate_scene(derive_seed({seed}, i))`, 256 px) by "
-        "`robustprior.amg_settings.measure_on_scenes`: best F1 at mask IoU >= 0.5 against the scenes' objects "
+        "`robustprior.evaluation.amg_settings.measure_on_scenes`: best F1 at mask IoU >= 0.5 against the scenes' objects "
         "among the settings that give every scene a mask, on the coarsest point grid "
         f"({', '.join(str(n) for n in sorted({s.points_per_side for path_scores in scores.values() for s in path_scores}))} "
         f"points per side tried) within {F1_TOLERANCE} of the best F1 (the photo background has no ground truth, so "

@@ -483,7 +483,7 @@ SPATIAL_KINDS: frozenset[str] = frozenset({"motion_blur", "elastic_transform", "
 
 DEGRADATIONS_VERSION = 1
 """Bump whenever any kind's output for a given (image, seed, severity) changes: cached features of
-degraded images (:mod:`robustprior.trainer`) are keyed by it, so old entries stop being used."""
+degraded images (:mod:`robustprior.training.robustsam`) are keyed by it, so old entries stop being used."""
 
 
 # --------------------------------------------------------------------------- public entry points

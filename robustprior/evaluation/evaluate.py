@@ -5,15 +5,15 @@ Protocol (:func:`evaluate_segmentation`): every image of a source is degraded wi
 (image, kind) pair gets the same degraded image whatever other kinds or images are evaluated. The
 degraded image is encoded ONCE; every ground-truth instance is then prompted
 
-* ``point``: one positive point at the instance's interior centre (:func:`robustprior.prompts.center_point`,
+* ``point``: one positive point at the instance's interior centre (:func:`robustprior.data.prompts.center_point`,
   the pixel farthest from the boundary, as in SAM's single-point protocol);
-* ``box``: its tight ground-truth box (:func:`robustprior.prompts.mask_to_box`, XYXY),
+* ``box``: its tight ground-truth box (:func:`robustprior.data.prompts.mask_to_box`, XYXY),
 
 and decoded with each path (``sam``: SAM's own tokens; ``robust``: RobustSAM) in single-mask mode
 (``multimask_output=False``, mask token 0, as the official RobustSAM ``eval.py`` decodes; SAM's
 paper instead keeps the most confident of three masks for a single point, which is not done here).
 IoU / Dice / PA against the mask (ignore regions excluded) go into one
-:class:`~robustprior.metrics.SegmentationMeter` per (path, prompt type): "Degrade" = mean over the
+:class:`~robustprior.evaluation.metrics.SegmentationMeter` per (path, prompt type): "Degrade" = mean over the
 degraded kinds of each kind's mean, "Clear" = identity, "Average" = mean over all kinds. Box-prompt
 masks, scored by their predicted IoU, also give class-agnostic COCO mask AP per kind, summarised the
 same way.
@@ -38,17 +38,17 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from robustprior.build import MODEL_CONFIGS
-from robustprior.data_config import build_instance_source, check_source_config
-from robustprior.datasets import CLEAR_KIND, InstanceSource
-from robustprior.degrade import DEGRADATIONS, degrade
+from robustprior.modeling.build import MODEL_CONFIGS
+from robustprior.data.sources import build_instance_source, check_source_config
+from robustprior.data.datasets import CLEAR_KIND, InstanceSource
+from robustprior.data.degrade import DEGRADATIONS, degrade
 from robustprior.load import ModelSource, load_model
-from robustprior.metrics import ImagePredictions, SegmentationMeter, box_prompt_ap, paired_bootstrap_interval
+from robustprior.evaluation.metrics import ImagePredictions, SegmentationMeter, box_prompt_ap, paired_bootstrap_interval
 from robustprior.modeling.fourier_degradation_suppression import FOURIER_MODES
-from robustprior.modeling.robust_sam import RobustSam
-from robustprior.predictor import RobustSamPredictor
-from robustprior.prompts import center_point, mask_to_box
-from robustprior.scenes import is_generated_scene_file
+from robustprior.modeling.robust_sam import RobustSAM
+from robustprior.predictor import RobustSAMPredictor
+from robustprior.data.prompts import center_point, mask_to_box
+from robustprior.data.scenes import is_generated_scene_file
 from robustprior.training.config import REQUIRED, Field, Section, load_config, validate_config
 from robustprior.training.distributed import check_device_name, resolve_device
 
@@ -88,7 +88,7 @@ def degradation_seed(seed: int, name: str, kind: str) -> int:
 
 @torch.no_grad()
 def predict_instance_masks(
-    model: RobustSam,
+    model: RobustSAM,
     image: np.ndarray,
     point_coords: np.ndarray,
     boxes: np.ndarray,
@@ -102,7 +102,7 @@ def predict_instance_masks(
     point, or two box corners), so each path decodes all ``len(prompt_types) x K`` prompts in ONE
     single-mask batch. Returns ``{(path, prompt_type): (masks K x H x W bool, predicted IoU K float32)}``.
     """
-    predictor = RobustSamPredictor(model)
+    predictor = RobustSAMPredictor(model)
     predictor.set_image(image)
     device, size = model.device, predictor.original_size
     sparse_parts, dense_parts = [], []
@@ -349,7 +349,7 @@ def _instance_selection(masks: np.ndarray, min_area: int, max_instances: int | N
 
 
 def evaluate_segmentation(
-    model: RobustSam,
+    model: RobustSAM,
     source: InstanceSource,
     kinds: Sequence[str] = DEGRADATIONS,
     prompt_types: Sequence[str] = PROMPT_TYPES,
@@ -365,7 +365,7 @@ def evaluate_segmentation(
 
     Instances with fewer than ``min_area`` pixels are skipped; ``max_instances_per_image`` keeps
     the largest ones. Images without an eligible instance are skipped (counted in the protocol).
-    ``reference_size`` scales the degradations' pixel sizes to the image (:mod:`robustprior.degrade`).
+    ``reference_size`` scales the degradations' pixel sizes to the image (:mod:`robustprior.data.degrade`).
     """
     kinds = _checked_choices(kinds, DEGRADATIONS, "kinds")
     prompt_types = _checked_choices(prompt_types, PROMPT_TYPES, "prompt types")
@@ -445,7 +445,7 @@ def _check_kinds(kinds: str | list[str]) -> None:
 
 def _check_data_sections(data: dict) -> None:
     """``data``: named data sections (``test``, ``val``, ...; each null or a section of
-    :mod:`robustprior.data_config`)."""
+    :mod:`robustprior.data.sources`)."""
     for name, section in data.items():
         if section is not None:
             check_source_config(section, section=f"data.{name}")
@@ -515,7 +515,7 @@ def _data_section(config: Mapping[str, Any], split: str | None) -> tuple[str, Ma
     raise ValueError(f"the config has no data.{' or data.'.join(candidates)} section to evaluate")
 
 
-def _load_model(config: Mapping[str, Any], checkpoint: str | None, device: str) -> tuple[RobustSam, ModelSource]:
+def _load_model(config: Mapping[str, Any], checkpoint: str | None, device: str) -> tuple[RobustSAM, ModelSource]:
     """The model of a validated ``config["model"]`` (``checkpoint`` overrides ``model.checkpoint``) and its source.
 
     ``model.allow_untrained_robust: true`` evaluates a model whose robust parts are untrained (e.g.
@@ -534,7 +534,7 @@ def _load_model(config: Mapping[str, Any], checkpoint: str | None, device: str) 
 
 def _is_generated_data(section: Mapping[str, Any]) -> bool:
     """Whether a data section holds generated scenes (``format: scenes``, or a folder written by
-    :mod:`robustprior.scenes`, which carries its marker)."""
+    :mod:`robustprior.data.scenes`, which carries its marker)."""
     if section.get("format", "scenes") == "scenes":
         return True
     root = section.get("root") or section.get("image_root")
@@ -555,7 +555,7 @@ def run_evaluation(
     Writes ``report.md``, ``report.json``, ``iou_per_degradation.png`` (point prompts, else box) and
     ``config.yaml`` (the config with the checkpoint actually used) into ``output_dir``; raises
     FileExistsError before any work when one of them exists and ``overwrite`` is False.
-    ``cache_root`` receives generated scenes (see :func:`robustprior.data_config.build_instance_source`).
+    ``cache_root`` receives generated scenes (see :func:`robustprior.data.sources.build_instance_source`).
     """
     config = validate_config(config, EVAL_SCHEMA)
     output_dir = Path(output_dir)

@@ -47,8 +47,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
 
-from .atomic import save_safetensors_atomically
-from .modeling.robust_sam import RobustSam
+from robustprior.io.atomic import save_safetensors_atomically
+from robustprior.modeling.robust_sam import RobustSAM
 
 OFFICIAL_BLOCKS: dict[str, str] = {
     "fourier_mask_features": "robust.fusion.mask_feature_amfg",
@@ -184,7 +184,7 @@ def guess_model_type(state: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
-def check_state_dict(model: RobustSam, state: Mapping[str, torch.Tensor], base_only: bool = False) -> None:
+def check_state_dict(model: RobustSAM, state: Mapping[str, torch.Tensor], base_only: bool = False) -> None:
     """Raise :class:`CheckpointError` naming every missing, unexpected and mis-shaped key."""
     expected = {k: v for k, v in model.state_dict().items() if not (base_only and k.startswith("robust."))}
     missing = sorted(set(expected) - set(state))
@@ -206,7 +206,7 @@ def check_state_dict(model: RobustSam, state: Mapping[str, torch.Tensor], base_o
     raise CheckpointError("\n".join(lines))
 
 
-def load_checkpoint(model: RobustSam, path: str | Path, strict: bool = True) -> str:
+def load_checkpoint(model: RobustSAM, path: str | Path, strict: bool = True) -> str:
     """Load any supported checkpoint file into ``model``; returns its format.
 
     Strict by default: any missing, unexpected or mis-shaped key raises a :class:`CheckpointError`
@@ -216,7 +216,7 @@ def load_checkpoint(model: RobustSam, path: str | Path, strict: bool = True) -> 
     return load_state(model, state, detect_format(state, metadata), strict=strict)
 
 
-def load_state(model: RobustSam, state: Mapping[str, torch.Tensor], checkpoint_format: str, strict: bool = True) -> str:
+def load_state(model: RobustSAM, state: Mapping[str, torch.Tensor], checkpoint_format: str, strict: bool = True) -> str:
     """Load an already-read state dict of the given format (see :func:`load_checkpoint`)."""
     if checkpoint_format == "robustsam-official":
         state = map_official_keys(state)
@@ -233,7 +233,7 @@ def load_state(model: RobustSam, state: Mapping[str, torch.Tensor], checkpoint_f
     return checkpoint_format
 
 
-def save_checkpoint(model: RobustSam, path: str | Path, extra_metadata: Mapping[str, str] | None = None,
+def save_checkpoint(model: RobustSAM, path: str | Path, extra_metadata: Mapping[str, str] | None = None,
                     dtype: torch.dtype | None = None) -> Path:
     """Write ``model`` as safetensors with its config in the metadata, atomically.
 

@@ -28,9 +28,9 @@ from functools import partial
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
 
-from .modeling.early_features import first_global_attention_block
-from .modeling.layer_norm import use_channel_layer_norm
-from .modeling.robust_sam import RobustComponents, RobustSam
+from robustprior.modeling.early_features import first_global_attention_block
+from robustprior.modeling.layer_norm import use_channel_layer_norm
+from robustprior.modeling.robust_sam import RobustComponents, RobustSAM
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,8 @@ def _build_image_encoder(config: ModelConfig) -> tuple[torch.nn.Module, torch.nn
     raise ValueError(f"unknown encoder kind {config.encoder!r}")
 
 
-def build_from_config(config: ModelConfig) -> RobustSam:
-    """A randomly initialised :class:`RobustSam` for ``config`` (SAM frozen, robust parts trainable)."""
+def build_from_config(config: ModelConfig) -> RobustSAM:
+    """A randomly initialised :class:`RobustSAM` for ``config`` (SAM frozen, robust parts trainable)."""
     image_encoder, early_layer = _build_image_encoder(config)
     size = config.embedding_size
     prompt_encoder = PromptEncoder(
@@ -153,7 +153,7 @@ def build_from_config(config: ModelConfig) -> RobustSam:
         token_mode=config.token_mode,
         num_instance_norms=config.num_instance_norms,
     )
-    model = RobustSam(image_encoder, prompt_encoder, mask_decoder, robust, early_layer,
+    model = RobustSAM(image_encoder, prompt_encoder, mask_decoder, robust, early_layer,
                       image_size=config.image_size, config=config.to_dict())
     use_channel_layer_norm(model)  # SAM's LayerNorm2d modules (encoder neck, prompt encoder, upscaling), same weights
     model.freeze_sam()

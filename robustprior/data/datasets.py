@@ -19,8 +19,8 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as coco_mask
 from torch.utils.data import Dataset
 
-from robustprior.image_io import read_rgb_image  # re-exported: datasets.read_rgb_image is the same function
-from robustprior.prompts import center_point, jitter_box, mask_to_box, sample_points
+from robustprior.data.image_io import read_rgb_image  # re-exported: datasets.read_rgb_image is the same function
+from robustprior.data.prompts import center_point, jitter_box, mask_to_box, sample_points
 
 __all__ = [
     "CLEAR_KIND",
@@ -38,7 +38,7 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 VOID_LABEL = 255  # uint8 VOC-style masks: "void" pixels (object boundaries, unlabelled areas)
-CLEAR_KIND = "identity"  # degradation name of an undegraded image (as in robustprior.degrade)
+CLEAR_KIND = "identity"  # degradation name of an undegraded image (as in robustprior.data.degrade)
 
 Degradation = Callable[[np.ndarray, int], tuple[np.ndarray, str]]
 

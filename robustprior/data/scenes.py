@@ -96,7 +96,7 @@ OUTLINE_SUBPIXEL_BITS = 4  # cv2.fillPoly fixed-point precision: 1/16 px
 def default_photo_folder() -> Path:
     """The shared real photos: ``$ROBUSTPRIOR_SHARED_DATA/photos`` or ``../shared/data/photos``."""
     override = os.environ.get("ROBUSTPRIOR_SHARED_DATA")
-    shared_data = Path(override) if override else Path(__file__).resolve().parents[2] / "shared" / "data"
+    shared_data = Path(override) if override else Path(__file__).resolve().parents[3] / "shared" / "data"
     return shared_data / "photos"
 
 
@@ -625,7 +625,7 @@ holding it are generated scenes (the bundled tiny models' own domain); a user's 
 
 
 def _write_scene_marker(folder: Path, writer: str, seed: int) -> None:
-    _write_json(folder / SCENE_MARKER, {"generator": "robustprior.scenes", "writer": writer, "seed": seed})
+    _write_json(folder / SCENE_MARKER, {"generator": "robustprior.data.scenes", "writer": writer, "seed": seed})
 
 
 def is_generated_scene_file(path: str | Path) -> bool:
@@ -714,7 +714,7 @@ def write_instance_dataset(
         for annotation in scene_annotations:
             annotations.append({"id": len(annotations) + 1, **annotation})
     coco = {
-        "info": {"description": f"robustprior.scenes instance dataset, seed {seed}"},
+        "info": {"description": f"robustprior.data.scenes instance dataset, seed {seed}"},
         "images": images,
         "annotations": annotations,
         "categories": [{"id": 1, "name": "object", "supercategory": "object"}],
