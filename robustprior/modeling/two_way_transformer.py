@@ -38,15 +38,20 @@ def attention(module: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return _attend(module, module.q_proj(q), module.k_proj(k), module.v_proj(v))
 
 
-def _block(block: TwoWayAttentionBlock, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor,
-           key_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One :class:`TwoWayAttentionBlock` (SAM's order of operations), per prompt."""
+def _self_attention(block: TwoWayAttentionBlock, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
+    """The block's token self-attention and its norm (``P x N x C``)."""
     if block.skip_first_layer_pe:
         queries = attention(block.self_attn, queries, queries, queries)
     else:
         q = queries + query_pe
         queries = queries + attention(block.self_attn, q, q, queries)
-    queries = block.norm1(queries)
+    return block.norm1(queries)
+
+
+def _block(block: TwoWayAttentionBlock, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor,
+           key_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One :class:`TwoWayAttentionBlock` (SAM's order of operations), per prompt."""
+    queries = _self_attention(block, queries, query_pe)
     q, k = queries + query_pe, keys + key_pe
     queries = block.norm2(queries + attention(block.cross_attn_token_to_image, q, k, keys))
     queries = block.norm3(queries + block.mlp(queries))
@@ -67,12 +72,7 @@ def _first_block_shared(block: TwoWayAttentionBlock, queries: torch.Tensor, imag
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """The first block with its image-only projections computed once per image: ``images`` is
     ``U x HW x C`` (each image's keys), ``queries`` ``P x N x C``; returns per-prompt outputs."""
-    if block.skip_first_layer_pe:
-        queries = attention(block.self_attn, queries, queries, queries)
-    else:
-        q = queries + query_pe
-        queries = queries + attention(block.self_attn, q, q, queries)
-    queries = block.norm1(queries)
+    queries = _self_attention(block, queries, query_pe)
 
     # tokens -> image: every prompt of an image attends to the same keys and values
     to_image = block.cross_attn_token_to_image
