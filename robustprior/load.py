@@ -272,7 +272,10 @@ def load_model(
         source = ModelSource("random", model_type)
         if announce:
             notice(f"building a {source.label()} (no weights: its masks are meaningless)")
-        return build_from_config(config).to(device).eval(), source
+        model = build_from_config(config)
+        if not next(model.parameters()).is_meta:  # built under `with torch.device("meta")`: shapes only (FLOP counts)
+            model = model.to(device)
+        return model.eval(), source
     path, name, bundled = resolve_checkpoint_spec(checkpoint, decoder_path)
     state, metadata = read_state_dict(path)
     source, stored_config = _source_of(path, name, bundled, state, metadata)

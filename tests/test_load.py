@@ -90,6 +90,18 @@ def test_a_model_without_weights_needs_random_init() -> None:
         load_model("tiny", "tiny", random_init=True)
 
 
+def test_a_model_built_on_the_meta_device_stays_there() -> None:
+    """Shapes without memory (the FLOP benchmark counts vit_h this way): the parameter counts the README
+    lists, and no attempt to copy meta tensors to the CPU."""
+    with torch.device("meta"):
+        model = build_robust_sam("vit_b", random_init=True, token_mode="release")
+    parameters = list(model.parameters())
+    assert all(parameter.is_meta for parameter in parameters)
+    total = sum(parameter.numel() for parameter in parameters)
+    robust = sum(parameter.numel() for parameter in model.robust.parameters())
+    assert round(total / 1e6, 1) == 153.2 and round(robust / 1e6, 1) == 59.4
+
+
 def test_unknown_names_list_bundled_and_downloadable_names() -> None:
     with pytest.raises(ValueError) as error:
         load_model("robustsam_vit_z")
