@@ -14,8 +14,9 @@ rule                region of a pixel
                     are clipped to 0..255 as in an 8-bit mask image, and each distinct value is one
                     region (0: uncovered). Different mask sets may share a sum (e.g. masks 0 + 1 and
                     mask 2 both give 6): those pixels form one region, as in SAM-Deblur
-``bit_codes``       the exact version of the same idea: each distinct *set* of covering masks is one
-                    region (a per-mask bit code), so no two mask sets ever merge
+``bit_codes``       the exact version of the same idea: mask ``k`` of ``K`` adds the bit code
+                    ``2 ** (K - 1 - k)``, so each distinct *set* of covering masks is one region
+                    and no two mask sets ever merge
 ==================  =================================================================================
 
 Labels of ``summed_grey`` / ``bit_codes`` are numbered 1..G in increasing order of the code.

@@ -82,6 +82,7 @@ TRAIN_LOG, VAL_LOG = "train_log.csv", "val_log.csv"
 TRAIN_COLUMNS = ("iteration", "epoch", "lr", "loss", "train_seconds")
 VAL_COLUMNS = ("iteration", "psnr", "ssim")
 PRIOR_CACHE_NAME = "prior_cache"  # default cache folder inside a run folder; kept by --overwrite
+RECIPE_KEYS = ("task", "threads", "recipe")  # keys of restoration/options files that only the recipes read
 PSNR_LOSS_SCALE = 10.0 / math.log(10.0)
 GREY_CODED_PRIORS = ("grayscale", "features")  # network priors that read prior["grey_scale"]
 
@@ -299,10 +300,14 @@ class RestorationTrainer:
         if network_prior(self.options["network_g"]) not in GREY_CODED_PRIORS:
             return None
         configured = self.options["prior"]["num_segments"]
-        if configured != "auto":
-            return int(configured)
         assert self.priors is not None
-        return max(1, self.priors.max_segments(progress=self.progress))
+        most = self.priors.max_segments(progress=self.progress)
+        if configured == "auto":
+            return max(1, most)
+        if most > configured:
+            raise ConfigError(f"prior.num_segments is {configured}, but an image of this run has {most} regions: "
+                              f"raise prior.num_segments to at least {most} (the same for every prior row)")
+        return int(configured)
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
@@ -548,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, help="override train.total_iter (allowed on --resume, recorded)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
-    options = load_options(args.opt)
+    options = {key: value for key, value in load_options(args.opt).items() if key not in RECIPE_KEYS}
     run_dir = Path(args.output or Path("runs") / str(options.get("name", SCHEMA.fields["name"].default)))
     trainer = RestorationTrainer(options, run_dir, resume=args.resume, overwrite=args.overwrite, device=args.device,
                                  progress=not args.no_progress, allow_config_change=args.allow_config_change,

@@ -361,3 +361,19 @@ def test_feature_prior_network_trains_and_evaluates_tiled(gopro_root: Path, tmp_
     assert results["iterations"] == 2 and results["num_segments"] == 40 and results["ssim_kind"] == "gaussian3d"
     assert "3-D Gaussian" in results["metrics"]["protocol"]
     assert math.isfinite(results["metrics"]["psnr"])
+
+
+@pytest.mark.parametrize("name", ["deblur_gopro", "dehaze_sots"])
+def test_the_full_scale_option_files_validate(name: str) -> None:
+    from restoration.config import validate_options
+    from restoration.train import RECIPE_KEYS, load_options
+
+    raw = load_options(REPO_ROOT / "restoration" / "options" / f"{name}.yaml")
+    options = validate_options({key: value for key, value in raw.items() if key not in RECIPE_KEYS})
+    if name == "deblur_gopro":  # SAM-Deblur's own choices
+        assert options["prior"]["grouping"] == "summed_grey"
+        assert options["network_g"]["mask_dropout"] == 0.5 and options["network_g"]["mask_dropout_mode"] == "exact"
+        assert options["train"]["grad_clip"] == 0.01
+        assert (options["train"]["batch_size"], options["train"]["total_iter"]) == (32, 200000)
+    else:  # one grey-level scale, whichever prior row
+        assert options["prior"]["num_segments"] == 255
