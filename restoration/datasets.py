@@ -132,6 +132,12 @@ class PriorIndex:
             return prior.label_map
         return group_masks(prior.masks, self.grouping)
 
+    def feature_channels(self) -> int | None:
+        """The channel count of the latent map items carry (None without one; read from one prior)."""
+        if self.feature is None or not self.files:
+            return None
+        return int(getattr(StructurePrior.load(next(iter(self.files.values()))), self.feature).shape[0])
+
     def max_segments(self, progress: bool = False) -> int:
         """The largest region label of any indexed image (reads every prior file once)."""
         counts = (int(self.label_map(StructurePrior.load(path)).max(initial=0)) for path in self.files.values())
@@ -196,6 +202,7 @@ def prepare_priors(
         "fingerprint": extractor.fingerprint,
         "settings": {name: options[name] for name in GENERATOR_SETTINGS},
         "grouping": options["grouping"],
+        "features": options["features"],  # the latent map a 'features' network reads (None: none)
         "cache_folder": str(extractor.cache_folder),
     }
     return PriorIndex(options["kind"], dict(zip(unique_paths, files)), options["features"], description,

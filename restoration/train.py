@@ -84,7 +84,7 @@ VAL_COLUMNS = ("iteration", "psnr", "ssim")
 PRIOR_CACHE_NAME = "prior_cache"  # default cache folder inside a run folder; kept by --overwrite
 RECIPE_KEYS = ("task", "threads", "recipe")  # keys of restoration/options files that only the recipes read
 PSNR_LOSS_SCALE = 10.0 / math.log(10.0)
-GREY_CODED_PRIORS = ("grayscale", "features")  # network priors that read prior["grey_scale"]
+GREY_CODED = {"SAMGuidedDehazeNet": ("grayscale", "features")}  # networks (and priors) that read prior["grey_scale"]
 
 
 # ----------------------------------------------------------------------------- options and helpers
@@ -242,9 +242,11 @@ class RestorationTrainer:
     def _build(self) -> None:
         self.options = copy.deepcopy(self.run_folder.config)
         seed = self.options["manual_seed"]
-        seed_everything(seed)  # the same on every rank: network init, and a randomly initialised prior model
-        self.network = build_network(self.options["network_g"]).to(self.device)
+        seed_everything(seed)  # the same on every rank: a randomly initialised prior model, then the network
         self.priors = self._prepare_priors()
+        self.network_options = self._network_options()
+        seed_everything(seed)
+        self.network = build_network(self.network_options).to(self.device)
         self.iteration, self.train_seconds = 0, 0.0
         state = self.run_folder.checkpoint.state if self.run_folder.resumed else {}
         self.grey_scale: int | None = state["grey_scale"] if self.run_folder.resumed else self._grey_level_scale()
@@ -262,6 +264,20 @@ class RestorationTrainer:
         if self.run_folder.resumed:
             self._restore(state)
         self.model: nn.Module = self.context.wrap(self.network)
+
+    def _network_options(self) -> dict[str, Any]:
+        """``network_g`` with a 'features' network's ``prior_channels`` taken from the prior's latent map
+        (a different number given in the options is a :class:`ConfigError`)."""
+        options = dict(self.options["network_g"])
+        if network_prior(options) != "features" or self.priors is None:
+            return options
+        channels = self.priors.feature_channels()
+        given = options.get("prior_channels")
+        if given is not None and given != channels:
+            raise ConfigError(f"network_g.prior_channels is {given}, but the prior's {self.priors.feature} has "
+                              f"{channels} channels; leave prior_channels out to take it from the prior")
+        options["prior_channels"] = channels
+        return options
 
     @property
     def num_segments(self) -> int | None:
@@ -297,7 +313,8 @@ class RestorationTrainer:
         One scale for all images, crops, tiles and batches keeps a region's grey level fixed; a
         number in ``prior.num_segments`` is also the same for every prior row; ``auto`` takes the
         most regions of any train or test image of this run."""
-        if network_prior(self.options["network_g"]) not in GREY_CODED_PRIORS:
+        network_options = self.options["network_g"]
+        if network_prior(network_options) not in GREY_CODED.get(network_options["type"], ()):
             return None
         configured = self.options["prior"]["num_segments"]
         assert self.priors is not None
@@ -501,7 +518,7 @@ class RestorationTrainer:
             "iterations": self.iteration,
             "metrics": dict(metrics),
             "ssim_kind": self.options["val"]["ssim"],
-            "network": self.options["network_g"],
+            "network": self.network_options,
             "prior": prior,
             "num_segments": self.grey_scale,
             "train": {

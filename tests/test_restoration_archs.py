@@ -38,6 +38,7 @@ ALL_MODELS = [
     ("NAFNet", lambda: NAFNet(**SMALL)),
     ("SAMDeblurNet-structure", lambda: SAMDeblurNet(prior="structure", **SMALL)),
     ("SAMDeblurNet-none", lambda: SAMDeblurNet(prior="none", **SMALL)),
+    ("SAMDeblurNet-features", lambda: SAMDeblurNet(prior="features", prior_channels=4, **SMALL)),
     *[(f"dehaze-{prior}", (lambda prior=prior: SAMGuidedDehazeNet(prior=prior, prior_channels=4, **SMALL)))
       for prior in ("none", "grayscale", "structure", "features")],
 ]
@@ -72,7 +73,7 @@ def test_odd_size_shape_and_gradients(name: str, build) -> None:
     assert intro.weight.grad.abs().sum() > 0
     if name == "SAMDeblurNet-structure":
         assert model.mask_average_pooling.spatial_conv.weight.grad.abs().sum() > 0
-    if name == "dehaze-features":  # zero-initialised injections still receive gradient
+    if name.endswith("-features"):  # zero-initialised injections still receive gradient
         assert all(conv.weight.grad.abs().sum() > 0 for conv in model.prior_injections)
 
 
@@ -233,3 +234,22 @@ def test_grey_scale_of_the_prior_batch_sets_the_coding() -> None:
     expected = model.backbone.restore(torch.cat([image, grayscale_segment_coding(label_map, 40)], dim=1))
     torch.testing.assert_close(model(image, P(label_map, grey_scale=scale)), expected, atol=0, rtol=0)
     assert not torch.allclose(model(image, P(label_map)), expected)  # default: each sample's largest label
+
+
+def test_latent_features_are_normalised_and_their_channels_checked() -> None:
+    image, label_map, prior_features = _inputs()
+    for model in (SAMDeblurNet(prior="features", prior_channels=4, **SMALL).eval(),
+                  SAMGuidedDehazeNet(prior="features", prior_channels=4, **SMALL)):
+        _randomise_residual_scales(model)
+        with torch.no_grad():
+            for conv in model.prior_injections:
+                conv.weight.normal_(0.0, 0.1)
+        reference = model(image, P(label_map, prior_features))
+        # per-position normalisation over channels: an affine change of the features' scale is invisible
+        scaled = model(image, P(label_map, 1000.0 * prior_features + 3.0))
+        assert (scaled - reference).abs().max() < 2e-3  # (up to LayerNorm's eps and float32 rounding)
+        assert (model(image, P(label_map, prior_features.flip(1))) - reference).abs().max() > 1e-2
+        with pytest.raises(ValueError, match="B x 4 x h x w"):
+            model(image, P(label_map, prior_features[:, :3]))
+    with pytest.raises(ValueError, match="prior_channels must be"):
+        SAMDeblurNet(prior="features", **SMALL)

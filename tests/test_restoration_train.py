@@ -350,7 +350,7 @@ def test_feature_prior_network_trains_and_evaluates_tiled(gopro_root: Path, tmp_
     """Grayscale coding + RobustSAM mask features (sampled on crops, resampled per tile) end to end."""
     options = tiny_options(gopro_root, tmp_path / "cache", total_iter=2)
     options["network_g"] = {"type": "SAMGuidedDehazeNet", "prior": "features", "width": 4, "enc_blocks": [1, 1],
-                            "middle_blocks": 1, "dec_blocks": [1, 1], "prior_channels": 16}
+                            "middle_blocks": 1, "dec_blocks": [1, 1]}  # prior_channels: from the prior
     options["prior"].update(kind="robustsam", features="mask_feature", num_segments=40)
     options["val"] = {"tile": 32, "overlap": 8, "ssim": "gaussian3d"}  # 48 x 48 test images: 2 x 2 tiles
     trainer = RestorationTrainer(options, tmp_path / "run", progress=False)
@@ -359,6 +359,7 @@ def test_feature_prior_network_trains_and_evaluates_tiled(gopro_root: Path, tmp_
     assert int(prior["grey_scale"]) == 40  # the configured scale, the same for every prior row
     results = trainer.run()
     assert results["iterations"] == 2 and results["num_segments"] == 40 and results["ssim_kind"] == "gaussian3d"
+    assert results["network"]["prior_channels"] == 16 and results["prior"]["features"] == "mask_feature"
     assert "3-D Gaussian" in results["metrics"]["protocol"]
     assert math.isfinite(results["metrics"]["psnr"])
 
@@ -377,3 +378,17 @@ def test_the_full_scale_option_files_validate(name: str) -> None:
         assert (options["train"]["batch_size"], options["train"]["total_iter"]) == (32, 200000)
     else:  # one grey-level scale, whichever prior row
         assert options["prior"]["num_segments"] == 255
+
+
+def test_the_deblur_network_reads_latent_features_sized_by_the_prior(gopro_root: Path, tmp_path: Path) -> None:
+    options = tiny_options(gopro_root, tmp_path / "cache", total_iter=1)
+    options["network_g"]["prior"] = "features"
+    options["prior"]["features"] = "embedding"
+    trainer = RestorationTrainer(options, tmp_path / "run", progress=False)
+    channels = trainer.train_set[0]["prior"]["features"].shape[0]
+    assert trainer.network.prior_injections.prior_channels == channels
+    results = trainer.run()
+    assert results["network"]["prior_channels"] == channels and math.isfinite(results["metrics"]["psnr"])
+    options["network_g"]["prior_channels"] = channels + 1
+    with pytest.raises(ConfigError, match=f"prior_channels is {channels + 1}, but the prior's embedding has {channels}"):
+        RestorationTrainer(options, tmp_path / "other", progress=False)

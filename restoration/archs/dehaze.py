@@ -11,8 +11,9 @@ Uformer / Restormer backbones) and the prior is one of
   with the hazy image's mean colour there, a fixed (not learned) map. This is *not* SAM-Deblur's
   prior: SAM-Deblur feeds a learned Mask Average Pooling unit (:class:`~restoration.archs.SAMDeblurNet`);
 * ``"features"``: the grayscale channel, plus a latent prior feature map (e.g. RobustSAM's robust
-  mask feature or the SAM image embedding) injected at every encoder level through a 1x1 conv
-  initialised to zero, so at initialisation it is exactly the ``"grayscale"`` network.
+  mask feature or the SAM image embedding), normalised per position and injected at every encoder
+  level through a 1x1 conv initialised to zero (:class:`~restoration.archs.nafnet.FeatureInjection`),
+  so at initialisation it is exactly the ``"grayscale"`` network.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from restoration.archs import PriorBatch, required_entry
-from restoration.archs.nafnet import NAFNet
+from restoration.archs.nafnet import FeatureInjection, NAFNet
 from robustprior.data.structure import grayscale_segment_coding, structure_map
 
 PRIOR_CHANNELS = {"none": 0, "grayscale": 1, "structure": 3, "features": 1}
@@ -47,7 +48,7 @@ class SAMGuidedDehazeNet(nn.Module):
         enc_blocks: Sequence[int] = (1, 1, 2, 2),
         middle_blocks: int = 2,
         dec_blocks: Sequence[int] = (1, 1, 1, 1),
-        prior_channels: int = 32,
+        prior_channels: int | None = None,
         local_pool: bool = False,
         train_size: int = 256,
     ) -> None:
@@ -59,14 +60,8 @@ class SAMGuidedDehazeNet(nn.Module):
         self.backbone = NAFNet(
             width, enc_blocks, middle_blocks, dec_blocks, 3 + PRIOR_CHANNELS[prior], 3, local_pool, train_size
         )
-        self.prior_injections = None
-        if prior == "features":
-            self.prior_injections = nn.ModuleList(
-                nn.Conv2d(prior_channels, channels, kernel_size=1) for channels in self.backbone.encoder_channels
-            )
-            for injection in self.prior_injections:
-                nn.init.zeros_(injection.weight)
-                nn.init.zeros_(injection.bias)
+        self.prior_injections = (FeatureInjection(prior_channels, self.backbone.encoder_channels)
+                                 if prior == "features" else None)
 
     def forward(self, lq: torch.Tensor, prior: PriorBatch | None = None) -> torch.Tensor:
         if self.prior == "none":
@@ -79,10 +74,7 @@ class SAMGuidedDehazeNet(nn.Module):
         if self.prior_injections is None:
             return self.backbone.restore(network_input)
         features = required_entry(prior, "features", name, self.prior)
-        # 1x1 conv at the prior's own resolution, then resampling in the backbone: both are linear
-        # and bilinear weights sum to one, so this equals resampling first and is far cheaper.
-        injections = [injection(features.to(lq.dtype)) for injection in self.prior_injections]
-        return self.backbone.restore(network_input, encoder_injections=injections)
+        return self.backbone.restore(network_input, encoder_injections=self.prior_injections.inject(features, lq.dtype))
 
 
 def grey_coding(label_map: torch.Tensor, grey_scale: torch.Tensor | int | None) -> torch.Tensor:
