@@ -47,6 +47,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,21 +61,23 @@ from tqdm.auto import tqdm
 
 from restoration.archs import NETWORKS, PriorBatch, build_network, prior_to
 from restoration.config import SCHEMA, validate_options
-from restoration.datasets import PriorIndex, PriorPairedDataset, prepare_priors
+from restoration.datasets import PriorIndex, PriorPairedDataset, image_covering_features, prepare_priors
 from restoration.metrics import MetricAccumulator, psnr, tensor_to_uint8
-from restoration.paired_data import list_pairs
+from restoration.paired_data import list_pairs, read_rgb_float
 from restoration.tiling import tiled_forward
 from robustprior.io.atomic import write_text_atomically
-from robustprior.training.distributed import DistributedContext, setup_distributed
-from robustprior.training.errors import (CheckpointError, ConfigError, RunExistsError, RunSetupError,
+from robustprior.training.checkpoints import load_training_checkpoint
+from robustprior.training.distributed import DistributedContext, resolve_device, setup_distributed
+from robustprior.training.errors import (CheckpointError, ConfigError, RunExistsError,
                                          exit_on_setup_error)
 
 from robustprior.training.rng import seed_everything
-from robustprior.training.run_folder import Run
+from robustprior.training.run_folder import RUN_MARKER, Run
 from robustprior.training.schedules import LearningRateSchedule, ScheduleSpec
 
-__all__ = ["RUN_KIND", "RESULTS_NAME", "RestorationTrainer", "RunExistsError", "load_options", "setup_distributed",
-           "psnr_loss", "l1_loss", "write_json", "DistributedContext"]
+__all__ = ["RUN_KIND", "RESULTS_NAME", "RestorationTrainer", "RunExistsError", "TrainedRun", "load_options",
+           "load_trained_run", "restore_image", "setup_distributed", "psnr_loss", "l1_loss", "write_json",
+           "DistributedContext"]
 
 RUN_KIND = "restoration"
 RESULTS_NAME = "results.json"
@@ -183,6 +186,41 @@ def write_rgb_png(path: Path, image: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
+def prior_batch(label_map: torch.Tensor | None, features: torch.Tensor | None,
+                grey_scale: int | None) -> PriorBatch | None:
+    """The :data:`~restoration.archs.PriorBatch` of B x H x W labels, B x C x h x w features and a run's
+    grey-level scale (None when there is no prior)."""
+    prior: dict[str, torch.Tensor] = {}
+    if label_map is not None:
+        prior["label_map"] = label_map
+        if grey_scale is not None:
+            prior["grey_scale"] = torch.full((label_map.shape[0],), grey_scale, dtype=torch.int64,
+                                             device=label_map.device)
+    if features is not None:
+        prior["features"] = features
+    return prior or None  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def restore_image(network: nn.Module, image: torch.Tensor, label_map: torch.Tensor | None = None,
+                  features: torch.Tensor | None = None, *, grey_scale: int | None = None, tile: int | None = None,
+                  overlap: int = 32, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Restore one image with an eval-mode ``network``: 1 x 3 x H x W -> 1 x 3 x H x W on the CPU.
+
+    ``label_map`` 1 x H x W (the prior's regions, :meth:`restoration.datasets.PriorIndex.label_map`);
+    ``features`` 1 x C x h x w over the image; ``grey_scale`` the run's grey-level scale. Images with a
+    side above ``tile`` run as overlapping tiles (:func:`restoration.tiling.tiled_forward`)."""
+    def model_function(image_part: torch.Tensor, labels: torch.Tensor | None,
+                       feature_part: torch.Tensor | None) -> torch.Tensor:
+        return network(image_part, prior_batch(labels, feature_part, grey_scale))
+
+    if tile and max(image.shape[-2:]) > tile:
+        return tiled_forward(model_function, image.cpu(), label_map, features, tile=tile, overlap=overlap,
+                             multiple=size_multiple(network), device=device)
+    inputs = [tensor.to(device) if tensor is not None else None for tensor in (image, label_map, features)]
+    return model_function(*inputs).cpu()
+
+
 def schedule_spec(train_options: Mapping[str, Any]) -> ScheduleSpec:
     """``CosineAnnealingLR`` from ``lr`` to ``eta_min`` over the run, or a constant rate
     (:mod:`robustprior.training.schedules`)."""
@@ -198,7 +236,8 @@ class RestorationTrainer:
     """Trains ``network_g`` on ``datasets.train`` and evaluates it on ``datasets.test`` (module docstring).
 
     ``options``: validated here (:class:`ConfigError` before any work). ``resume`` / ``overwrite``:
-    the run-folder policy of :class:`robustprior.training.Run`; a resume whose options differ from the
+    the run-folder policy of :class:`robustprior.training.Run` (``resume`` on a missing or empty folder
+    starts the run, as a recipe resumed before this row began needs); a resume whose options differ from the
     run's is refused unless ``allow_config_change``; ``iterations`` overrides ``train.total_iter`` (an
     allowed override, recorded). ``device``: None/"auto", "cpu", "cuda", "cuda:N" (a missing GPU is an
     error; under ``torchrun`` each rank takes its local GPU). ``progress``: progress bars (rank 0 only).
@@ -227,6 +266,10 @@ class RestorationTrainer:
             raise ConfigError(f"train.batch_size {batch_size} is not divisible by the {self.context.world_size} ranks")
         self.run_dir = Path(run_dir)
         self.progress = progress and self.context.is_main
+        if resume and not (self.run_dir / RUN_MARKER).exists() and not (self.run_dir.is_dir() and any(self.run_dir.iterdir())):
+            if self.context.is_main:  # e.g. a recipe resumed before this row started
+                print(f"[restoration] nothing to resume in {self.run_dir}: starting the run", file=sys.stderr)
+            resume = False
         self.run_folder = Run.open(self.run_dir, kind=RUN_KIND, schema=SCHEMA, config=given, resume=resume,
                             overwrite=overwrite, allow_config_change=allow_config_change,
                             overrides={} if iterations is None else {"train.total_iter": iterations},
@@ -332,7 +375,8 @@ class RestorationTrainer:
         return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
                 "train_seconds": self.train_seconds, "grey_scale": self.grey_scale,
                 "prior_fingerprint": self.priors.description.get("fingerprint") if self.priors is not None else None,
-                "world_size": self.context.world_size}
+                "prior": self.priors.description if self.priors is not None else {"kind": "none"},
+                "network": self.network_options, "world_size": self.context.world_size}
 
     def save_checkpoint(self) -> None:
         """A checkpoint of the current iteration (every rank calls it: the RNG states are gathered)."""
@@ -439,38 +483,15 @@ class RestorationTrainer:
         self.network.train()
 
     # ------------------------------------------------------------------ evaluation
-    def _prior_batch(self, label_map: torch.Tensor | None, features: torch.Tensor | None) -> PriorBatch | None:
-        prior: dict[str, torch.Tensor] = {}
-        if label_map is not None:
-            prior["label_map"] = label_map
-            if self.grey_scale is not None:
-                prior["grey_scale"] = torch.full((label_map.shape[0],), self.grey_scale, dtype=torch.int64,
-                                                 device=label_map.device)
-        if features is not None:
-            prior["features"] = features
-        return prior or None  # type: ignore[return-value]
-
     @torch.no_grad()
     def restore(
         self, image: torch.Tensor, label_map: torch.Tensor | None = None, prior_features: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Restore one image with the (eval-mode) network: 1 x 3 x H x W -> 1 x 3 x H x W on the CPU.
-
-        ``label_map`` 1 x H x W (the prior's regions, :meth:`restoration.datasets.PriorIndex.label_map`);
-        ``prior_features`` 1 x C x h x w over the image; the run's grey-level scale is added. Images
-        with a side above ``val.tile`` run as overlapping tiles (:func:`restoration.tiling.tiled_forward`).
-        """
-        def model_function(image_part: torch.Tensor, labels: torch.Tensor | None,
-                           features: torch.Tensor | None) -> torch.Tensor:
-            return self.network(image_part, self._prior_batch(labels, features))
-
-        tile = self.options["val"]["tile"]
-        if tile and max(image.shape[-2:]) > tile:
-            return tiled_forward(model_function, image.cpu(), label_map, prior_features, tile=tile,
-                                 overlap=self.options["val"]["overlap"], multiple=size_multiple(self.network),
-                                 device=self.device)
-        inputs = [tensor.to(self.device) if tensor is not None else None for tensor in (image, label_map, prior_features)]
-        return model_function(*inputs).cpu()
+        """Restore one image with the (eval-mode) network: :func:`restore_image` with this run's
+        grey-level scale and ``val.tile`` / ``val.overlap``."""
+        return restore_image(self.network, image, label_map, prior_features, grey_scale=self.grey_scale,
+                             tile=self.options["val"]["tile"], overlap=self.options["val"]["overlap"],
+                             device=self.device)
 
     @torch.no_grad()
     def evaluate(self, image_folder: str | None = "images", max_images: int | None = None) -> dict[str, Any] | None:
@@ -553,6 +574,70 @@ class RestorationTrainer:
             return results
         finally:
             self.close()
+
+
+# ----------------------------------------------------------------------------- a trained run
+@dataclass
+class TrainedRun:
+    """A trained run read back without training (:func:`load_trained_run`): its eval-mode ``network``,
+    validated ``options``, ``grey_scale``, ``iteration`` and ``prior`` description."""
+
+    folder: Path
+    network: nn.Module
+    options: dict[str, Any]
+    grey_scale: int | None
+    iteration: int
+    prior: dict[str, Any]
+    prior_fingerprint: str | None
+    device: torch.device
+
+    def prepare_priors(self, lq_paths: Sequence[str | Path], cache_dir: str | Path,
+                       progress: bool = True) -> PriorIndex | None:
+        """The priors of new images with the run's prior model and settings (None without a prior); a
+        prior model that is not the one the run was trained with is a :class:`CheckpointError`."""
+        if self.options["prior"]["kind"] == "none":
+            return None
+        index = prepare_priors(self.options["prior"], lq_paths, cache_dir, self.device, progress=progress)
+        if index.description.get("fingerprint") != self.prior_fingerprint:
+            raise CheckpointError(f"the prior model now gives fingerprint {index.description.get('fingerprint')}, but "
+                                  f"{self.folder} was trained with {self.prior_fingerprint}: not the same prior model")
+        index.grey_scale = self.grey_scale
+        return index
+
+    def restore_file(self, path: str | Path, priors: PriorIndex | None = None) -> np.ndarray:
+        """The restored H x W x 3 uint8 RGB image of an image file (its prior from ``priors``), tiled above
+        ``val.tile``."""
+        image = torch.from_numpy(np.ascontiguousarray(read_rgb_float(path).transpose(2, 0, 1)))[None]
+        label_map = features = None
+        if priors is not None:
+            stored = priors.load(path)
+            labels = priors.label_map(stored)
+            label_map = torch.from_numpy(labels)[None]
+            if priors.feature is not None:
+                features = image_covering_features(getattr(stored, priors.feature).float(), labels.shape)[None]
+        restored = restore_image(self.network, image, label_map, features, grey_scale=self.grey_scale,
+                                 tile=self.options["val"]["tile"], overlap=self.options["val"]["overlap"],
+                                 device=self.device)
+        return tensor_to_uint8(restored)
+
+
+def load_trained_run(run_dir: str | Path, device: str | torch.device | None = "auto") -> TrainedRun:
+    """Read a trained run (its config and latest checkpoint; safetensors weights, ``weights_only`` state)
+    without opening it for training: nothing in the folder is written."""
+    run_dir = Path(run_dir)
+    checkpoint = load_training_checkpoint(run_dir)
+    if checkpoint is None:
+        raise CheckpointError(f"{run_dir} holds no checkpoint of a trained run")
+    state = checkpoint.state
+    options = validate_options(state["config"], source=f"the options saved in {run_dir}")
+    device = resolve_device(device)
+    network = build_network(state["network"])
+    try:
+        network.load_state_dict(checkpoint.weights)
+    except RuntimeError as error:
+        raise CheckpointError(f"the weights in {run_dir} do not fit its network ({str(error).splitlines()[0]})") from None
+    return TrainedRun(run_dir, network.to(device).eval(), options, state["grey_scale"], checkpoint.iteration,
+                      dict(state["prior"]), state["prior_fingerprint"], device)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -392,3 +392,52 @@ def test_the_deblur_network_reads_latent_features_sized_by_the_prior(gopro_root:
     options["network_g"]["prior_channels"] = channels + 1
     with pytest.raises(ConfigError, match=f"prior_channels is {channels + 1}, but the prior's embedding has {channels}"):
         RestorationTrainer(options, tmp_path / "other", progress=False)
+
+
+def test_a_trained_run_restores_new_images_without_writing_to_it(gopro_root: Path, tmp_path: Path) -> None:
+    from restoration.train import load_trained_run
+
+    cache_dir = tmp_path / "cache"
+    trainer = RestorationTrainer(tiny_options(gopro_root, cache_dir, total_iter=1), tmp_path / "run", progress=False)
+    results = trainer.run()
+    before = sorted((path, path.stat().st_mtime_ns) for path in (tmp_path / "run").rglob("*"))
+    trained = load_trained_run(tmp_path / "run", device="cpu")
+    assert trained.iteration == 1 and not trained.network.training
+    record = results["metrics"]["per_image"][0]
+    priors = trained.prepare_priors([record["lq_path"]], cache_dir, progress=False)
+    restored = trained.restore_file(record["lq_path"], priors)
+    np.testing.assert_array_equal(restored, read_rgb(tmp_path / "run" / record["output"]))
+    assert sorted((path, path.stat().st_mtime_ns) for path in (tmp_path / "run").rglob("*")) == before
+
+
+def test_resume_of_a_row_that_never_started_starts_it(gopro_root: Path, tmp_path: Path) -> None:
+    options = tiny_options(gopro_root, tmp_path / "cache", total_iter=1)
+    trainer = RestorationTrainer(options, tmp_path / "never", resume=True, progress=False)
+    assert trainer.iteration == 0
+    trainer.close()
+
+
+def test_a_larger_ground_truth_is_cropped_for_training_and_scoring(tmp_path: Path) -> None:
+    """RESIDE ITS style: clean images with a border; evaluation scores input and output on the crop."""
+    rng = np.random.default_rng(0)
+    for index in range(2):
+        clean = rng.integers(0, 256, (44, 52, 3), dtype=np.uint8)
+        hazy = (0.6 * clean[6:38, 5:47] + 80).astype(np.uint8)  # (44 - 32) // 2 = 6, (52 - 42) // 2 = 5
+        for phase in ("train", "test"):
+            for folder, image in (("hazy", hazy), ("clear", clean)):
+                (tmp_path / phase / folder).mkdir(parents=True, exist_ok=True)
+                name = f"{index + 1}_1_0.9.png" if folder == "hazy" else f"{index + 1}.png"
+                cv2.imwrite(str(tmp_path / phase / folder / name), image)
+    options = {
+        "network_g": {"type": "SAMGuidedDehazeNet", "prior": "none", "width": 4, "enc_blocks": [1, 1],
+                      "middle_blocks": 1, "dec_blocks": [1, 1]},
+        "datasets": {"train": {"layout": "sots", "dataroot": str(tmp_path / "train"), "crop_size": 16},
+                     "test": {"layout": "sots", "dataroot": str(tmp_path / "test")}},
+        "train": {"total_iter": 1, "batch_size": 2},
+    }
+    results = RestorationTrainer(options, tmp_path / "run", progress=False).run()
+    from restoration.paired_data import read_pair
+    for record in results["metrics"]["per_image"]:
+        lq, gt = read_pair(record["lq_path"], record["gt_path"])
+        assert lq.shape == gt.shape == (32, 42, 3)
+        assert record["input_psnr"] == psnr(lq, gt) and record["psnr"] == psnr(read_rgb(tmp_path / "run" / record["output"]), gt)
