@@ -75,7 +75,7 @@ from robustprior.training.rng import seed_everything
 from robustprior.training.run_folder import RUN_MARKER, Run
 from robustprior.training.schedules import LearningRateSchedule, ScheduleSpec
 
-__all__ = ["RUN_KIND", "RESULTS_NAME", "RestorationTrainer", "RunExistsError", "TrainedRun", "load_options",
+__all__ = ["RUN_KIND", "RESULTS_NAME", "RestorationTrainer", "RunExistsError", "TrainedRun", "check_options", "load_options",
            "load_trained_run", "restore_image", "setup_distributed", "psnr_loss", "l1_loss", "write_json",
            "DistributedContext"]
 
@@ -160,6 +160,17 @@ def check_data(options: Mapping[str, Any]) -> None:
         section = options["datasets"][phase]
         if section is not None:
             list_pairs(section["layout"], section["dataroot"], section["split"], section["blur_dir"])
+
+
+def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything that can be checked before any work, in one call (a recipe calls it for every row
+    before it writes anything): the schema (:func:`restoration.config.validate_options`), network and
+    prior agreeing (:func:`check_options_agree`) and the data layout (:func:`check_data`). Returns the
+    validated options; raises a :class:`~robustprior.training.RunSetupError` (one message)."""
+    validated = validate_options(options)
+    check_options_agree(validated)
+    check_data(validated)
+    return validated
 
 
 def size_multiple(network: nn.Module) -> int:
@@ -256,9 +267,7 @@ class RestorationTrainer:
         allow_config_change: bool = False,
         iterations: int | None = None,
     ) -> None:
-        given = validate_options(options)
-        check_options_agree(given)
-        check_data(given)
+        given = check_options(options)
         self.context = setup_distributed(device)
         self.device = self.context.device
         batch_size = given["train"]["batch_size"]
