@@ -8,7 +8,7 @@ loads it per item:
 * ``prior["label_map"]``: H x W int64 regions (0 = uncovered) at the lq image's resolution, from the
   prior's masks by the grouping rule ``prior.grouping`` (:mod:`restoration.mask_groups`);
 * ``prior["features"]`` (optional): a latent map of the prior (``mask_feature`` or ``embedding``),
-  C x h x w;
+  C x h x w; the prior cache stores a latent map (float16) only when ``prior.features`` names it;
 * ``prior["grey_scale"]`` (optional): the run's grey-level scale of the grayscale coding (int64 scalar).
 
 Together they are the :data:`restoration.archs.PriorBatch` every network takes as ``network(lq, prior)``.
@@ -75,7 +75,9 @@ PRIOR_SCHEMA = Section({
     "min_mask_region_area": Field(int, 0, at_least=0),
     "points_per_batch": Field(int, 64, at_least=1),
     "cache_dir": Field(str, None, doc="null: <run folder>/prior_cache"),
-    "features": Field(str, None, choices=FEATURE_NAMES, doc="the latent map handed to a 'features' network"),
+    "features": Field(str, None, choices=FEATURE_NAMES,
+                      doc="the latent map handed to a 'features' network; the prior cache keeps only this one "
+                          "(float16), none when null"),
     "num_segments": Field((int, str), "auto", check=_check_grey_scale,
                           doc="grey-level scale of the grayscale coding; auto: the most regions of any image of "
                               "this run (differs between prior rows: give a number to compare rows on one scale)"),
@@ -156,8 +158,10 @@ def build_prior_extractor(
     """The SAM (``kind: sam``) or RobustSAM (``kind: robustsam``) prior extractor of ``options``, caching in ``cache_dir``."""
     prior_class = PRIOR_CLASSES[options["kind"]]
     settings = {name: options[name] for name in GENERATOR_SETTINGS}
+    keep = (options["features"],) if options["features"] else ()  # latent maps cached only when asked for
     return prior_class.from_pretrained(
-        options["checkpoint"], model_type=options["model_type"], device=device, cache_dir=cache_dir, **settings
+        options["checkpoint"], model_type=options["model_type"], device=device, cache_dir=cache_dir,
+        keep_features=keep, **settings
     )
 
 
