@@ -275,15 +275,16 @@ class RestorationTrainer:
             raise ConfigError(f"train.batch_size {batch_size} is not divisible by the {self.context.world_size} ranks")
         self.run_dir = Path(run_dir)
         self.progress = progress and self.context.is_main
-        if resume and not (self.run_dir / RUN_MARKER).exists() and not (self.run_dir.is_dir() and any(self.run_dir.iterdir())):
+        started = (self.run_dir / RUN_MARKER).exists() or (self.run_dir.is_dir() and any(self.run_dir.iterdir()))
+        if resume and not started:
             if self.context.is_main:  # e.g. a recipe resumed before this row started
                 print(f"[restoration] nothing to resume in {self.run_dir}: starting the run", file=sys.stderr)
             resume = False
         self.run_folder = Run.open(self.run_dir, kind=RUN_KIND, schema=SCHEMA, config=given, resume=resume,
-                            overwrite=overwrite, allow_config_change=allow_config_change,
-                            overrides={} if iterations is None else {"train.total_iter": iterations},
-                            keep=(PRIOR_CACHE_NAME,), logs={TRAIN_LOG: TRAIN_COLUMNS, VAL_LOG: VAL_COLUMNS},
-                            context=self.context)
+                                   overwrite=overwrite, allow_config_change=allow_config_change,
+                                   overrides={} if iterations is None else {"train.total_iter": iterations},
+                                   keep=(PRIOR_CACHE_NAME,), logs={TRAIN_LOG: TRAIN_COLUMNS, VAL_LOG: VAL_COLUMNS},
+                                   context=self.context)
         try:
             self._build()
         except BaseException:
