@@ -86,9 +86,8 @@ def run_case(model_name: str, mode: str, args: argparse.Namespace) -> dict[str, 
 
     def model_fn(tile: torch.Tensor, tile_labels: torch.Tensor, tile_features: torch.Tensor) -> torch.Tensor:
         calls.append(tuple(tile.shape[-2:]))
-        if model_name == "SAMDeblurNet":
-            return model(tile, tile_labels)
-        return model(tile, tile_labels, tile_features, num_segments=num_segments)
+        grey_scale = torch.full((tile.shape[0],), num_segments, device=tile.device)
+        return model(tile, {"label_map": tile_labels, "features": tile_features, "grey_scale": grey_scale})
 
     def forward() -> torch.Tensor:
         if mode == "full":

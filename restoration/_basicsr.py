@@ -4,7 +4,8 @@ basicsr 1.4.2 imports ``torchvision.transforms.functional_tensor`` (removed from
 torchvision >= 0.17) from ``basicsr/__init__`` through its degradations module, so
 every basicsr import (even the metrics) fails on a modern torchvision. We alias the
 module to its successor ``torchvision.transforms.functional`` before importing basicsr.
-Import basicsr objects from here, never ``basicsr`` directly.
+Import basicsr objects from here, never ``basicsr`` directly. Only BasicSR's metrics are used
+(see :mod:`restoration` on why nothing is registered in BasicSR's registries).
 """
 from __future__ import annotations
 
@@ -15,13 +16,5 @@ import torchvision.transforms.functional as _tv_functional
 sys.modules.setdefault("torchvision.transforms.functional_tensor", _tv_functional)
 
 from basicsr.metrics.psnr_ssim import calculate_psnr, calculate_ssim  # noqa: E402
-from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY  # noqa: E402
 
-__all__ = [
-    "calculate_psnr",
-    "calculate_ssim",
-    "ARCH_REGISTRY",
-    "DATASET_REGISTRY",
-    "LOSS_REGISTRY",
-    "MODEL_REGISTRY",
-]
+__all__ = ["calculate_psnr", "calculate_ssim"]

@@ -5,9 +5,13 @@ prior's disk cache (:meth:`robustprior.priors.SAMPrior.precompute`); :class:`Pri
 each lq file to its cache file (found by the image's content hash), and :class:`PriorPairedDataset`
 loads it per item:
 
-* ``label_map``: H x W int64 (0 = no mask, k = the k-th largest mask), at the lq image's resolution;
-* ``prior_features`` (optional): a latent map of the prior (``mask_feature`` or ``embedding``),
-  C x h x w.
+* ``prior["label_map"]``: H x W int64 regions (0 = uncovered) at the lq image's resolution, from the
+  prior's masks by the grouping rule ``prior.grouping`` (:mod:`restoration.mask_groups`);
+* ``prior["features"]`` (optional): a latent map of the prior (``mask_feature`` or ``embedding``),
+  C x h x w; the prior cache stores a latent map (float16) only when ``prior.features`` names it;
+* ``prior["grey_scale"]`` (optional): the run's grey-level scale of the grayscale coding (int64 scalar).
+
+Together they are the :data:`restoration.archs.PriorBatch` every network takes as ``network(lq, prior)``.
 
 Training crops and flips are the :class:`~restoration.paired_data.PairedImageDataset`'s own: the
 dataset's augmentation is re-run with the same ``(seed, epoch, index)`` on a stack of the label map
@@ -34,9 +38,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from restoration.mask_groups import GROUPINGS, group_masks
 from restoration.paired_data import PairedImageDataset, read_rgb
 from robustprior.data.structure import resample_prior_features
 from robustprior.priors import RobustSAMPrior, SAMPrior, StructurePrior
+from robustprior.training.config import Field, Section, validate_config
 
 PRIOR_KINDS: tuple[str, ...] = ("none", "sam", "robustsam")
 PRIOR_CLASSES: dict[str, type[SAMPrior] | type[RobustSAMPrior]] = {"sam": SAMPrior, "robustsam": RobustSAMPrior}
@@ -49,20 +55,35 @@ GENERATOR_SETTINGS: tuple[str, ...] = (
     "min_mask_region_area",
     "points_per_batch",
 )
-DEFAULT_PRIOR_OPTIONS: dict[str, Any] = {
-    "kind": "none",  # none | sam | robustsam
-    "checkpoint": "tiny",  # "tiny" (bundled), a known name (sam_vit_h, robustsam_vit_h, ...) or a file
-    "model_type": None,  # inferred from the checkpoint when None
-    "points_per_side": 32,  # automatic mask generator settings (SAM's defaults)
-    "pred_iou_thresh": 0.88,
-    "stability_score_thresh": 0.95,
-    "box_nms_thresh": 0.7,
-    "min_mask_region_area": 0,
-    "points_per_batch": 64,
-    "cache_dir": None,  # None: <run folder>/prior_cache
-    "features": None,  # None | mask_feature | embedding: the latent map handed to a "features" network
-    "num_segments": "auto",  # grey-level scale of the grayscale coding: "auto" = most masks of any image
-}
+
+
+def _check_grey_scale(value: int | str) -> None:
+    if isinstance(value, str) and value != "auto":
+        raise ValueError(f"must be a number of grey levels (>= 1) or auto, got {value!r}")
+    if isinstance(value, int) and value < 1:
+        raise ValueError(f"must be >= 1, got {value}")
+
+
+PRIOR_SCHEMA = Section({
+    "kind": Field(str, "none", choices=PRIOR_KINDS),
+    "checkpoint": Field(str, "tiny", doc='"tiny" (bundled), a known name (sam_vit_h, robustsam_vit_h, ...) or a file'),
+    "model_type": Field(str, None, doc="inferred from the checkpoint when null"),
+    "points_per_side": Field(int, 32, at_least=1, doc="automatic mask generator settings (SAM's defaults)"),
+    "pred_iou_thresh": Field(float, 0.88),
+    "stability_score_thresh": Field(float, 0.95),
+    "box_nms_thresh": Field(float, 0.7, at_least=0, at_most=1),
+    "min_mask_region_area": Field(int, 0, at_least=0),
+    "points_per_batch": Field(int, 64, at_least=1),
+    "cache_dir": Field(str, None, doc="null: <run folder>/prior_cache"),
+    "features": Field(str, None, choices=FEATURE_NAMES,
+                      doc="the latent map handed to a 'features' network; the prior cache keeps only this one "
+                          "(float16), none when null"),
+    "num_segments": Field((int, str), "auto", check=_check_grey_scale,
+                          doc="grey-level scale of the grayscale coding; auto: the most regions of any image of "
+                              "this run (differs between prior rows: give a number to compare rows on one scale)"),
+    "grouping": Field(str, "smallest", choices=GROUPINGS, doc="masks -> regions (restoration.mask_groups)"),
+})
+DEFAULT_PRIOR_OPTIONS: dict[str, Any] = validate_config({}, PRIOR_SCHEMA)
 
 
 # ----------------------------------------------------------------------------- prior index
@@ -89,13 +110,16 @@ class PriorIndex:
 
     ``files``: lq image path (as ``str(path)``) -> the prior's cache file. ``feature``: which latent
     map items carry (None: none). ``description``: model, checkpoint, fingerprint and settings, for
-    checkpoints and reports.
+    checkpoints and reports. ``grouping``: how masks become regions (:mod:`restoration.mask_groups`).
+    ``grey_scale``: the grey-level scale items carry (None: none; set by the trainer).
     """
 
     kind: str
     files: dict[str, Path]
     feature: str | None = None
     description: dict[str, Any] = field(default_factory=dict)
+    grouping: str = "smallest"
+    grey_scale: int | None = None
 
     def load(self, lq_path: str | Path) -> StructurePrior:
         """The stored prior of the lq image at ``lq_path``."""
@@ -104,25 +128,28 @@ class PriorIndex:
         except KeyError:
             raise KeyError(f"no {self.kind} prior was prepared for {lq_path}") from None
 
+    def label_map(self, prior: StructurePrior) -> np.ndarray:
+        """The H x W int64 regions of a prior under this index's grouping rule."""
+        if self.grouping == "smallest":
+            return prior.label_map
+        return group_masks(prior.masks, self.grouping)
+
+    def feature_channels(self) -> int | None:
+        """The channel count of the latent map items carry (None without one; read from one prior)."""
+        if self.feature is None or not self.files:
+            return None
+        return int(getattr(StructurePrior.load(next(iter(self.files.values()))), self.feature).shape[0])
+
     def max_segments(self, progress: bool = False) -> int:
-        """The largest mask count of any indexed image (reads every prior file once)."""
-        counts = (StructurePrior.load(path).num_masks for path in self.files.values())
+        """The largest region label of any indexed image (reads every prior file once)."""
+        counts = (int(self.label_map(StructurePrior.load(path)).max(initial=0)) for path in self.files.values())
         return max(tqdm(counts, total=len(self.files), desc="scanning priors", disable=not progress), default=0)
 
 
 def complete_prior_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``options`` over :data:`DEFAULT_PRIOR_OPTIONS`, validated."""
-    completed = {**DEFAULT_PRIOR_OPTIONS, **(options or {})}
-    unknown = set(completed) - set(DEFAULT_PRIOR_OPTIONS)
-    if unknown:
-        raise ValueError(f"unknown prior option(s) {sorted(unknown)}; known: {sorted(DEFAULT_PRIOR_OPTIONS)}")
-    if completed["kind"] not in PRIOR_KINDS:
-        raise ValueError(f"prior kind must be one of {PRIOR_KINDS}, got {completed['kind']!r}")
-    if completed["features"] not in (None, *FEATURE_NAMES):
-        raise ValueError(f"prior features must be None or one of {FEATURE_NAMES}, got {completed['features']!r}")
-    if completed["num_segments"] != "auto" and not isinstance(completed["num_segments"], int):
-        raise ValueError(f"prior num_segments must be 'auto' or an integer, got {completed['num_segments']!r}")
-    return completed
+    """A ``prior`` options section validated against :data:`PRIOR_SCHEMA`, defaults filled in
+    (:class:`~robustprior.training.ConfigError` naming an unknown key and the closest valid one)."""
+    return validate_config(options or {}, PRIOR_SCHEMA, source="prior options")
 
 
 def build_prior_extractor(
@@ -131,8 +158,10 @@ def build_prior_extractor(
     """The SAM (``kind: sam``) or RobustSAM (``kind: robustsam``) prior extractor of ``options``, caching in ``cache_dir``."""
     prior_class = PRIOR_CLASSES[options["kind"]]
     settings = {name: options[name] for name in GENERATOR_SETTINGS}
+    keep = (options["features"],) if options["features"] else ()  # latent maps cached only when asked for
     return prior_class.from_pretrained(
-        options["checkpoint"], model_type=options["model_type"], device=device, cache_dir=cache_dir, **settings
+        options["checkpoint"], model_type=options["model_type"], device=device, cache_dir=cache_dir,
+        keep_features=keep, **settings
     )
 
 
@@ -176,9 +205,12 @@ def prepare_priors(
         "checkpoint": str(options["checkpoint"]),
         "fingerprint": extractor.fingerprint,
         "settings": {name: options[name] for name in GENERATOR_SETTINGS},
+        "grouping": options["grouping"],
+        "features": options["features"],  # the latent map a 'features' network reads (None: none)
         "cache_folder": str(extractor.cache_folder),
     }
-    return PriorIndex(options["kind"], dict(zip(unique_paths, files)), options["features"], description)
+    return PriorIndex(options["kind"], dict(zip(unique_paths, files)), options["features"], description,
+                      grouping=options["grouping"])
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -216,9 +248,10 @@ def sample_features_at(features: torch.Tensor, rows: np.ndarray, columns: np.nda
 class PriorPairedDataset(PairedImageDataset):
     """:class:`PairedImageDataset` items plus the lq image's prior, augmented identically.
 
-    ``opt`` as :class:`PairedImageDataset`; ``priors`` None gives plain items. Items add
-    ``label_map`` (H x W int64) and, when ``priors.feature`` is set, ``prior_features`` (training:
-    C x crop x crop, sampled at the crop's pixels; test: C x h' x w' over the image).
+    ``opt`` as :class:`PairedImageDataset`; ``priors`` None gives plain items. Items add ``prior``
+    (module docstring): ``label_map`` (H x W int64), and when the index says so ``features``
+    (training: C x crop x crop, sampled at the crop's pixels; test: C x h' x w' over the image) and
+    ``grey_scale``.
     """
 
     def __init__(self, opt: dict[str, Any], priors: PriorIndex | None = None) -> None:
@@ -243,24 +276,28 @@ class PriorPairedDataset(PairedImageDataset):
         return label_map, rows, columns
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """As :meth:`PairedImageDataset.__getitem__`, plus ``label_map`` and optionally ``prior_features``."""
+        """As :meth:`PairedImageDataset.__getitem__`, plus ``prior`` (a :data:`~restoration.archs.PriorBatch` item)."""
         item = super().__getitem__(index)
         if self.priors is None:
             return item
-        prior = self.priors.load(item["lq_path"])
-        image_size = prior.label_map.shape
-        features = getattr(prior, self.priors.feature) if self.priors.feature else None
+        stored = self.priors.load(item["lq_path"])
+        full_labels = self.priors.label_map(stored)
+        image_size = full_labels.shape
+        features = getattr(stored, self.priors.feature) if self.priors.feature else None
+        prior: dict[str, torch.Tensor] = {}
         if self.phase == "train":
-            label_map, rows, columns = self.augment_prior(prior.label_map, index)
+            label_map, rows, columns = self.augment_prior(full_labels, index)
             if features is not None:
-                item["prior_features"] = sample_features_at(features, rows, columns, image_size)
+                prior["features"] = sample_features_at(features.float(), rows, columns, image_size)
         else:
-            label_map = prior.label_map
+            label_map = full_labels
             if features is not None:
-                item["prior_features"] = image_covering_features(features, image_size)
+                prior["features"] = image_covering_features(features.float(), image_size)
         if label_map.shape != tuple(item["lq"].shape[-2:]):
             raise ValueError(f"the prior of {item['lq_path']} ({image_size}) does not fit the image "
                              f"({tuple(item['lq'].shape[-2:])}): was the file changed after its prior was computed?")
-        item["label_map"] = torch.from_numpy(label_map)
+        prior["label_map"] = torch.from_numpy(np.ascontiguousarray(label_map, dtype=np.int64))
+        if self.priors.grey_scale is not None:
+            prior["grey_scale"] = torch.tensor(self.priors.grey_scale, dtype=torch.int64)
+        item["prior"] = prior
         return item
-

@@ -3,10 +3,13 @@
 * ``pair_sots`` / ``pair_gopro`` list ``(degraded, clean)`` file pairs from the datasets' on-disk
   layouts and fail loudly on files without a partner.
 * ``read_rgb`` / ``read_rgb_float`` decode any 8/16-bit, grayscale/RGB/RGBA image to RGB.
+* ``match_clean_size`` is the one rule for a ground truth larger than its input (centre crop);
+  :func:`read_pair` applies it, and so does everything that scores an input or a restored image.
 * ``PairedImageDataset`` serves the pairs as tensors, with aligned random crops and dihedral
-  augmentation for training; it is registered in basicsr's ``DATASET_REGISTRY`` as
-  ``PairedImageDataset_robustprior`` (basicsr already owns the plain name ``PairedImageDataset``),
-  so a basicsr options file uses ``type: PairedImageDataset_robustprior``.
+  augmentation for training.
+
+A folder that does not hold the layout asked for is a :class:`DataLayoutError` (a
+:class:`~robustprior.training.RunSetupError`: one line, raised before any run folder is made).
 """
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from restoration._basicsr import DATASET_REGISTRY
 from robustprior.data.image_io import read_native_rgb, read_rgb_image
+from robustprior.training.errors import RunSetupError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 SOTS_HAZY_FOLDERS: tuple[str, ...] = ("hazy",)
@@ -28,9 +31,11 @@ SOTS_CLEAN_FOLDERS: tuple[str, ...] = ("gt", "GT", "clear", "clean")
 GOPRO_SHARP_FOLDER = "sharp"
 LAYOUTS: tuple[str, ...] = ("sots", "gopro")
 PHASES: tuple[str, ...] = ("train", "val", "test")
-REGISTRY_SUFFIX = "robustprior"
-REGISTRY_NAME = f"PairedImageDataset_{REGISTRY_SUFFIX}"  # the ``type`` to use in basicsr options
 LISTED_UNMATCHED = 5  # how many unmatched file names an error message spells out
+
+
+class DataLayoutError(RunSetupError, ValueError):
+    """A data folder does not hold the layout (or split) it was given as; the message says what was found."""
 
 
 # ----------------------------------------------------------------------------- reading
@@ -75,7 +80,7 @@ def _index_by_stem(folder: Path) -> dict[str, Path]:
     index: dict[str, Path] = {}
     for path in _image_files(folder):
         if path.stem in index:
-            raise ValueError(f"ambiguous ground truth: {index[path.stem]} and {path} share the name {path.stem!r}")
+            raise DataLayoutError(f"ambiguous ground truth: {index[path.stem]} and {path} share the name {path.stem!r}")
         index[path.stem] = path
     return index
 
@@ -86,11 +91,11 @@ def _pair_by_key(
     """Pair each degraded image with the clean image whose stem is ``key_of(degraded_stem)``."""
     degraded = _image_files(degraded_folder)
     if not degraded:
-        raise ValueError(f"no {what} images found in {degraded_folder}")
+        raise DataLayoutError(f"no {what} images found in {degraded_folder}")
     clean = _index_by_stem(clean_folder) if clean_folder.is_dir() else {}
     unmatched = [path for path in degraded if key_of(path.stem) not in clean]
     if unmatched:
-        raise ValueError(_describe_unmatched(unmatched, f"{what} image(s) have no clean partner in {clean_folder}"))
+        raise DataLayoutError(_describe_unmatched(unmatched, f"{what} image(s) have no clean partner in {clean_folder}"))
     return [(path, clean[key_of(path.stem)]) for path in degraded]
 
 
@@ -115,10 +120,10 @@ def _find_sots_folder(base: Path) -> Path:
         grandchildren = [path for child in children for path in sorted(child.iterdir()) if path.is_dir()]
         found = [grandchild for grandchild in grandchildren if _is_sots_folder(grandchild)]
     if not found:
-        raise ValueError(f"no folder with hazy/ and one of {SOTS_CLEAN_FOLDERS} found in or under {base}")
+        raise DataLayoutError(f"no folder with hazy/ and one of {SOTS_CLEAN_FOLDERS} found in or under {base}")
     if len(found) > 1:
         names = ", ".join(str(path.relative_to(base)) for path in found)
-        raise ValueError(f"several SOTS folders under {base} ({names}); pass split= to choose one")
+        raise DataLayoutError(f"several SOTS folders under {base} ({names}); pass split= to choose one")
     return found[0]
 
 
@@ -134,44 +139,68 @@ def pair_sots(root: str | Path, split: str | None = None) -> list[tuple[Path, Pa
     root = Path(root)
     base = root / split if split is not None else root
     if not base.is_dir():
-        raise ValueError(f"SOTS folder {base} does not exist")
+        raise DataLayoutError(f"SOTS folder {base} does not exist")
     folder = _find_sots_folder(base)
     hazy_folder = _child_named(folder, SOTS_HAZY_FOLDERS)
     clean_folder = _child_named(folder, SOTS_CLEAN_FOLDERS)
     return _pair_by_key(hazy_folder, clean_folder, lambda stem: stem.split("_")[0], "hazy")
 
 
-def pair_gopro(root: str | Path, split: str = "test", blur_dir: str = "blur") -> list[tuple[Path, Path]]:
+def pair_gopro(root: str | Path, split: str | None = None, blur_dir: str = "blur") -> list[tuple[Path, Path]]:
     """(blurred, sharp) pairs of a GoPro dataset, naturally sorted.
 
-    Layout ``root/SPLIT/SEQUENCE/{blur_dir}/000001.png`` with ``.../sharp/000001.png``
-    (``blur_dir`` may be ``"blur_gamma"``), or a flat ``root/{blur_dir}/X.png`` with ``root/sharp/X.png``.
-    Files pair by stem; unmatched blurred images, sequences without ``blur_dir`` or no images at all
-    raise ``ValueError``.
+    Layout ``root/SPLIT/SEQUENCE/{blur_dir}/000001.png`` with ``.../sharp/000001.png`` (``split``
+    ``"train"`` or ``"test"``; ``blur_dir`` may be ``"blur_gamma"``), or a flat
+    ``root/{blur_dir}/X.png`` with ``root/sharp/X.png`` (``split`` None). Files pair by stem.
+    :class:`DataLayoutError` for unmatched blurred images, sequences without ``blur_dir``, no images,
+    and a flat folder given a split: a flat folder has no train / test split, and reading the same
+    files for both would train on the test set.
     """
     root = Path(root)
+    flat = (root / blur_dir).is_dir()
+    if split is None:
+        if flat:
+            return _pair_by_key(root / blur_dir, root / GOPRO_SHARP_FOLDER, lambda stem: stem, "blurred")
+        splits = sorted(path.name for path in root.iterdir() if path.is_dir()) if root.is_dir() else []
+        raise DataLayoutError(f"no GoPro data in {root}: no {blur_dir}/ folder (a flat layout); for the "
+                              f"ROOT/SPLIT/SEQUENCE/{blur_dir}/ layout give split (folders here: {', '.join(splits) or 'none'})")
     split_folder = root / split
-    if split_folder.is_dir():
-        sequences = sorted((p for p in split_folder.iterdir() if p.is_dir()), key=_natural_key)
-        if not sequences:
-            raise ValueError(f"no sequence folders found in {split_folder}")
-        missing = [sequence for sequence in sequences if not (sequence / blur_dir).is_dir()]
-        if missing:
-            raise ValueError(_describe_unmatched(missing, f"sequence folder(s) lack a {blur_dir}/ folder"))
-        return [
-            pair
-            for sequence in sequences
-            for pair in _pair_by_key(sequence / blur_dir, sequence / GOPRO_SHARP_FOLDER, lambda stem: stem, "blurred")
-        ]
-    if (root / blur_dir).is_dir():
-        return _pair_by_key(root / blur_dir, root / GOPRO_SHARP_FOLDER, lambda stem: stem, "blurred")
-    raise ValueError(f"no GoPro data: neither {split_folder} nor {root / blur_dir} is a folder")
+    if not split_folder.is_dir():
+        if flat:
+            raise DataLayoutError(f"{root} is a flat GoPro folder ({blur_dir}/ and sharp/, no {split}/ folder): it has no "
+                                  f"'{split}' split, and both splits would read the same files (training on the test "
+                                  f"set); use ROOT/train/SEQUENCE/{blur_dir}/ and ROOT/test/SEQUENCE/{blur_dir}/, or "
+                                  "split: null for a flat folder used for one purpose")
+        raise DataLayoutError(f"no GoPro data: {split_folder} is not a folder (expected {root}/{split}/SEQUENCE/{blur_dir}/)")
+    sequences = sorted((p for p in split_folder.iterdir() if p.is_dir()), key=_natural_key)
+    if not sequences:
+        raise DataLayoutError(f"no sequence folders found in {split_folder}")
+    missing = [sequence for sequence in sequences if not (sequence / blur_dir).is_dir()]
+    if missing:
+        raise DataLayoutError(_describe_unmatched(missing, f"sequence folder(s) lack a {blur_dir}/ folder"))
+    return [
+        pair
+        for sequence in sequences
+        for pair in _pair_by_key(sequence / blur_dir, sequence / GOPRO_SHARP_FOLDER, lambda stem: stem, "blurred")
+    ]
+
+
+def list_pairs(layout: str, root: str | Path, split: str | None = None, blur_dir: str = "blur"
+               ) -> list[tuple[Path, Path]]:
+    """The pairs of a ``layout`` ("sots" | "gopro") data folder (:func:`pair_sots` / :func:`pair_gopro`)."""
+    if layout not in LAYOUTS:
+        raise DataLayoutError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if not Path(root).is_dir():
+        raise DataLayoutError(f"data folder {root} does not exist")
+    return pair_sots(root, split) if layout == "sots" else pair_gopro(root, split, blur_dir)
 
 
 # ----------------------------------------------------------------------------- dataset
-def _match_clean_size(degraded: np.ndarray, clean: np.ndarray, pair: tuple[Path, Path]) -> np.ndarray:
-    """``clean`` (H' x W' x 3) centre-cropped to ``degraded``'s H x W when larger in both sides
-    (RESIDE ITS keeps a 10-px border on the clean images); any other size mismatch is an error."""
+def match_clean_size(degraded: np.ndarray, clean: np.ndarray, pair: tuple[Path | str, Path | str] = ("lq", "gt")
+                     ) -> np.ndarray:
+    """The one crop rule: ``clean`` (H' x W' x C) centre-cropped to ``degraded``'s H x W when it is at
+    least as large in both sides (RESIDE ITS keeps a 10-px border on the clean images; the crop
+    starts at ``((H' - H) // 2, (W' - W) // 2)``). A clean image smaller in a side is an error."""
     height, width = degraded.shape[:2]
     clean_height, clean_width = clean.shape[:2]
     if (clean_height, clean_width) == (height, width):
@@ -180,6 +209,12 @@ def _match_clean_size(degraded: np.ndarray, clean: np.ndarray, pair: tuple[Path,
         raise ValueError(f"size mismatch: {pair[0]} is {width}x{height} but {pair[1]} is {clean_width}x{clean_height}")
     top, left = (clean_height - height) // 2, (clean_width - width) // 2
     return clean[top : top + height, left : left + width]
+
+
+def read_pair(lq_path: str | Path, gt_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """An (input, ground truth) pair as H x W x 3 uint8 RGB arrays of the same size (:func:`match_clean_size`)."""
+    lq = read_rgb(lq_path)
+    return lq, match_clean_size(lq, read_rgb(gt_path), (lq_path, gt_path))
 
 
 def _pad_to(images: list[np.ndarray], size: int) -> list[np.ndarray]:
@@ -197,11 +232,10 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
 class PairedImageDataset(Dataset):
     """(lq, gt) pairs of a SOTS or GoPro dataset as 3 x H x W float32 tensors in [0, 1].
 
-    ``opt`` (basicsr style): ``dataroot``, ``layout`` ("sots" | "gopro"), ``split`` (SOTS default
-    none, GoPro default "test"), ``phase`` ("train" | "val" | "test"), ``crop_size`` (train only;
+    ``opt``: ``dataroot``, ``layout`` ("sots" | "gopro"), ``split`` (default none: SOTS a single
+    split, GoPro a flat folder), ``phase`` ("train" | "val" | "test"), ``crop_size`` (train only;
     None = full images), ``use_flip`` (horizontal flips), ``use_rot`` (vertical flips and transposes,
-    together with flips all 8 rotations/reflections), ``seed``, optional ``blur_dir`` (GoPro),
-    ``name`` and ``type`` (ignored).
+    together with flips all 8 rotations/reflections), ``seed``, optional ``blur_dir`` (GoPro).
 
     Training items are cropped at the same place in lq and gt (images smaller than the crop are
     mirror-padded first) and augmented identically, from a generator seeded with
@@ -225,10 +259,7 @@ class PairedImageDataset(Dataset):
         self.use_rot = bool(self.opt.get("use_rot", False))
         self.seed = int(self.opt.get("seed", 0))
         self.epoch = 0
-        if self.layout == "sots":
-            self.pairs = pair_sots(self.root, self.opt.get("split"))
-        else:
-            self.pairs = pair_gopro(self.root, self.opt.get("split") or "test", self.opt.get("blur_dir", "blur"))
+        self.pairs = list_pairs(self.layout, self.root, self.opt.get("split"), self.opt.get("blur_dir", "blur"))
 
     @classmethod
     def from_kwargs(
@@ -242,12 +273,9 @@ class PairedImageDataset(Dataset):
         use_rot: bool = False,
         seed: int = 0,
         blur_dir: str = "blur",
-        name: str | None = None,
     ) -> PairedImageDataset:
         """Build from keyword arguments instead of an ``opt`` dict."""
         opt = {
-            "name": name or f"{layout}:{dataroot}",
-            "type": REGISTRY_NAME,
             "layout": layout,
             "dataroot": str(dataroot),
             "split": split,
@@ -296,7 +324,7 @@ class PairedImageDataset(Dataset):
         """``{"lq", "gt"}``: 3 x H x W float32 tensors; ``lq_path``, ``gt_path``, ``key``: str."""
         pair = self.pairs[index]
         lq = read_rgb_float(pair[0])
-        gt = _match_clean_size(lq, read_rgb_float(pair[1]), pair)
+        gt = match_clean_size(lq, read_rgb_float(pair[1]), pair)
         if self.phase == "train":
             lq, gt = self.augment(lq, gt, index)
         return {
@@ -307,6 +335,3 @@ class PairedImageDataset(Dataset):
             "key": self.key(index),
         }
 
-
-if REGISTRY_NAME not in DATASET_REGISTRY:
-    DATASET_REGISTRY.register(PairedImageDataset, suffix=REGISTRY_SUFFIX)

@@ -1,10 +1,12 @@
-"""Training and evaluation of restoration networks with SAM / RobustSAM structure priors.
+"""Training and evaluation of restoration networks with SAM / RobustSAM structure priors, on the run engine.
 
-Driven by a basicsr-style options dict (YAML)::
+Driven by an options dict (YAML) validated against :data:`restoration.config.SCHEMA` before any
+work (an unknown key, a wrong type or an out-of-range value is one error naming the key and the
+closest valid one)::
 
     name: deblur_gopro
     manual_seed: 0
-    network_g: {type: SAMDeblurNet, prior: structure, width: 32, ...}   # any ARCH_REGISTRY entry
+    network_g: {type: SAMDeblurNet, prior: structure, width: 32, ...}   # restoration.archs.NETWORKS
     datasets:
       train: {layout: gopro, dataroot: data/GoPro, split: train, crop_size: 256, use_flip: true, use_rot: true, num_workers: 4}
       test:  {layout: gopro, dataroot: data/GoPro, split: test}
@@ -15,27 +17,33 @@ Driven by a basicsr-style options dict (YAML)::
       scheduler: {type: CosineAnnealingLR, eta_min: 1.0e-7}
       loss: psnr                             # psnr (10/ln10 * log(MSE + 1e-8), SAM-Deblur) | l1
       grad_clip: null
-    val: {val_freq: null, tile: 512, overlap: 32, save_images: true}
-    prior: {kind: robustsam, checkpoint: robustsam_vit_h, points_per_side: 32, ...}
+    val: {val_freq: null, tile: 512, overlap: 32, save_images: true, ssim: basicsr}
+    prior: {kind: robustsam, checkpoint: robustsam_vit_h, points_per_side: 32, grouping: smallest, ...}
 
-Priors are computed for the degraded inputs once, through the prior's disk cache, before training
-(:func:`restoration.datasets.prepare_priors`). Outputs in the run folder: ``options.yaml``,
-``checkpoint.pt`` (atomic; network, optimizer, scheduler and every rank's RNG states: ``--resume``
-continues exactly), ``train_log.csv``, ``val_log.csv``, ``results.json`` and ``images/`` (restored
-test images). Command line::
+Every network is called as ``network(lq, prior)`` (:mod:`restoration.archs`), the prior batch made
+by the dataset (:class:`restoration.datasets.PriorPairedDataset`). Priors are computed for the
+degraded inputs once, through the prior's disk cache, before training
+(:func:`restoration.datasets.prepare_priors`).
 
-    python -m restoration.train --opt OPTIONS.yaml [--output DIR] [--resume | --overwrite] [--device cuda]
+The run folder is a :class:`robustprior.training.Run` of kind ``restoration``: created, resumed or
+overwritten only when it carries the run marker (``--overwrite`` keeps ``prior_cache/``); a resume
+with options that differ from the run's is refused unless ``--allow-config-change`` (``--iterations``
+is an allowed, recorded override); checkpoints are safetensors weights plus a ``weights_only`` state
+file (optimizer, schedule, every rank's RNG states: a resumed run continues exactly); the CSV logs
+are cut back to the checkpoint on resume. The data layout is checked before the folder is touched.
+Outputs: ``config.yaml``, ``checkpoints/``, ``train_log.csv``, ``val_log.csv``, ``results.json`` and
+``images/`` (restored test images). Command line::
+
+    python -m restoration.train --opt OPTIONS.yaml [--output DIR] [--resume [--allow-config-change] | --overwrite]
     torchrun --nproc_per_node 4 -m restoration.train --opt OPTIONS.yaml      # DDP (NCCL on GPU, gloo on CPU)
 """
 from __future__ import annotations
 
 import argparse
-import datetime
+import copy
+import inspect
 import json
 import math
-import os
-import random
-import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,70 +54,60 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.distributed as dist
 import yaml
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-import restoration.archs  # noqa: F401  (registers the networks in ARCH_REGISTRY)
-from restoration.archs import SAMDeblurNet, SAMGuidedDehazeNet
-from robustprior.training.csv_log import append_csv, truncate_csv
-from restoration.datasets import PriorIndex, PriorPairedDataset, complete_prior_options, prepare_priors
-from restoration.metrics import MetricAccumulator, tensor_to_uint8
+from restoration.archs import NETWORKS, PriorBatch, build_network, prior_to
+from restoration.config import SCHEMA, validate_options
+from restoration.datasets import PriorIndex, PriorPairedDataset, image_covering_features, prepare_priors
+from restoration.metrics import MetricAccumulator, psnr, tensor_to_uint8
+from restoration.paired_data import list_pairs, read_rgb_float
 from restoration.tiling import tiled_forward
-from restoration._basicsr import ARCH_REGISTRY
-from robustprior.io.atomic import save_torch_atomically, write_text_atomically
-from robustprior.training import merge_config
+from robustprior.io.atomic import write_text_atomically
+from robustprior.training.checkpoints import load_training_checkpoint
+from robustprior.training.distributed import DistributedContext, resolve_device, setup_distributed
+from robustprior.training.errors import (CheckpointError, ConfigError, RunExistsError,
+                                         exit_on_setup_error)
 
-CHECKPOINT_NAME = "checkpoint.pt"
-OPTIONS_NAME = "options.yaml"
+from robustprior.training.rng import seed_everything
+from robustprior.training.run_folder import RUN_MARKER, Run
+from robustprior.training.schedules import LearningRateSchedule, ScheduleSpec
+
+__all__ = ["RUN_KIND", "RESULTS_NAME", "RestorationTrainer", "RunExistsError", "TrainedRun", "check_options", "load_options",
+           "load_trained_run", "restore_image", "setup_distributed", "psnr_loss", "l1_loss", "write_json",
+           "DistributedContext"]
+
+RUN_KIND = "restoration"
 RESULTS_NAME = "results.json"
-TRAIN_LOG = "train_log.csv"
-VAL_LOG = "val_log.csv"
+TRAIN_LOG, VAL_LOG = "train_log.csv", "val_log.csv"
+TRAIN_COLUMNS = ("iteration", "epoch", "lr", "loss", "train_seconds")
+VAL_COLUMNS = ("iteration", "psnr", "ssim")
 PRIOR_CACHE_NAME = "prior_cache"  # default cache folder inside a run folder; kept by --overwrite
+RECIPE_KEYS = ("task", "threads", "recipe")  # keys of restoration/options files that only the recipes read
 PSNR_LOSS_SCALE = 10.0 / math.log(10.0)
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "name": "restoration",
-    "manual_seed": 0,
-    "network_g": {"type": "SAMDeblurNet"},
-    "datasets": {"train": None, "test": None},
-    "train": {
-        "total_iter": 1000,
-        "batch_size": 8,
-        "optim_g": {"type": "AdamW", "lr": 1e-3, "weight_decay": 1e-3, "betas": [0.9, 0.9]},
-        "scheduler": {"type": "CosineAnnealingLR", "eta_min": 1e-7},
-        "loss": "psnr",
-        "grad_clip": None,
-        "log_freq": 10,
-        "save_freq": 1000,
-    },
-    "val": {"val_freq": None, "max_images": None, "tile": None, "overlap": 32, "save_images": True},
-    "prior": {"kind": "none"},
-}
-
-
-class RunExistsError(FileExistsError):
-    """The run folder already holds a run and neither resuming nor overwriting was asked for."""
+GREY_CODED = {"SAMGuidedDehazeNet": ("grayscale", "features")}  # networks (and priors) that read prior["grey_scale"]
 
 
 # ----------------------------------------------------------------------------- options and helpers
 def load_options(path: str | Path) -> dict[str, Any]:
-    """A YAML options file as a dict."""
-    with open(path) as handle:
-        return yaml.safe_load(handle) or {}
-
-
-def complete_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """``options`` over :data:`DEFAULT_OPTIONS`, with the prior section completed and validated."""
-    completed = merge_config(DEFAULT_OPTIONS, dict(options))
-    completed["prior"] = complete_prior_options(completed["prior"])
-    if completed["train"]["loss"] not in LOSSES:
-        raise ValueError(f"train.loss must be one of {sorted(LOSSES)}, got {completed['train']['loss']!r}")
-    if not completed["datasets"].get("test"):
-        raise ValueError("options need datasets.test (the evaluation data)")
-    return completed
+    """A YAML options (or recipe config) file as a plain dict; :class:`ConfigError` when it cannot be read.
+    The trainer validates the options it is given (:func:`restoration.config.validate_options`)."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"options file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read options file {path}: {error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of options, got {type(values).__name__}")
+    return values
 
 
 def write_json(path: str | Path, content: Any) -> None:
@@ -131,65 +129,54 @@ def l1_loss(restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"psnr": psnr_loss, "l1": l1_loss}
 
 
-def build_network(network_options: Mapping[str, Any]) -> nn.Module:
-    """``ARCH_REGISTRY.get(type)(**rest)`` of a basicsr ``network_g`` section."""
-    arguments = dict(network_options)
-    return ARCH_REGISTRY.get(arguments.pop("type"))(**arguments)
+def network_prior(network_options: Mapping[str, Any]) -> str:
+    """The prior a ``network_g`` section's network reads (its ``prior`` argument or that argument's
+    default; ``"none"`` for networks without one), known before the network is built."""
+    parameters = inspect.signature(NETWORKS[network_options["type"]]).parameters
+    if "prior" not in parameters:
+        return "none"
+    return network_options.get("prior", parameters["prior"].default)
 
 
-def network_prior(network: nn.Module) -> str:
-    """The prior a network consumes: its ``prior`` attribute (``"none"`` for networks without one)."""
-    return getattr(network, "prior", "none")
+def check_options_agree(options: Mapping[str, Any]) -> None:
+    """Network and prior options that contradict each other: a :class:`ConfigError`."""
+    wanted, kind = network_prior(options["network_g"]), options["prior"]["kind"]
+    if wanted == "none" and kind != "none":
+        raise ConfigError(f"prior.kind is {kind!r} but the network takes no prior (network_g.prior: none); "
+                          "set prior.kind: none")
+    if wanted != "none" and kind == "none":
+        raise ConfigError(f"the network's prior is {wanted!r}: set prior.kind to sam or robustsam")
+    if wanted == "features" and options["prior"]["features"] is None:
+        raise ConfigError("a 'features' network needs prior.features: mask_feature or embedding")
+    if wanted != "features" and options["prior"]["features"] is not None:
+        raise ConfigError(f"prior.features is {options['prior']['features']!r} but the network's prior is {wanted!r} "
+                          "(only network_g.prior: features reads latent maps); set prior.features: null")
+
+
+def check_data(options: Mapping[str, Any]) -> None:
+    """List the pairs of every data section: a wrong layout or split is a one-line
+    :class:`~restoration.paired_data.DataLayoutError` before any run folder is made."""
+    for phase in ("train", "test"):
+        section = options["datasets"][phase]
+        if section is not None:
+            list_pairs(section["layout"], section["dataroot"], section["split"], section["blur_dir"])
+
+
+def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything that can be checked before any work, in one call (a recipe calls it for every row
+    before it writes anything): the schema (:func:`restoration.config.validate_options`), network and
+    prior agreeing (:func:`check_options_agree`) and the data layout (:func:`check_data`). Returns the
+    validated options; raises a :class:`~robustprior.training.RunSetupError` (one message)."""
+    validated = validate_options(options)
+    check_options_agree(validated)
+    check_data(validated)
+    return validated
 
 
 def size_multiple(network: nn.Module) -> int:
     """The input-size multiple of a U-Net (``2**levels``), for tiling."""
     backbone = getattr(network, "backbone", network)
     return 2 ** getattr(backbone, "num_levels", 0)
-
-
-def forward_network(
-    network: nn.Module,
-    image: torch.Tensor,
-    label_map: torch.Tensor | None = None,
-    prior_features: torch.Tensor | None = None,
-    num_segments: int | None = None,
-    bare: nn.Module | None = None,
-) -> torch.Tensor:
-    """Call ``network`` (maybe DDP-wrapped; ``bare`` is the inner module) with the inputs it takes.
-
-    ``image`` B x 3 x H x W; ``label_map`` B x H x W; ``prior_features`` B x C x h x w. Returns B x 3 x H x W.
-    """
-    inner = bare if bare is not None else network
-    if isinstance(inner, SAMGuidedDehazeNet):
-        return network(image, label_map, prior_features, num_segments)
-    if isinstance(inner, SAMDeblurNet):
-        return network(image, label_map)
-    return network(image)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, numpy's and torch's global generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """The global RNG states of this process (Python, numpy, torch CPU and CUDA)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def epoch_batches(num_items: int, batch_size: int, epoch: int, seed: int) -> list[list[int]]:
@@ -210,99 +197,62 @@ def write_rgb_png(path: Path, image: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-# ----------------------------------------------------------------------------- distributed
-@dataclass(frozen=True)
-class DistributedContext:
-    """Rank, world size and device of this process (world size 1 without ``torchrun``)."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-    def all_gather(self, value: Any) -> list[Any]:
-        """Every rank's ``value`` (picklable), in rank order."""
-        if not self.distributed:
-            return [value]
-        gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, value)
-        return gathered
-
-    def mean(self, value: float) -> float:
-        """The mean of a scalar over the ranks."""
-        if not self.distributed:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
-        return float(tensor.item()) / self.world_size
+def prior_batch(label_map: torch.Tensor | None, features: torch.Tensor | None,
+                grey_scale: int | None) -> PriorBatch | None:
+    """The :data:`~restoration.archs.PriorBatch` of B x H x W labels, B x C x h x w features and a run's
+    grey-level scale (None when there is no prior)."""
+    prior: dict[str, torch.Tensor] = {}
+    if label_map is not None:
+        prior["label_map"] = label_map
+        if grey_scale is not None:
+            prior["grey_scale"] = torch.full((label_map.shape[0],), grey_scale, dtype=torch.int64,
+                                             device=label_map.device)
+    if features is not None:
+        prior["features"] = features
+    return prior or None  # type: ignore[return-value]
 
 
-def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> torch.device:
-    """``None``/``"auto"``: this rank's GPU when CUDA is available, else the CPU; ``"cuda"``: this rank's GPU."""
-    if device is None or str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
+@torch.no_grad()
+def restore_image(network: nn.Module, image: torch.Tensor, label_map: torch.Tensor | None = None,
+                  features: torch.Tensor | None = None, *, grey_scale: int | None = None, tile: int | None = None,
+                  overlap: int = 32, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Restore one image with an eval-mode ``network``: 1 x 3 x H x W -> 1 x 3 x H x W on the CPU.
+
+    ``label_map`` 1 x H x W (the prior's regions, :meth:`restoration.datasets.PriorIndex.label_map`);
+    ``features`` 1 x C x h x w over the image; ``grey_scale`` the run's grey-level scale. Images with a
+    side above ``tile`` run as overlapping tiles (:func:`restoration.tiling.tiled_forward`)."""
+    def model_function(image_part: torch.Tensor, labels: torch.Tensor | None,
+                       feature_part: torch.Tensor | None) -> torch.Tensor:
+        return network(image_part, prior_batch(labels, feature_part, grey_scale))
+
+    if tile and max(image.shape[-2:]) > tile:
+        return tiled_forward(model_function, image.cpu(), label_map, features, tile=tile, overlap=overlap,
+                             multiple=size_multiple(network), device=device)
+    inputs = [tensor.to(device) if tensor is not None else None for tensor in (image, label_map, features)]
+    return model_function(*inputs).cpu()
 
 
-def setup_distributed(device: str | torch.device | None = None) -> DistributedContext:
-    """Join the ``torchrun`` process group (once; NCCL for CUDA, gloo on CPU) and pick this rank's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    resolved = resolve_device(device, local_rank)
-    if resolved.type == "cuda":
-        torch.cuda.set_device(resolved)
-    if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if resolved.type == "cuda" else "gloo"
-        # Rank 0 evaluates alone while the others wait: allow long evaluations.
-        dist.init_process_group(backend, timeout=datetime.timedelta(hours=4))
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return DistributedContext(rank, dist.get_world_size() if dist.is_initialized() else 1, resolved)
-
-
-# ----------------------------------------------------------------------------- run folder
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
-    """Make ``run_dir`` ready; returns whether a checkpoint will be resumed.
-
-    An occupied folder is an error (:class:`RunExistsError`) unless ``resume`` (with a checkpoint:
-    continue it; without one, nothing to continue: start afresh) or ``overwrite`` (delete the run,
-    keeping a default ``prior_cache`` folder).
-    """
-    checkpoint = run_dir / CHECKPOINT_NAME
-    if resume and checkpoint.is_file():
-        return True
-    entries = [path for path in run_dir.iterdir() if path.name != PRIOR_CACHE_NAME] if run_dir.is_dir() else []
-    if entries and not (resume or overwrite):
-        raise RunExistsError(
-            f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
-        )
-    if entries and resume:
-        print(f"[restoration] no {CHECKPOINT_NAME} in {run_dir}: nothing to resume, starting afresh", file=sys.stderr)
-    for path in entries:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return False
+def schedule_spec(train_options: Mapping[str, Any]) -> ScheduleSpec:
+    """``CosineAnnealingLR`` from ``lr`` to ``eta_min`` over the run, or a constant rate
+    (:mod:`robustprior.training.schedules`)."""
+    scheduler = train_options["scheduler"]
+    if scheduler["type"] == "constant":
+        return ScheduleSpec("constant")
+    ratio = min(1.0, scheduler["eta_min"] / train_options["optim_g"]["lr"])
+    return ScheduleSpec("cosine", min_lr_ratio=ratio)
 
 
 # ----------------------------------------------------------------------------- trainer
 class RestorationTrainer:
     """Trains ``network_g`` on ``datasets.train`` and evaluates it on ``datasets.test`` (module docstring).
 
-    ``device``: None/"auto", "cpu", "cuda", ... (under ``torchrun`` each rank takes its local GPU).
-    ``progress``: show progress bars (rank 0 only).
+    ``options``: validated here (:class:`ConfigError` before any work). ``resume`` / ``overwrite``:
+    the run-folder policy of :class:`robustprior.training.Run` (``resume`` on a missing or empty folder
+    starts the run, as a recipe resumed before this row began needs); a resume whose options differ from the
+    run's is refused unless ``allow_config_change``; ``iterations`` overrides ``train.total_iter`` (an
+    allowed override, recorded). ``device``: None/"auto", "cpu", "cuda", "cuda:N" (a missing GPU is an
+    error; under ``torchrun`` each rank takes its local GPU). ``progress``: progress bars (rank 0 only).
+    The run folder stays locked until :meth:`run` ends or :meth:`close`.
     """
 
     def __init__(
@@ -314,205 +264,191 @@ class RestorationTrainer:
         overwrite: bool = False,
         device: str | torch.device | None = None,
         progress: bool = True,
+        allow_config_change: bool = False,
+        iterations: int | None = None,
     ) -> None:
+        given = check_options(options)
         self.context = setup_distributed(device)
         self.device = self.context.device
-        self.options = complete_options(options)
+        batch_size = given["train"]["batch_size"]
+        if batch_size % self.context.world_size:
+            raise ConfigError(f"train.batch_size {batch_size} is not divisible by the {self.context.world_size} ranks")
         self.run_dir = Path(run_dir)
         self.progress = progress and self.context.is_main
-        refusal = None
-        if self.context.is_main:
-            try:
-                prepare_run_dir(self.run_dir, resume, overwrite)
-            except RunExistsError as error:
-                refusal = str(error)
-        refusal = self.context.all_gather(refusal)[0]  # also the barrier after rank 0's preparation
-        if refusal is not None:
-            raise RunExistsError(refusal)
-        resuming = resume and (self.run_dir / CHECKPOINT_NAME).is_file()
+        started = (self.run_dir / RUN_MARKER).exists() or (self.run_dir.is_dir() and any(self.run_dir.iterdir()))
+        if resume and not started:
+            if self.context.is_main:  # e.g. a recipe resumed before this row started
+                print(f"[restoration] nothing to resume in {self.run_dir}: starting the run", file=sys.stderr)
+            resume = False
+        self.run_folder = Run.open(self.run_dir, kind=RUN_KIND, schema=SCHEMA, config=given, resume=resume,
+                                   overwrite=overwrite, allow_config_change=allow_config_change,
+                                   overrides={} if iterations is None else {"train.total_iter": iterations},
+                                   keep=(PRIOR_CACHE_NAME,), logs={TRAIN_LOG: TRAIN_COLUMNS, VAL_LOG: VAL_COLUMNS},
+                                   context=self.context)
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
 
-        seed = int(self.options["manual_seed"])
-        seed_everything(seed)  # the same on every rank: network init, and a randomly initialised prior model
-        self.network = build_network(self.options["network_g"]).to(self.device)
+    # ------------------------------------------------------------------ setup
+    def _build(self) -> None:
+        self.options = copy.deepcopy(self.run_folder.config)
+        seed = self.options["manual_seed"]
+        seed_everything(seed)  # the same on every rank: a randomly initialised prior model, then the network
         self.priors = self._prepare_priors()
+        self.network_options = self._network_options()
+        seed_everything(seed)
+        self.network = build_network(self.network_options).to(self.device)
+        self.iteration, self.train_seconds = 0, 0.0
+        state = self.run_folder.checkpoint.state if self.run_folder.resumed else {}
+        self.grey_scale: int | None = state["grey_scale"] if self.run_folder.resumed else self._grey_level_scale()
+        if self.priors is not None:
+            self.priors.grey_scale = self.grey_scale
         seed_everything(seed + self.context.rank)  # per-rank streams for training (mask dropout)
         self.train_set, self.test_set = self._build_datasets()
         train_options = self.options["train"]
         self.loss_function = LOSSES[train_options["loss"]]
-        self.optimizer = self._build_optimizer()
-        self.scheduler = self._build_scheduler()
-        self.iteration = 0
-        self.train_seconds = 0.0
-        self.num_segments: int | None = None
-        if resuming:
-            self.load_checkpoint()
-        else:
-            self.num_segments = self._grey_level_scale()
-        self.model: nn.Module = self.network
-        if self.context.distributed:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.network, device_ids=device_ids)
-        if self.context.is_main:
-            write_text_atomically(self.run_dir / OPTIONS_NAME, yaml.safe_dump(self.options, sort_keys=False))
+        settings = train_options["optim_g"]
+        optimizer_class = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam}[settings["type"]]
+        self.optimizer = optimizer_class([p for p in self.network.parameters() if p.requires_grad], lr=settings["lr"],
+                                         weight_decay=settings["weight_decay"], betas=tuple(settings["betas"]))
+        self.schedule = LearningRateSchedule(self.optimizer, schedule_spec(train_options), train_options["total_iter"])
+        if self.run_folder.resumed:
+            self._restore(state)
+        self.model: nn.Module = self.context.wrap(self.network)
 
-    # ------------------------------------------------------------------ setup
+    def _network_options(self) -> dict[str, Any]:
+        """``network_g`` with a 'features' network's ``prior_channels`` taken from the prior's latent map
+        (a different number given in the options is a :class:`ConfigError`)."""
+        options = dict(self.options["network_g"])
+        if network_prior(options) != "features" or self.priors is None:
+            return options
+        channels = self.priors.feature_channels()
+        given = options.get("prior_channels")
+        if given is not None and given != channels:
+            raise ConfigError(f"network_g.prior_channels is {given}, but the prior's {self.priors.feature} has "
+                              f"{channels} channels; leave prior_channels out to take it from the prior")
+        options["prior_channels"] = channels
+        return options
+
+    @property
+    def num_segments(self) -> int | None:
+        """The run's grey-level scale of the grayscale coding (None for networks without it)."""
+        return self.grey_scale
+
     def _prepare_priors(self) -> PriorIndex | None:
-        """Check that network and prior options agree; compute the lq priors of train and test once."""
+        """Compute the lq priors of train and test once (rank-sharded), through the prior's cache."""
         prior_options = self.options["prior"]
-        wanted = network_prior(self.network)
-        if wanted == "none":
-            if prior_options["kind"] != "none":
-                raise ValueError(f"prior.kind is {prior_options['kind']!r} but the network takes no prior (prior: none)")
-            return None
         if prior_options["kind"] == "none":
-            raise ValueError(f"the network's prior is {wanted!r}: set prior.kind to 'sam' or 'robustsam'")
-        if wanted == "features" and prior_options["features"] is None:
-            raise ValueError("a 'features' network needs prior.features: mask_feature or embedding")
-        lq_paths = [
-            lq
-            for phase in ("train", "test")
-            if self.options["datasets"].get(phase)
-            for lq, _ in PriorPairedDataset(self._dataset_options(phase)).pairs
-        ]
+            return None
+        lq_paths = [lq for phase in ("train", "test") if self.options["datasets"][phase]
+                    for lq, _ in PriorPairedDataset(self._dataset_options(phase)).pairs]
         cache_dir = prior_options["cache_dir"] or self.run_dir / PRIOR_CACHE_NAME
         return prepare_priors(prior_options, lq_paths, cache_dir, self.device, progress=self.progress)
 
     def _dataset_options(self, phase: str) -> dict[str, Any]:
-        options = {"seed": int(self.options["manual_seed"]), **self.options["datasets"][phase], "phase": phase}
+        options = {"seed": self.options["manual_seed"], **self.options["datasets"][phase], "phase": phase}
+        options.pop("num_workers")
         if phase == "test":
             options.update(crop_size=None, use_flip=False, use_rot=False)
         return options
 
     def _build_datasets(self) -> tuple[PriorPairedDataset | None, PriorPairedDataset]:
         train_set = None
-        if self.options["datasets"].get("train"):
+        if self.options["datasets"]["train"]:
             train_set = PriorPairedDataset(self._dataset_options("train"), self.priors)
         return train_set, PriorPairedDataset(self._dataset_options("test"), self.priors)
 
-    def _build_optimizer(self) -> torch.optim.Optimizer:
-        settings = dict(self.options["train"]["optim_g"])
-        optimizer_class = getattr(torch.optim, settings.pop("type"))
-        if "betas" in settings:
-            settings["betas"] = tuple(settings["betas"])
-        return optimizer_class([p for p in self.network.parameters() if p.requires_grad], **settings)
-
-    def _build_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
-        settings = dict(self.options["train"]["scheduler"] or {"type": "constant"})
-        kind = settings.pop("type")
-        if kind == "CosineAnnealingLR":
-            total = int(self.options["train"]["total_iter"])
-            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, total), **settings)
-        if kind == "constant":
-            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
-        raise ValueError(f"train.scheduler.type must be CosineAnnealingLR or constant, got {kind!r}")
-
     def _grey_level_scale(self) -> int | None:
-        """The dataset-wide ``num_segments`` of the grayscale coding (None for networks without it).
+        """The run-wide grey-level scale of the grayscale coding (None for networks without it).
 
-        One scale for all images, crops, tiles and batches keeps a segment's grey level fixed;
-        ``prior.num_segments: auto`` takes the most masks of any train or test image.
-        """
-        if not isinstance(self.network, SAMGuidedDehazeNet) or self.network.prior not in ("grayscale", "features"):
+        One scale for all images, crops, tiles and batches keeps a region's grey level fixed; a
+        number in ``prior.num_segments`` is also the same for every prior row; ``auto`` takes the
+        most regions of any train or test image of this run."""
+        network_options = self.options["network_g"]
+        if network_prior(network_options) not in GREY_CODED.get(network_options["type"], ()):
             return None
         configured = self.options["prior"]["num_segments"]
-        if configured != "auto":
-            return int(configured)
         assert self.priors is not None
-        return max(1, self.priors.max_segments(progress=self.progress))
+        most = self.priors.max_segments(progress=self.progress)
+        if configured == "auto":
+            return max(1, most)
+        if most > configured:
+            raise ConfigError(f"prior.num_segments is {configured}, but an image of this run has {most} regions: "
+                              f"raise prior.num_segments to at least {most} (the same for every prior row)")
+        return int(configured)
 
     # ------------------------------------------------------------------ checkpoints
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.run_dir / CHECKPOINT_NAME
+    def _state(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the weights (all loadable with ``weights_only=True``)."""
+        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                "train_seconds": self.train_seconds, "grey_scale": self.grey_scale,
+                "prior_fingerprint": self.priors.description.get("fingerprint") if self.priors is not None else None,
+                "prior": self.priors.description if self.priors is not None else {"kind": "none"},
+                "network": self.network_options, "world_size": self.context.world_size}
 
     def save_checkpoint(self) -> None:
-        """Write ``checkpoint.pt`` atomically (rank 0), with every rank's RNG states."""
-        rng_states = self.context.all_gather(capture_rng_state())
-        if self.context.is_main:
-            payload = {
-                "iteration": self.iteration,
-                "train_seconds": self.train_seconds,
-                "network": self.network.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "rng": rng_states,
-                "world_size": self.context.world_size,
-                "num_segments": self.num_segments,
-                "prior": self.priors.description if self.priors is not None else {"kind": "none"},
-                "options": self.options,
-            }
-            save_torch_atomically(payload, self.checkpoint_path)
-        self.context.barrier()
+        """A checkpoint of the current iteration (every rank calls it: the RNG states are gathered)."""
+        self.run_folder.save_checkpoint(self.iteration, self.network.state_dict(), self._state())
 
-    def load_checkpoint(self) -> None:
-        """Restore everything :meth:`save_checkpoint` wrote; refuses a checkpoint made with another prior model."""
-        payload = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        saved_prior = payload["prior"].get("fingerprint")
-        current_prior = self.priors.description.get("fingerprint") if self.priors is not None else None
-        if saved_prior != current_prior:
-            raise ValueError(
-                f"{self.run_dir} was trained with prior model fingerprint {saved_prior}, now it is {current_prior} "
-                "(did the prior checkpoint change?); pass --overwrite to start again"
-            )
-        changed = sorted(key for key in self.options if payload["options"].get(key) != self.options[key])
-        if changed and self.context.is_main:
-            print(f"[restoration] resuming with changed option sections {changed} (scheduler keeps its saved state)",
-                  file=sys.stderr)
-        self.network.load_state_dict(payload["network"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
-        self.iteration = int(payload["iteration"])
-        self.train_seconds = float(payload["train_seconds"])
-        self.num_segments = payload["num_segments"]
-        if len(payload["rng"]) == self.context.world_size:
-            restore_rng_state(payload["rng"][self.context.rank])
-        else:
-            print(f"[restoration] checkpoint from {len(payload['rng'])} rank(s), now {self.context.world_size}: "
-                  "reseeding (the continuation is not bit-exact)", file=sys.stderr)
-            seed_everything(int(self.options["manual_seed"]) + self.context.rank + self.iteration)
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from the run's checkpoint; refuses one made with another prior model."""
+        current = self.priors.description.get("fingerprint") if self.priors is not None else None
+        if state.get("prior_fingerprint") != current:
+            raise CheckpointError(
+                f"{self.run_dir} was trained with prior model fingerprint {state.get('prior_fingerprint')}, now it is "
+                f"{current} (did the prior checkpoint change?); pass --overwrite to start again")
+        try:
+            self.network.load_state_dict(self.run_folder.checkpoint.weights)
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as error:
+            raise CheckpointError(f"the checkpoint in {self.run_dir} does not fit the network and optimizer of these "
+                                  f"options ({str(error).splitlines()[0]})") from None
+        self.schedule.load_state_dict(state["schedule"], total_iterations=self.options["train"]["total_iter"])
+        self.iteration = self.run_folder.start_iteration
+        self.train_seconds = float(state["train_seconds"])
+        self.run_folder.restore_rng(reseed=self.options["manual_seed"] + self.context.rank + self.iteration)
         if self.context.is_main:
             print(f"[restoration] resuming {self.run_dir} at iteration {self.iteration}", file=sys.stderr)
-            for name in (TRAIN_LOG, VAL_LOG):
-                truncate_csv(self.run_dir / name, self.iteration)
+
+    def close(self) -> None:
+        """Release the run folder's lock."""
+        self.run_folder.close()
 
     # ------------------------------------------------------------------ training
     def _batches_for_rank(self, epoch: int, first: int, count: int) -> list[list[int]]:
         """This rank's share of global batches ``first .. first + count - 1`` of ``epoch``."""
-        total_batch = int(self.options["train"]["batch_size"])
+        total_batch = self.options["train"]["batch_size"]
         per_rank = total_batch // self.context.world_size
-        batches = epoch_batches(len(self.train_set), total_batch, epoch, int(self.options["manual_seed"]))
+        batches = epoch_batches(len(self.train_set), total_batch, epoch, self.options["manual_seed"])
         start = self.context.rank * per_rank
         return [batch[start : start + per_rank] for batch in batches[first : first + count]]
 
     def _step(self, batch: Mapping[str, Any]) -> float:
         """One optimisation step on a collated batch; returns the loss."""
-        to_device = lambda key: batch[key].to(self.device, non_blocking=True) if key in batch else None  # noqa: E731
-        restored = forward_network(
-            self.model, to_device("lq"), to_device("label_map"), to_device("prior_features"), self.num_segments,
-            bare=self.network,
-        )
-        loss = self.loss_function(restored, to_device("gt"))
+        lq, gt = batch["lq"].to(self.device, non_blocking=True), batch["gt"].to(self.device, non_blocking=True)
+        restored = self.model(lq, prior_to(batch.get("prior"), self.device))
+        loss = self.loss_function(restored, gt)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_clip = self.options["train"]["grad_clip"]
         if grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), float(grad_clip))
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), grad_clip)
         self.optimizer.step()
-        self.scheduler.step()
+        self.schedule.step()
         return float(loss.detach())
 
     def fit(self, until: int | None = None) -> None:
         """Train up to ``train.total_iter`` iterations (or stop early at iteration ``until``, with a checkpoint)."""
         if self.train_set is None:
-            raise ValueError("options have no datasets.train")
+            raise ConfigError("options have no datasets.train")
         train_options = self.options["train"]
-        total = int(train_options["total_iter"])
+        total = train_options["total_iter"]
         stop = total if until is None else min(int(until), total)
-        total_batch = int(train_options["batch_size"])
-        if total_batch % self.context.world_size:
-            raise ValueError(f"train.batch_size {total_batch} is not divisible by the {self.context.world_size} ranks")
+        total_batch = train_options["batch_size"]
         batches_per_epoch = max(1, len(self.train_set) // total_batch)
-        log_freq, save_freq = int(train_options["log_freq"]), int(train_options["save_freq"] or stop)
+        log_freq, save_freq = train_options["log_freq"], train_options["save_freq"] or stop
         val_freq = self.options["val"]["val_freq"]
         losses: list[float] = []
         self.network.train()
@@ -524,9 +460,9 @@ class RestorationTrainer:
             loader = DataLoader(
                 self.train_set,
                 batch_sampler=self._batches_for_rank(epoch, first, min(batches_per_epoch - first, stop - self.iteration)),
-                num_workers=int(self.options["datasets"]["train"].get("num_workers", 0)),
+                num_workers=self.options["datasets"]["train"]["num_workers"],
                 pin_memory=self.device.type == "cuda",
-                generator=torch.Generator().manual_seed(int(self.options["manual_seed"])),  # leaves the global RNG alone
+                generator=torch.Generator().manual_seed(self.options["manual_seed"]),  # leaves the global RNG alone
             )
             for batch in loader:
                 started = time.perf_counter()
@@ -539,11 +475,10 @@ class RestorationTrainer:
                     losses = []
                     bar.set_postfix(loss=f"{mean_loss:.4f}")
                     if self.context.is_main:
-                        append_csv(self.run_dir / TRAIN_LOG, {
-                            "iteration": self.iteration, "epoch": epoch, "lr": self.scheduler.get_last_lr()[0],
-                            "loss": mean_loss, "train_seconds": round(self.train_seconds, 3),
-                        })
-                if val_freq and self.iteration % int(val_freq) == 0 and self.iteration != stop:
+                        self.run_folder.log(TRAIN_LOG).append([{
+                            "iteration": self.iteration, "epoch": epoch, "lr": self.schedule.lr,
+                            "loss": mean_loss, "train_seconds": round(self.train_seconds, 3)}])
+                if val_freq and self.iteration % val_freq == 0 and self.iteration != stop:
                     self._validate()
                 if self.iteration % save_freq == 0 or self.iteration == stop:
                     self.save_checkpoint()
@@ -553,7 +488,8 @@ class RestorationTrainer:
         """Periodic evaluation on (the first ``val.max_images`` of) the test set, logged to ``val_log.csv``."""
         metrics = self.evaluate(image_folder=None, max_images=self.options["val"]["max_images"])
         if metrics is not None:
-            append_csv(self.run_dir / VAL_LOG, {"iteration": self.iteration, "psnr": metrics["psnr"], "ssim": metrics["ssim"]})
+            self.run_folder.log(VAL_LOG).append([{"iteration": self.iteration, "psnr": metrics["psnr"],
+                                           "ssim": metrics["ssim"]}])
         self.network.train()
 
     # ------------------------------------------------------------------ evaluation
@@ -561,43 +497,40 @@ class RestorationTrainer:
     def restore(
         self, image: torch.Tensor, label_map: torch.Tensor | None = None, prior_features: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Restore one image with the (eval-mode) network: 1 x 3 x H x W -> 1 x 3 x H x W on the CPU.
-
-        ``label_map`` 1 x H x W; ``prior_features`` 1 x C x h x w over the image. Images with a side
-        above ``val.tile`` run as overlapping tiles (:func:`restoration.tiling.tiled_forward`).
-        """
-        def model_function(image_part: torch.Tensor, *prior_parts: torch.Tensor | None) -> torch.Tensor:
-            return forward_network(self.network, image_part, *prior_parts, num_segments=self.num_segments)
-
-        tile = self.options["val"]["tile"]
-        if tile and max(image.shape[-2:]) > int(tile):
-            return tiled_forward(model_function, image.cpu(), label_map, prior_features, tile=int(tile),
-                                 overlap=int(self.options["val"]["overlap"]), multiple=size_multiple(self.network),
-                                 device=self.device)
-        inputs = [tensor.to(self.device) if tensor is not None else None for tensor in (image, label_map, prior_features)]
-        return model_function(*inputs).cpu()
+        """Restore one image with the (eval-mode) network: :func:`restore_image` with this run's
+        grey-level scale and ``val.tile`` / ``val.overlap``."""
+        return restore_image(self.network, image, label_map, prior_features, grey_scale=self.grey_scale,
+                             tile=self.options["val"]["tile"], overlap=self.options["val"]["overlap"],
+                             device=self.device)
 
     @torch.no_grad()
     def evaluate(self, image_folder: str | None = "images", max_images: int | None = None) -> dict[str, Any] | None:
-        """PSNR / SSIM (:class:`~restoration.metrics.MetricAccumulator`) on the full test images, on rank 0.
+        """PSNR / SSIM (:class:`~restoration.metrics.MetricAccumulator`, SSIM of kind ``val.ssim``) on the
+        full test images, on rank 0.
 
         Restored images are written as PNG to ``run_dir / image_folder / <key>.png`` unless
-        ``image_folder`` is None. Returns ``MetricAccumulator.to_dict()`` (per-image records add
-        ``lq_path``, ``gt_path``, ``output`` and ``segments``) on rank 0, None on other ranks.
+        ``image_folder`` is None. Returns ``MetricAccumulator.to_dict()`` on rank 0 (None on other
+        ranks); per-image records add ``lq_path``, ``gt_path``, ``output``, ``segments`` and the
+        degraded input's own ``input_psnr`` / ``input_ssim`` (ground truth cropped by the one crop
+        rule, :func:`restoration.paired_data.match_clean_size`).
         """
         metrics = None
         if self.context.is_main:
             self.network.eval()
-            accumulator = MetricAccumulator()
+            accumulator = MetricAccumulator(ssim_kind=self.options["val"]["ssim"])
             count = len(self.test_set) if max_images is None else min(int(max_images), len(self.test_set))
             for index in tqdm(range(count), desc=f"test {self.options['name']}", unit="image", disable=not self.progress):
                 item = self.test_set[index]
-                label_map = item["label_map"][None] if "label_map" in item else None
-                features = item["prior_features"][None] if "prior_features" in item else None
+                prior = item.get("prior", {})
+                label_map = prior["label_map"][None] if "label_map" in prior else None
+                features = prior["features"][None] if "features" in prior else None
                 restored = tensor_to_uint8(self.restore(item["lq"][None], label_map, features))
-                record = accumulator.update(restored, tensor_to_uint8(item["gt"]), name=item["key"])
+                target, degraded = tensor_to_uint8(item["gt"]), tensor_to_uint8(item["lq"])
+                record = accumulator.update(restored, target, name=item["key"])
                 record.update(lq_path=item["lq_path"], gt_path=item["gt_path"],
-                              segments=int(label_map.max()) if label_map is not None else None)
+                              segments=int(label_map.max()) if label_map is not None else None,
+                              input_psnr=psnr(degraded, target),
+                              input_ssim=accumulator.score_ssim(degraded, target))
                 if image_folder is not None:
                     output = Path(image_folder) / f"{item['key']}.png"
                     write_rgb_png(self.run_dir / output, restored)
@@ -610,69 +543,138 @@ class RestorationTrainer:
         """What ``results.json`` holds: metrics plus everything needed to state the protocol."""
         train_options = self.options["train"]
         datasets = self.options["datasets"]
+        prior = self.priors.description if self.priors is not None else {"kind": "none", "model": "none"}
         return {
             "name": self.options["name"],
             "iterations": self.iteration,
             "metrics": dict(metrics),
-            "network": self.options["network_g"],
-            "prior": self.priors.description if self.priors is not None else {"kind": "none", "model": "none"},
-            "num_segments": self.num_segments,
+            "ssim_kind": self.options["val"]["ssim"],
+            "network": self.network_options,
+            "prior": prior,
+            "num_segments": self.grey_scale,
             "train": {
                 "total_iter": train_options["total_iter"],
                 "batch_size": train_options["batch_size"],
-                "crop_size": (datasets.get("train") or {}).get("crop_size"),
+                "crop_size": (datasets["train"] or {}).get("crop_size"),
                 "loss": train_options["loss"],
+                "grad_clip": train_options["grad_clip"],
                 "optimizer": train_options["optim_g"],
                 "scheduler": train_options["scheduler"],
                 "num_pairs": len(self.train_set) if self.train_set is not None else 0,
                 "train_seconds": round(self.train_seconds, 1),
             },
-            "test": {"dataroot": datasets["test"]["dataroot"], "split": datasets["test"].get("split"),
+            "test": {"dataroot": datasets["test"]["dataroot"], "split": datasets["test"]["split"],
                      "num_pairs": len(self.test_set)},
             "device": str(self.device),
             "world_size": self.context.world_size,
         }
 
     def run(self, until: int | None = None) -> dict[str, Any] | None:
-        """Train (unless already done), evaluate on the test set, write ``results.json``; returns it on rank 0."""
-        if self.train_set is not None:
-            self.fit(until)
-        save_images = bool(self.options["val"]["save_images"])
-        metrics = self.evaluate(image_folder="images" if save_images else None)
-        if metrics is None:
+        """Train (unless already done), evaluate on the test set, write ``results.json``; returns it on
+        rank 0. Releases the run folder at the end."""
+        try:
+            if self.train_set is not None:
+                self.fit(until)
+            save_images = self.options["val"]["save_images"]
+            metrics = self.evaluate(image_folder="images" if save_images else None)
+            if metrics is None:
+                return None
+            results = self.results(metrics)
+            write_json(self.run_dir / RESULTS_NAME, results)
+            return results
+        finally:
+            self.close()
+
+
+# ----------------------------------------------------------------------------- a trained run
+@dataclass
+class TrainedRun:
+    """A trained run read back without training (:func:`load_trained_run`): its eval-mode ``network``,
+    validated ``options``, ``grey_scale``, ``iteration`` and ``prior`` description."""
+
+    folder: Path
+    network: nn.Module
+    options: dict[str, Any]
+    grey_scale: int | None
+    iteration: int
+    prior: dict[str, Any]
+    prior_fingerprint: str | None
+    device: torch.device
+
+    def prepare_priors(self, lq_paths: Sequence[str | Path], cache_dir: str | Path,
+                       progress: bool = True) -> PriorIndex | None:
+        """The priors of new images with the run's prior model and settings (None without a prior); a
+        prior model that is not the one the run was trained with is a :class:`CheckpointError`."""
+        if self.options["prior"]["kind"] == "none":
             return None
-        results = self.results(metrics)
-        write_json(self.run_dir / RESULTS_NAME, results)
-        return results
+        index = prepare_priors(self.options["prior"], lq_paths, cache_dir, self.device, progress=progress)
+        if index.description.get("fingerprint") != self.prior_fingerprint:
+            raise CheckpointError(f"the prior model now gives fingerprint {index.description.get('fingerprint')}, but "
+                                  f"{self.folder} was trained with {self.prior_fingerprint}: not the same prior model")
+        index.grey_scale = self.grey_scale
+        return index
+
+    def restore_file(self, path: str | Path, priors: PriorIndex | None = None) -> np.ndarray:
+        """The restored H x W x 3 uint8 RGB image of an image file (its prior from ``priors``), tiled above
+        ``val.tile``."""
+        image = torch.from_numpy(np.ascontiguousarray(read_rgb_float(path).transpose(2, 0, 1)))[None]
+        label_map = features = None
+        if priors is not None:
+            stored = priors.load(path)
+            labels = priors.label_map(stored)
+            label_map = torch.from_numpy(labels)[None]
+            if priors.feature is not None:
+                features = image_covering_features(getattr(stored, priors.feature).float(), labels.shape)[None]
+        restored = restore_image(self.network, image, label_map, features, grey_scale=self.grey_scale,
+                                 tile=self.options["val"]["tile"], overlap=self.options["val"]["overlap"],
+                                 device=self.device)
+        return tensor_to_uint8(restored)
+
+
+def load_trained_run(run_dir: str | Path, device: str | torch.device | None = "auto") -> TrainedRun:
+    """Read a trained run (its config and latest checkpoint; safetensors weights, ``weights_only`` state)
+    without opening it for training: nothing in the folder is written."""
+    run_dir = Path(run_dir)
+    checkpoint = load_training_checkpoint(run_dir)
+    if checkpoint is None:
+        raise CheckpointError(f"{run_dir} holds no checkpoint of a trained run")
+    state = checkpoint.state
+    options = validate_options(state["config"], source=f"the options saved in {run_dir}")
+    device = resolve_device(device)
+    network = build_network(state["network"])
+    try:
+        network.load_state_dict(checkpoint.weights)
+    except RuntimeError as error:
+        raise CheckpointError(f"the weights in {run_dir} do not fit its network ({str(error).splitlines()[0]})") from None
+    return TrainedRun(run_dir, network.to(device).eval(), options, state["grey_scale"], checkpoint.iteration,
+                      dict(state["prior"]), state["prior_fingerprint"], device)
 
 
 # ----------------------------------------------------------------------------- command line
+@exit_on_setup_error
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train and evaluate a restoration network with SAM/RobustSAM priors.")
-    parser.add_argument("--opt", required=True, help="YAML options file")
+    parser.add_argument("--opt", required=True, help="YAML options file (restoration/options/*.yaml)")
     parser.add_argument("--output", help="run folder (default: runs/<name>)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the run in the output folder")
     group.add_argument("--overwrite", action="store_true", help="replace the run in the output folder")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="with --resume: continue with options that differ from the run's (recorded)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--iterations", type=int, help="override train.total_iter")
+    parser.add_argument("--iterations", type=int, help="override train.total_iter (allowed on --resume, recorded)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
-    options = load_options(args.opt)
-    if args.iterations is not None:
-        options = merge_config(options, {"train": {"total_iter": args.iterations}})
-    run_dir = Path(args.output or Path("runs") / options.get("name", DEFAULT_OPTIONS["name"]))
-    try:
-        trainer = RestorationTrainer(options, run_dir, resume=args.resume, overwrite=args.overwrite,
-                                     device=args.device, progress=not args.no_progress)
-    except RunExistsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    options = {key: value for key, value in load_options(args.opt).items() if key not in RECIPE_KEYS}
+    run_dir = Path(args.output or Path("runs") / str(options.get("name", SCHEMA.fields["name"].default)))
+    trainer = RestorationTrainer(options, run_dir, resume=args.resume, overwrite=args.overwrite, device=args.device,
+                                 progress=not args.no_progress, allow_config_change=args.allow_config_change,
+                                 iterations=args.iterations)
     results = trainer.run()
     if results is not None:
         metrics = results["metrics"]
-        print(f"{results['name']}: PSNR {metrics['psnr']:.3f} dB, SSIM {metrics['ssim']:.4f} on "
-              f"{metrics['num_images']} images -> {run_dir / RESULTS_NAME}")
+        print(f"{results['name']}: PSNR {metrics['psnr']:.3f} dB, SSIM ({results['ssim_kind']}) {metrics['ssim']:.4f} "
+              f"on {metrics['num_images']} images -> {run_dir / RESULTS_NAME}")
     return 0
 
 

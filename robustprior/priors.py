@@ -46,6 +46,7 @@ FILE_FORMAT = "robustprior.structure_prior"
 FILE_FORMAT_VERSION = "2"  # bump when the stored content or its computation changes: invalidates caches
 # version 2: the header carries a checksum of the tensors (robustprior.io.tensor_checksum)
 FLOAT16_MAX = float(torch.finfo(torch.float16).max)
+FEATURE_NAMES = ("embedding", "mask_feature")  # the latent maps a prior can keep (keep_features)
 
 
 @dataclass(eq=False)
@@ -53,14 +54,15 @@ class StructurePrior:
     """The structure prior of one ``H x W`` image (``K`` masks; ``D x h x w`` embedding grid).
 
     ``embedding`` and ``mask_feature`` are CPU float32 tensors covering the model's padded square
-    input (as SAM's embeddings do); everything else is at the image's resolution.
+    input (as SAM's embeddings do), or None when the prior was asked not to keep them
+    (``keep_features``); everything else is at the image's resolution.
     """
 
     masks: np.ndarray  # K x H x W bool: automatic masks, sorted by area (largest first)
     label_map: np.ndarray  # H x W int64: masks_to_label_map(masks); 0 = uncovered
     structure_map: np.ndarray  # H x W x 3 uint8: each region filled with the image's mean colour there
-    embedding: torch.Tensor  # D x h x w float32: the encoder's final embedding
-    mask_feature: torch.Tensor  # D/8 x 4h x 4w float32: see SAMPrior / RobustSAMPrior
+    embedding: torch.Tensor | None  # D x h x w float32: the encoder's final embedding (None: not kept)
+    mask_feature: torch.Tensor | None  # D/8 x 4h x 4w float32: see SAMPrior / RobustSAMPrior (None: not kept)
     scores: np.ndarray  # K float32: the predicted IoU of each mask
 
     @property
@@ -71,7 +73,7 @@ class StructurePrior:
         """The prior as CPU tensors, e.g. to batch into a restoration model: ``masks`` K x H x W bool,
         ``label_map`` H x W int64, ``structure_map`` H x W x 3 uint8, ``embedding`` D x h x w,
         ``mask_feature`` D/8 x 4h x 4w and ``scores`` K (float32)."""
-        return {
+        tensors = {
             "masks": torch.from_numpy(self.masks),
             "label_map": torch.from_numpy(self.label_map),
             "structure_map": torch.from_numpy(self.structure_map),
@@ -79,6 +81,7 @@ class StructurePrior:
             "mask_feature": self.mask_feature,
             "scores": torch.from_numpy(self.scores),
         }
+        return {name: tensor for name, tensor in tensors.items() if tensor is not None}
 
     def save(self, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
         """Write the prior as safetensors, atomically (temporary file + ``os.replace``).
@@ -105,21 +108,23 @@ class StructurePrior:
         return {**metadata, **(extra or {})}
 
     def _storage_tensors(self) -> dict[str, torch.Tensor]:
-        """The compact on-disk form: packed masks, small-integer label map, float16 features."""
+        """The compact on-disk form: packed masks, small-integer label map, float16 features (those kept)."""
         packed = np.packbits(self.masks.reshape(self.num_masks, self.label_map.size), axis=1)  # K x ceil(H*W / 8)
-        return {
+        tensors = {
             "masks_packed": torch.from_numpy(np.ascontiguousarray(packed)),
             "label_map": torch.from_numpy(self.label_map.astype(_smallest_label_dtype(self.num_masks))),
             "structure_map": torch.from_numpy(np.ascontiguousarray(self.structure_map)),
-            "embedding": _compact_float(self.embedding),
-            "mask_feature": _compact_float(self.mask_feature),
             "scores": torch.from_numpy(self.scores.astype(np.float32)),
         }
+        for name in FEATURE_NAMES:
+            if getattr(self, name) is not None:
+                tensors[name] = _compact_float(getattr(self, name))
+        return tensors
 
     @classmethod
     def _from_storage(cls, tensors: Mapping[str, torch.Tensor], height: int, width: int) -> StructurePrior:
         """Inverse of :meth:`_storage_tensors`; checks that the parts fit together."""
-        missing = {"masks_packed", "label_map", "structure_map", "embedding", "mask_feature", "scores"} - set(tensors)
+        missing = {"masks_packed", "label_map", "structure_map", "scores"} - set(tensors)
         if missing:
             raise ValueError(f"missing tensors {sorted(missing)}")
         packed = tensors["masks_packed"].numpy()
@@ -129,12 +134,11 @@ class StructurePrior:
         if (packed.ndim != 2 or packed.dtype != np.uint8 or packed.shape[1] != -(-height * width // 8)
                 or scores.shape != (packed.shape[0],) or label_map.shape != (height, width)
                 or image_map.shape != (height, width, 3) or image_map.dtype != np.uint8
-                or tensors["embedding"].ndim != 3 or tensors["mask_feature"].ndim != 3):
+                or any(tensors[name].ndim != 3 for name in FEATURE_NAMES if name in tensors)):
             raise ValueError("the stored tensors do not describe one H x W image")
         masks = np.unpackbits(packed, axis=1, count=height * width).astype(bool).reshape(-1, height, width)
-        return cls(masks=masks, label_map=label_map, structure_map=image_map,
-                   embedding=tensors["embedding"].float(), mask_feature=tensors["mask_feature"].float(),
-                   scores=scores)
+        features = {name: tensors[name].float() if name in tensors else None for name in FEATURE_NAMES}
+        return cls(masks=masks, label_map=label_map, structure_map=image_map, scores=scores, **features)
 
 
 def _smallest_label_dtype(num_masks: int) -> type[np.integer]:
@@ -219,6 +223,7 @@ class _AutomaticMaskPrior(ABC):
         device: str | torch.device | None = None,
         source: ModelSource | None = None,
         generated_scenes: bool = False,
+        keep_features: Sequence[str] | None = None,
     ) -> None:
         """``model`` is put in eval mode (and moved to ``device`` when given). The automatic mask
         generator's settings left at None come from ``source`` (the settings stored with the model
@@ -226,7 +231,14 @@ class _AutomaticMaskPrior(ABC):
         ``cache_dir`` enables the disk cache. ``source`` (from :func:`robustprior.load.load_model`)
         also lets a bundled scene-world model say, in one line, when it meets input that is not a
         generated scene; ``generated_scenes=True`` tells it that every input is one (e.g. arrays
-        from :func:`robustprior.data.scenes.generate_scene`)."""
+        from :func:`robustprior.data.scenes.generate_scene`). ``keep_features``: the latent maps
+        (``embedding``, ``mask_feature``) priors keep in memory and in the cache (None: both; ``()``:
+        neither, which keeps a 720p cache file to its masks); a cached file without a map asked for is
+        computed again."""
+        unknown = set(keep_features or ()) - set(FEATURE_NAMES)
+        if unknown:
+            raise ValueError(f"keep_features: unknown latent map(s) {sorted(unknown)}; known: {', '.join(FEATURE_NAMES)}")
+        self.keep_features = FEATURE_NAMES if keep_features is None else tuple(keep_features)
         self.model = (model if device is None else model.to(device)).eval()
         self.source = source
         self.generated_scenes = generated_scenes
@@ -361,12 +373,13 @@ class _AutomaticMaskPrior(ABC):
         masks = np.stack([records[i]["segmentation"] for i in order]) if records else np.zeros((0, height, width), bool)
         scores = np.array([records[i]["predicted_iou"] for i in order], dtype=np.float32)
         label_map = masks_to_label_map(masks)
+        keep = self.keep_features
         return StructurePrior(
             masks=masks,
             label_map=label_map,
             structure_map=structure_map(image, label_map),
-            embedding=features.embedding[0].detach().float().cpu(),
-            mask_feature=self._mask_feature(features)[0].detach().float().cpu(),
+            embedding=features.embedding[0].detach().float().cpu() if "embedding" in keep else None,
+            mask_feature=self._mask_feature(features)[0].detach().float().cpu() if "mask_feature" in keep else None,
             scores=scores,
         )
 
@@ -410,6 +423,8 @@ class _AutomaticMaskPrior(ABC):
             warnings.warn(f"recomputing the structure prior: {cache_file} was written for another model or "
                           f"image ({found}, size {prior.label_map.shape})", RuntimeWarning, stacklevel=3)
             return None
+        if any(getattr(prior, name) is None for name in self.keep_features):
+            return None  # stored without a latent map now asked for: computed again, with it
         return prior
 
     def _store(self, prior: StructurePrior, digest: str) -> StructurePrior:

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 
 from restoration.paired_data import (
-    REGISTRY_NAME,
+    DataLayoutError,
     PairedImageDataset,
+    match_clean_size,
     pair_gopro,
     pair_sots,
+    read_pair,
     read_rgb,
     read_rgb_float,
 )
-from restoration._basicsr import DATASET_REGISTRY
 
 
 def _write(path: Path, array: np.ndarray) -> Path:
@@ -114,17 +115,31 @@ def test_pair_gopro_layouts(tmp_path: Path) -> None:
     for sequence in ("GOPR0384_11_00", "GOPR0396_11_00"):
         for folder in ("blur", "blur_gamma", "sharp"):
             _touch_images(tmp_path / "test" / sequence / folder, ["000001.png", "000002.png"])
-    pairs = pair_gopro(tmp_path)
+    pairs = pair_gopro(tmp_path, "test")
     assert [blur.relative_to(tmp_path).as_posix() for blur, _ in pairs][:2] == [
         "test/GOPR0384_11_00/blur/000001.png", "test/GOPR0384_11_00/blur/000002.png"
     ]
     assert all(sharp == blur.parent.parent / "sharp" / blur.name for blur, sharp in pairs) and len(pairs) == 4
-    assert all(blur.parent.name == "blur_gamma" for blur, _ in pair_gopro(tmp_path, blur_dir="blur_gamma"))
+    assert all(blur.parent.name == "blur_gamma" for blur, _ in pair_gopro(tmp_path, "test", blur_dir="blur_gamma"))
     (tmp_path / "test" / "GOPR0396_11_00" / "sharp" / "000002.png").unlink()
-    with pytest.raises(ValueError, match=r"1 blurred image\(s\).*GOPR0396_11_00/blur/000002\.png"):
-        pair_gopro(tmp_path)
-    with pytest.raises(ValueError, match="no GoPro data"):
+    with pytest.raises(DataLayoutError, match=r"1 blurred image\(s\).*GOPR0396_11_00/blur/000002\.png"):
+        pair_gopro(tmp_path, "test")
+    with pytest.raises(DataLayoutError, match="no GoPro data"):
         pair_gopro(tmp_path, split="train")
+    with pytest.raises(DataLayoutError, match="give split .*folders here: test"):
+        pair_gopro(tmp_path)  # a nested layout needs its split
+
+
+def test_a_flat_gopro_folder_has_no_train_or_test_split(tmp_path: Path) -> None:
+    """Today both splits of a flat folder would read the same files: training on the test set."""
+    for folder in ("blur", "sharp"):
+        _touch_images(tmp_path / folder, ["000001.png"])
+    assert len(pair_gopro(tmp_path)) == 1  # split null: the flat folder, for one purpose
+    for split in ("train", "test"):
+        with pytest.raises(DataLayoutError, match=f"flat GoPro folder.*no '{split}' split.*training on the test set"):
+            pair_gopro(tmp_path, split)
+        with pytest.raises(DataLayoutError):
+            PairedImageDataset.from_kwargs(tmp_path, "gopro", split=split)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -191,6 +206,23 @@ def test_larger_gt_is_centre_cropped_and_smaller_gt_rejected(tmp_path: Path) -> 
         PairedImageDataset.from_kwargs(tmp_path / "bad", "sots")[0]
 
 
+def test_one_crop_rule_for_a_larger_ground_truth(tmp_path: Path) -> None:
+    """The centre crop starts at ((H' - H) // 2, (W' - W) // 2); read_pair (used to score inputs) and
+    the dataset apply the same rule."""
+    clean = _coordinate_image(41, 52)
+    cropped = match_clean_size(np.zeros((20, 30, 3), np.uint8), clean)
+    np.testing.assert_array_equal(cropped, clean[10:30, 11:41])  # (41 - 20) // 2 = 10, (52 - 30) // 2 = 11
+    assert match_clean_size(clean, clean) is clean
+    lq_path = _write(tmp_path / "its" / "hazy" / "1_1_0.9.png", clean[10:30, 11:41][..., ::-1].copy())
+    gt_path = _write(tmp_path / "its" / "clear" / "1.png", clean[..., ::-1].copy())
+    lq, gt = read_pair(lq_path, gt_path)
+    np.testing.assert_array_equal(lq, gt)
+    item = PairedImageDataset.from_kwargs(tmp_path / "its", "sots")[0]
+    np.testing.assert_array_equal(_as_image(item["gt"]), gt)
+    with pytest.raises(ValueError, match="size mismatch"):
+        match_clean_size(clean, clean[:30])
+
+
 # ----------------------------------------------------------------------------- dataset
 def _as_image(tensor) -> np.ndarray:
     """3 x H x W tensor in [0, 1] -> H x W x 3 uint8."""
@@ -229,8 +261,7 @@ def test_train_crops_are_reproducible_under_the_seed(tmp_path: Path) -> None:
     root = _synthetic_pair_root(tmp_path)
 
     def crops(seed: int, epoch: int) -> list[np.ndarray]:
-        dataset = PairedImageDataset({"name": "t", "type": REGISTRY_NAME, "layout": "sots", "dataroot": str(root),
-                                      "phase": "train", "crop_size": 24, "use_flip": True, "use_rot": True, "seed": seed})
+        dataset = PairedImageDataset({"layout": "sots", "dataroot": str(root), "phase": "train", "crop_size": 24, "use_flip": True, "use_rot": True, "seed": seed})
         dataset.set_epoch(epoch)
         return [dataset[0]["lq"].numpy() for _ in range(2)]
 
@@ -249,11 +280,10 @@ def test_small_images_are_padded_to_the_crop(tmp_path: Path) -> None:
     np.testing.assert_array_equal(lq[:20, :26], _coordinate_image(20, 26)[..., ::-1])
 
 
-def test_test_phase_returns_full_images_and_registry_entry(tmp_path: Path) -> None:
+def test_test_phase_returns_full_images(tmp_path: Path) -> None:
     root = _synthetic_pair_root(tmp_path)
-    opt = {"name": "val", "type": REGISTRY_NAME, "layout": "sots", "dataroot": str(root), "phase": "val", "crop_size": 16}
-    dataset = DATASET_REGISTRY.get(REGISTRY_NAME)(opt)
-    assert isinstance(dataset, PairedImageDataset) and len(dataset) == 1
+    dataset = PairedImageDataset({"layout": "sots", "dataroot": str(root), "phase": "val", "crop_size": 16})
+    assert len(dataset) == 1
     item = dataset[0]
     assert item["lq"].shape == (3, 70, 90) and item["key"] == "hazy/0001_0.9_0.1"
     np.testing.assert_array_equal(_as_image(item["lq"]), _coordinate_image(70, 90)[..., ::-1])

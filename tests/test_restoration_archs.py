@@ -1,16 +1,14 @@
 """NAFNet, SAM-Deblur (MAP unit) and SAM-guided dehazing networks, at width 8 on small odd-sized images."""
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 
-import restoration.archs.nafnet as nafnet_module
-from restoration.archs import MaskAveragePooling, NAFNet, SAMDeblurNet, SAMGuidedDehazeNet, register_arch
+from restoration.archs import (NETWORKS, MaskAveragePooling, NAFNet, SAMDeblurNet, SAMGuidedDehazeNet,
+                               build_network)
 from restoration.archs.nafnet import local_average_pool
 from robustprior.data.structure import drop_masks
-from restoration._basicsr import ARCH_REGISTRY
+from robustprior.training import ConfigError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -40,19 +38,22 @@ ALL_MODELS = [
     ("NAFNet", lambda: NAFNet(**SMALL)),
     ("SAMDeblurNet-structure", lambda: SAMDeblurNet(prior="structure", **SMALL)),
     ("SAMDeblurNet-none", lambda: SAMDeblurNet(prior="none", **SMALL)),
+    ("SAMDeblurNet-features", lambda: SAMDeblurNet(prior="features", prior_channels=4, **SMALL)),
     *[(f"dehaze-{prior}", (lambda prior=prior: SAMGuidedDehazeNet(prior=prior, prior_channels=4, **SMALL)))
       for prior in ("none", "grayscale", "structure", "features")],
 ]
 
 
+def P(label_map: torch.Tensor | None = None, features: torch.Tensor | None = None, **rest) -> dict:
+    """A prior batch (restoration.archs.PriorBatch) of the given entries."""
+    entries = {"label_map": label_map, "features": features, **rest}
+    return {name: value for name, value in entries.items() if value is not None}
+
+
 def _run(
     name: str, model: torch.nn.Module, image: torch.Tensor, label_map: torch.Tensor, prior_features: torch.Tensor
 ) -> torch.Tensor:
-    if name == "NAFNet":
-        return model(image)
-    if name.startswith("dehaze"):
-        return model(image, label_map, prior_features)
-    return model(image, label_map)
+    return model(image, P(label_map, prior_features))  # one contract: every network reads what it needs
 
 
 @pytest.mark.parametrize("name,build", ALL_MODELS, ids=[name for name, _ in ALL_MODELS])
@@ -72,7 +73,7 @@ def test_odd_size_shape_and_gradients(name: str, build) -> None:
     assert intro.weight.grad.abs().sum() > 0
     if name == "SAMDeblurNet-structure":
         assert model.mask_average_pooling.spatial_conv.weight.grad.abs().sum() > 0
-    if name == "dehaze-features":  # zero-initialised injections still receive gradient
+    if name.endswith("-features"):  # zero-initialised injections still receive gradient
         assert all(conv.weight.grad.abs().sum() > 0 for conv in model.prior_injections)
 
 
@@ -98,7 +99,7 @@ def test_zeroed_last_conv_returns_input_exactly(build) -> None:
         ending.weight.zero_()
         ending.bias.zero_()
     image, label_map, _ = _inputs()
-    output = model(image) if isinstance(model, NAFNet) else model(image, label_map)
+    output = model(image, P(label_map))
     assert torch.equal(output, image)
 
 
@@ -110,8 +111,8 @@ def test_prior_none_ignores_label_maps() -> None:
     for model in (deblur, dehaze):
         _randomise_residual_scales(model)
         reference = model(image)
-        assert torch.equal(model(image, label_map), reference)
-        assert torch.equal(model(image, torch.zeros_like(label_map)), reference)
+        assert torch.equal(model(image, P(label_map)), reference)
+        assert torch.equal(model(image, P(torch.zeros_like(label_map))), reference)
 
 
 def test_structure_priors_use_label_maps() -> None:
@@ -120,7 +121,7 @@ def test_structure_priors_use_label_maps() -> None:
               SAMGuidedDehazeNet(prior="grayscale", **SMALL))
     for model in models:
         model.eval()
-        assert not torch.allclose(model(image, label_map), model(image, torch.zeros_like(label_map)))
+        assert not torch.allclose(model(image, P(label_map)), model(image, P(torch.zeros_like(label_map))))
         with pytest.raises(ValueError, match="label_map"):
             model(image)
 
@@ -132,23 +133,23 @@ def test_mask_dropout_only_in_training() -> None:
     label_map = label_map + 6 * torch.arange(2)[:, None, None]  # more regions per sample
     model.eval()
     torch.manual_seed(1)
-    eval_first = model(image, label_map)
+    eval_first = model(image, P(label_map))
     torch.manual_seed(2)
-    assert torch.equal(model(image, label_map), eval_first)
+    assert torch.equal(model(image, P(label_map)), eval_first)
     model.train()
     torch.manual_seed(1)
-    train_first = model(image, label_map)
+    train_first = model(image, P(label_map))
     torch.manual_seed(2)
-    train_second = model(image, label_map)
+    train_second = model(image, P(label_map))
     assert not torch.allclose(train_first, train_second)
     assert not torch.allclose(train_first, eval_first)
     # Training mode == eval mode on the label map dropped with the same RNG state.
     torch.manual_seed(1)
     dropped = drop_masks(label_map, 0.5)
     model.eval()
-    torch.testing.assert_close(model(image, dropped), train_first)
+    torch.testing.assert_close(model(image, P(dropped)), train_first)
     no_dropout = SAMDeblurNet(mask_dropout=0.0, **SMALL).train()
-    assert torch.equal(no_dropout(image, label_map), no_dropout.eval()(image, label_map))
+    assert torch.equal(no_dropout(image, P(label_map)), no_dropout.eval()(image, P(label_map)))
 
 
 def test_feature_injection_starts_as_grayscale_variant() -> None:
@@ -159,16 +160,16 @@ def test_feature_injection_starts_as_grayscale_variant() -> None:
     features = SAMGuidedDehazeNet(prior="features", prior_channels=4, **SMALL)
     _randomise_residual_scales(grayscale)
     _randomise_residual_scales(features)
-    reference = grayscale(image, label_map)
-    torch.testing.assert_close(features(image, label_map, prior_features), reference, atol=0, rtol=0)
+    reference = grayscale(image, P(label_map))
+    torch.testing.assert_close(features(image, P(label_map, prior_features)), reference, atol=0, rtol=0)
     with torch.no_grad():
         for conv in features.prior_injections:
             conv.weight.normal_(0.0, 0.1)
-    perturbed = features(image, label_map, prior_features)
+    perturbed = features(image, P(label_map, prior_features))
     assert (perturbed - reference).abs().max() > 1e-4
-    assert not torch.allclose(perturbed, features(image, label_map, prior_features.flip(-1)))
-    with pytest.raises(ValueError, match="prior_features"):
-        features(image, label_map)
+    assert not torch.allclose(perturbed, features(image, P(label_map, prior_features.flip(-1))))
+    with pytest.raises(ValueError, match="features"):
+        features(image, P(label_map))
 
 
 def test_map_unit_outputs_region_constant_channels() -> None:
@@ -210,19 +211,45 @@ def test_local_pool_option() -> None:
     assert torch.equal(local_net(image), global_net(image))
 
 
-def test_registry_and_reimport() -> None:
-    assert ARCH_REGISTRY.get("NAFNet") is NAFNet
-    assert ARCH_REGISTRY.get("SAMDeblurNet") is SAMDeblurNet
-    assert ARCH_REGISTRY.get("SAMGuidedDehazeNet") is SAMGuidedDehazeNet
-    try:
-        reloaded = importlib.reload(nafnet_module)  # registers the module's classes again
-        assert ARCH_REGISTRY.get("SAMDeblurNet") is reloaded.SAMDeblurNet
-    finally:
-        for cls in (NAFNet, SAMDeblurNet):
-            register_arch(cls)
-    assert ARCH_REGISTRY.get("SAMDeblurNet") is SAMDeblurNet
-    impostor = type("SAMDeblurNet", (torch.nn.Module,), {"__module__": "somewhere.else"})
-    with pytest.raises(KeyError, match="different"):
-        register_arch(impostor)
-    built = ARCH_REGISTRY.get("SAMGuidedDehazeNet")(prior="structure", **SMALL)
-    assert isinstance(built, SAMGuidedDehazeNet)
+def test_networks_are_built_by_name_with_checked_arguments() -> None:
+    assert NETWORKS == {"NAFNet": NAFNet, "SAMDeblurNet": SAMDeblurNet, "SAMGuidedDehazeNet": SAMGuidedDehazeNet}
+    built = build_network({"type": "SAMGuidedDehazeNet", "prior": "structure", **SMALL})
+    assert isinstance(built, SAMGuidedDehazeNet) and built.prior == "structure"
+    with pytest.raises(ConfigError, match="did you mean 'network_g.mask_dropout'"):
+        build_network({"type": "SAMDeblurNet", "mask_dropuot": 0.5})
+    with pytest.raises(ConfigError, match="did you mean 'SAMDeblurNet'"):
+        build_network({"type": "SAMDeblurNett"})
+    with pytest.raises(ConfigError, match="mask_dropout must lie in"):
+        build_network({"type": "SAMDeblurNet", "mask_dropout": 2.0})
+
+
+def test_grey_scale_of_the_prior_batch_sets_the_coding() -> None:
+    """prior["grey_scale"] is the grayscale coding's num_segments: the same regions read the same
+    whatever other labels a crop holds."""
+    image, label_map, _ = _inputs()
+    model = SAMGuidedDehazeNet(prior="grayscale", **SMALL).eval()
+    _randomise_residual_scales(model)
+    scale = torch.full((2,), 40)
+    from robustprior.data.structure import grayscale_segment_coding
+    expected = model.backbone.restore(torch.cat([image, grayscale_segment_coding(label_map, 40)], dim=1))
+    torch.testing.assert_close(model(image, P(label_map, grey_scale=scale)), expected, atol=0, rtol=0)
+    assert not torch.allclose(model(image, P(label_map)), expected)  # default: each sample's largest label
+
+
+def test_latent_features_are_normalised_and_their_channels_checked() -> None:
+    image, label_map, prior_features = _inputs()
+    for model in (SAMDeblurNet(prior="features", prior_channels=4, **SMALL).eval(),
+                  SAMGuidedDehazeNet(prior="features", prior_channels=4, **SMALL)):
+        _randomise_residual_scales(model)
+        with torch.no_grad():
+            for conv in model.prior_injections:
+                conv.weight.normal_(0.0, 0.1)
+        reference = model(image, P(label_map, prior_features))
+        # per-position normalisation over channels: an affine change of the features' scale is invisible
+        scaled = model(image, P(label_map, 1000.0 * prior_features + 3.0))
+        assert (scaled - reference).abs().max() < 2e-3  # (up to LayerNorm's eps and float32 rounding)
+        assert (model(image, P(label_map, prior_features.flip(1))) - reference).abs().max() > 1e-2
+        with pytest.raises(ValueError, match="B x 4 x h x w"):
+            model(image, P(label_map, prior_features[:, :3]))
+    with pytest.raises(ValueError, match="prior_channels must be"):
+        SAMDeblurNet(prior="features", **SMALL)

@@ -90,3 +90,43 @@ def test_metric_accumulator() -> None:
     assert summary["protocol"] == METRIC_PROTOCOL and summary["num_images"] == 2 and summary["psnr"] == mean["psnr"]
     assert "crop border 4, Y channel" in MetricAccumulator(crop_border=4, test_y_channel=True).protocol
     assert math.isnan(MetricAccumulator().mean()["psnr"])
+
+
+def _ssim_3d_with_scipy(restored: np.ndarray, target: np.ndarray) -> float:
+    """SAM-Deblur's 3-D Gaussian SSIM written with scipy.ndimage: one H x W x 3 volume, an 11-tap
+    Gaussian (sigma 1.5, radius 5) along every axis, edges replicated, mean of the map."""
+    from scipy.ndimage import gaussian_filter
+
+    def blur(volume: np.ndarray) -> np.ndarray:
+        return gaussian_filter(volume, sigma=1.5, mode="nearest", truncate=5 / 1.5)
+
+    x, y = restored.astype(np.float64), target.astype(np.float64)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    return float((((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))).mean())
+
+
+def test_3d_gaussian_ssim_matches_an_independent_computation() -> None:
+    from restoration.metrics import ssim_3d
+
+    restored, target = _pair(seed=2, noise=20.0)
+    assert ssim_3d(restored, target) == pytest.approx(_ssim_3d_with_scipy(restored, target), abs=1e-9)
+    small = np.random.default_rng(1).integers(0, 256, (7, 9, 3)).astype(np.uint8)  # smaller than the window
+    assert ssim_3d(small, target[:7, :9]) == pytest.approx(_ssim_3d_with_scipy(small, target[:7, :9]), abs=1e-9)
+    assert ssim_3d(target, target) == pytest.approx(1.0, abs=1e-12)
+    assert abs(ssim_3d(restored, target) - ssim(restored, target)) > 1e-3  # not BasicSR's per-channel SSIM
+
+
+def test_accumulator_names_the_ssim_it_used() -> None:
+    restored, target = _pair()
+    from restoration.metrics import ssim_3d
+
+    accumulator = MetricAccumulator(ssim_kind="gaussian3d")
+    record = accumulator.update(restored, target)
+    assert record["ssim"] == ssim_3d(restored, target)
+    summary = accumulator.to_dict()
+    assert summary["ssim_kind"] == "gaussian3d" and "3-D Gaussian" in summary["protocol"]
+    assert MetricAccumulator().to_dict()["ssim_kind"] == "basicsr"
+    with pytest.raises(ValueError, match="ssim_kind"):
+        MetricAccumulator(ssim_kind="ms-ssim")

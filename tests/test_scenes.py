@@ -186,7 +186,7 @@ def test_sots_indoor_writer_uses_level_names(tmp_path: Path) -> None:
 def test_gopro_writer_round_trips_through_the_loaders(tmp_path: Path) -> None:
     root = write_gopro_dataset(tmp_path, n_sequences=2, frames_per_sequence=2, seed=4, blur_frames=5, config=CONFIG, progress=False)
     record = json.loads((root / "test" / "generation.json").read_text())
-    pairs = pair_gopro(root)
+    pairs = pair_gopro(root, "test")
     names = [blur.relative_to(root).as_posix() for blur, _ in pairs]
     assert names == [f"test/GOPR000{s}_11_00/blur/00000{f}.png" for s in (1, 2) for f in (1, 2)]
     for sequence_index, sequence_name in enumerate(("GOPR0001_11_00", "GOPR0002_11_00")):
@@ -201,8 +201,8 @@ def test_gopro_writer_round_trips_through_the_loaders(tmp_path: Path) -> None:
             np.testing.assert_array_equal(read_rgb(blur_path), average_frames(frames, gamma=1.0))
             gamma_path = blur_path.parent.parent / "blur_gamma" / blur_path.name
             np.testing.assert_array_equal(read_rgb(gamma_path), average_frames(frames, gamma=2.2))
-    assert len(pair_gopro(root, blur_dir="blur_gamma")) == 4
-    dataset = PairedImageDataset.from_kwargs(root, "gopro", phase="train", crop_size=48, use_flip=True, use_rot=True)
+    assert len(pair_gopro(root, "test", blur_dir="blur_gamma")) == 4
+    dataset = PairedImageDataset.from_kwargs(root, "gopro", split="test", phase="train", crop_size=48, use_flip=True, use_rot=True)
     item = dataset[3]
     assert item["lq"].shape == item["gt"].shape == (3, 48, 48)
     assert item["key"] == "test/GOPR0002_11_00/blur/000002"

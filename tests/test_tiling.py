@@ -80,7 +80,7 @@ def test_unet_on_its_downsampling_grid_is_exact() -> None:
     label_map = torch.randint(0, 4, (1, 50, 70), generator=torch.Generator().manual_seed(2))
 
     def model_fn(tile: torch.Tensor, tile_labels: torch.Tensor) -> torch.Tensor:
-        return net(tile, tile_labels, num_segments=3)
+        return net(tile, {"label_map": tile_labels, "grey_scale": torch.tensor([3])})
 
     with torch.no_grad():
         expected = model_fn(image, label_map)

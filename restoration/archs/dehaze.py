@@ -7,10 +7,13 @@ Uformer / Restormer backbones) and the prior is one of
 
 * ``"none"``: hazy RGB only (the baseline);
 * ``"grayscale"``: + 1 channel :func:`~robustprior.data.structure.grayscale_segment_coding` (the paper);
-* ``"structure"``: + the 3-channel :func:`~robustprior.data.structure.structure_map` (as in SAM-Deblur);
+* ``"structure"``: + the 3-channel :func:`~robustprior.data.structure.structure_map`: each region filled
+  with the hazy image's mean colour there, a fixed (not learned) map. This is *not* SAM-Deblur's
+  prior: SAM-Deblur feeds a learned Mask Average Pooling unit (:class:`~restoration.archs.SAMDeblurNet`);
 * ``"features"``: the grayscale channel, plus a latent prior feature map (e.g. RobustSAM's robust
-  mask feature or the SAM image embedding) injected at every encoder level through a 1x1 conv
-  initialised to zero, so at initialisation it is exactly the ``"grayscale"`` network.
+  mask feature or the SAM image embedding), normalised per position and injected at every encoder
+  level through a 1x1 conv initialised to zero (:class:`~restoration.archs.nafnet.FeatureInjection`),
+  so at initialisation it is exactly the ``"grayscale"`` network.
 """
 from __future__ import annotations
 
@@ -20,22 +23,21 @@ from typing import Literal
 import torch
 from torch import nn
 
-from restoration.archs import register_arch
-from restoration.archs.nafnet import NAFNet
+from restoration.archs import PriorBatch, required_entry
+from restoration.archs.nafnet import FeatureInjection, NAFNet
 from robustprior.data.structure import grayscale_segment_coding, structure_map
 
 PRIOR_CHANNELS = {"none": 0, "grayscale": 1, "structure": 3, "features": 1}
 
 
-@register_arch
 class SAMGuidedDehazeNet(nn.Module):
     """Hazy RGB (+ mask prior channels) -> dehazed RGB through a NAFBlock U-Net with global residual.
 
-    ``forward(image, label_map=None, prior_features=None)``: image B x 3 x H x W in [0, 1];
-    ``label_map`` B x H x W integer (needed by every prior but ``"none"``, which ignores it);
-    ``prior_features`` B x ``prior_channels`` x h x w covering the image at any resolution (needed by
-    ``"features"``, ignored otherwise); ``num_segments``: the grey-level scale of the grayscale coding
-    (default: each sample's largest label; pass the full image's when running on tiles). Returns
+    ``forward(lq, prior=None)``: ``lq`` B x 3 x H x W in [0, 1]; ``prior`` (:data:`~restoration.archs.PriorBatch`)
+    with ``label_map`` B x H x W (every prior but ``"none"``, which ignores the prior), ``features``
+    B x ``prior_channels`` x h x w covering the image at any resolution (``"features"``) and
+    ``grey_scale`` B (the grayscale coding's ``num_segments``, the same for the whole run so that a
+    region keeps its grey level in every crop and tile; absent: each sample's largest label). Returns
     B x 3 x H x W.
     """
 
@@ -46,7 +48,7 @@ class SAMGuidedDehazeNet(nn.Module):
         enc_blocks: Sequence[int] = (1, 1, 2, 2),
         middle_blocks: int = 2,
         dec_blocks: Sequence[int] = (1, 1, 1, 1),
-        prior_channels: int = 32,
+        prior_channels: int | None = None,
         local_pool: bool = False,
         train_size: int = 256,
     ) -> None:
@@ -58,34 +60,31 @@ class SAMGuidedDehazeNet(nn.Module):
         self.backbone = NAFNet(
             width, enc_blocks, middle_blocks, dec_blocks, 3 + PRIOR_CHANNELS[prior], 3, local_pool, train_size
         )
-        self.prior_injections = None
-        if prior == "features":
-            self.prior_injections = nn.ModuleList(
-                nn.Conv2d(prior_channels, channels, kernel_size=1) for channels in self.backbone.encoder_channels
-            )
-            for injection in self.prior_injections:
-                nn.init.zeros_(injection.weight)
-                nn.init.zeros_(injection.bias)
+        self.prior_injections = (FeatureInjection(prior_channels, self.backbone.encoder_channels)
+                                 if prior == "features" else None)
 
-    def forward(
-        self,
-        image: torch.Tensor,
-        label_map: torch.Tensor | None = None,
-        prior_features: torch.Tensor | None = None,
-        num_segments: int | None = None,
-    ) -> torch.Tensor:
+    def forward(self, lq: torch.Tensor, prior: PriorBatch | None = None) -> torch.Tensor:
         if self.prior == "none":
-            return self.backbone(image)
-        if label_map is None:
-            raise ValueError(f"prior={self.prior!r} needs a label_map (pass zeros for an image without masks)")
+            return self.backbone.restore(lq)
+        name = type(self).__name__
+        label_map = required_entry(prior, "label_map", name, self.prior)
         if self.prior == "structure":
-            return self.backbone(torch.cat([image, structure_map(image, label_map)], dim=1))
-        network_input = torch.cat([image, grayscale_segment_coding(label_map, num_segments).to(image.dtype)], dim=1)
+            return self.backbone.restore(torch.cat([lq, structure_map(lq, label_map)], dim=1))
+        network_input = torch.cat([lq, grey_coding(label_map, prior.get("grey_scale")).to(lq.dtype)], dim=1)
         if self.prior_injections is None:
-            return self.backbone(network_input)
-        if prior_features is None:
-            raise ValueError("prior='features' needs prior_features (B x prior_channels x h x w)")
-        # 1x1 conv at the prior's own resolution, then resampling in the backbone: both are linear
-        # and bilinear weights sum to one, so this equals resampling first and is far cheaper.
-        injections = [injection(prior_features.to(image.dtype)) for injection in self.prior_injections]
-        return self.backbone(network_input, encoder_injections=injections)
+            return self.backbone.restore(network_input)
+        features = required_entry(prior, "features", name, self.prior)
+        return self.backbone.restore(network_input, encoder_injections=self.prior_injections.inject(features, lq.dtype))
+
+
+def grey_coding(label_map: torch.Tensor, grey_scale: torch.Tensor | int | None) -> torch.Tensor:
+    """:func:`~robustprior.data.structure.grayscale_segment_coding` of B x H x W labels with a scale per
+    sample (B tensor), one for all (int) or each sample's largest label (None): B x 1 x H x W."""
+    if grey_scale is None or isinstance(grey_scale, int):
+        return grayscale_segment_coding(label_map, grey_scale)
+    scales = grey_scale.reshape(-1).tolist()
+    if len(scales) != label_map.shape[0]:
+        raise ValueError(f"grey_scale has {len(scales)} entries for a batch of {label_map.shape[0]}")
+    if len(set(scales)) == 1:
+        return grayscale_segment_coding(label_map, int(scales[0]))
+    return torch.cat([grayscale_segment_coding(label_map[i : i + 1], int(scale)) for i, scale in enumerate(scales)])

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from segment_anything.modeling.common import LayerNorm2d  # per-pixel layer norm over channels, B x C x H x W
 from torch import nn
 
-from restoration.archs import register_arch
-from robustprior.data.structure import drop_masks, region_mean_pool, resample_prior_features
+from restoration.archs import PriorBatch, required_entry
+from restoration.mask_groups import DROPOUT_MODES, drop_mask_groups
+from robustprior.data.structure import region_mean_pool, resample_prior_features
 
 
 def simple_gate(x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +111,6 @@ def _stage(channels: int, num_blocks: int, downscale: int) -> nn.Sequential:
     return nn.Sequential(*(NAFBlock(channels, downscale=downscale) for _ in range(num_blocks)))
 
 
-@register_arch
 class NAFNet(nn.Module):
     """NAFNet U-Net: B x in_channels x H x W (the first ``out_channels`` being the image) -> B x out_channels x H x W.
 
@@ -162,8 +162,14 @@ class NAFNet(nn.Module):
             if isinstance(module, SimplifiedChannelAttention):
                 module.pool_window = max(1, int(1.5 * train_size) // module.downscale) if enabled else None
 
-    def forward(self, x: torch.Tensor, encoder_injections: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        """B x in_channels x H x W -> B x out_channels x H x W.
+    prior = "none"
+
+    def forward(self, lq: torch.Tensor, prior: PriorBatch | None = None) -> torch.Tensor:
+        """The plain NAFNet: B x in_channels x H x W -> B x out_channels x H x W (``prior`` is ignored)."""
+        return self.restore(lq)
+
+    def restore(self, x: torch.Tensor, encoder_injections: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """B x in_channels x H x W -> B x out_channels x H x W (the backbone call of the prior networks).
 
         ``encoder_injections``: optional one map per encoder level, B x ``encoder_channels[level]`` x
         h x w at any resolution, covering the (unpadded) input; each is bilinearly resampled onto its
@@ -193,6 +199,36 @@ class NAFNet(nn.Module):
         return restored[..., :height, :width]
 
 
+class FeatureInjection(nn.ModuleList):
+    """A latent prior feature map added to every encoder level of a :class:`NAFNet`.
+
+    The B x C x h x w features are first normalised at every position over their C channels (zero
+    mean, unit variance; no learned scale: a SAM embedding and a mask feature differ in scale by
+    orders of magnitude, and a per-position normalisation is the same on a crop, a tile or the whole
+    image), then mapped by one 1x1 conv per level to that level's channels. The convs start at zero,
+    so a network with injection starts as the same network without it. Iterating yields the convs.
+    """
+
+    def __init__(self, prior_channels: int, encoder_channels: Sequence[int]) -> None:
+        if prior_channels is None or int(prior_channels) < 1:
+            raise ValueError(f"prior_channels must be the latent map's channel count (>= 1), got {prior_channels!r}")
+        super().__init__(nn.Conv2d(int(prior_channels), channels, kernel_size=1) for channels in encoder_channels)
+        self.prior_channels = int(prior_channels)
+        for conv in self:
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def inject(self, features: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+        """One B x encoder_channels[level] x h x w map per level (the backbone resamples them)."""
+        if features.ndim != 4 or features.shape[1] != self.prior_channels:
+            raise ValueError(f"prior features must be B x {self.prior_channels} x h x w (network_g.prior_channels), "
+                             f"got {tuple(features.shape)}")
+        normalised = F.layer_norm(features.float().movedim(1, -1), (self.prior_channels,)).movedim(-1, 1).to(dtype)
+        # 1x1 conv at the prior's own resolution, then resampling in the backbone: both are linear
+        # and bilinear weights sum to one, so this equals resampling first and is far cheaper.
+        return [conv(normalised) for conv in self]
+
+
 class MaskAveragePooling(nn.Module):
     """SAM-Deblur's Mask Average Pooling (MAP) unit: B x 3 x H x W image + B x H x W labels -> B x 2 x H x W.
 
@@ -210,47 +246,62 @@ class MaskAveragePooling(nn.Module):
         return region_mean_pool(self.pointwise_conv(self.spatial_conv(image)), label_map, uncovered="mean")
 
 
-@register_arch
 class SAMDeblurNet(nn.Module):
     """SAM-Deblur: the MAP unit's channels concatenated with the blurry RGB, restored by NAFNet.
 
     ``prior="structure"``: NAFNet with a (3 + ``structure_channels``)-channel intro conv fed
-    ``[image, MAP(image, label_map)]``; during training (``self.training``) each sample's masks are
-    dropped with probability ``mask_dropout`` first (:func:`~robustprior.data.structure.drop_masks`, global
-    RNG). ``prior="none"``: the plain NAFNet baseline on RGB; label maps are ignored. Other arguments
-    as :class:`NAFNet`. Forward: B x 3 x H x W (+ B x H x W labels) -> B x 3 x H x W.
+    ``[lq, MAP(lq, prior["label_map"])]``; during training (``self.training``) masks are dropped first
+    with rate ``mask_dropout`` (:func:`~restoration.mask_groups.drop_mask_groups`, global torch RNG;
+    ``mask_dropout_mode``: ``independent`` Bernoulli per region, or SAM-Deblur's ``exact``
+    ``int(p * M)`` groups). ``prior="features"``: the same, plus the prior's latent map
+    (``prior["features"]``, ``prior_channels`` channels) injected at every encoder level
+    (:class:`FeatureInjection`, zero at initialisation). ``prior="none"``: the plain NAFNet baseline on
+    RGB; the prior is ignored. Other arguments as :class:`NAFNet`. Forward: B x 3 x H x W (+ prior) ->
+    B x 3 x H x W.
     """
 
     def __init__(
         self,
-        prior: Literal["structure", "none"] = "structure",
+        prior: Literal["structure", "features", "none"] = "structure",
         width: int = 32,
         enc_blocks: Sequence[int] = (1, 1, 1, 28),
         middle_blocks: int = 1,
         dec_blocks: Sequence[int] = (1, 1, 1, 1),
         structure_channels: int = 2,
         mask_dropout: float = 0.5,
+        mask_dropout_mode: Literal["independent", "exact"] = "independent",
         local_pool: bool = False,
         train_size: int = 256,
+        prior_channels: int | None = None,
     ) -> None:
         super().__init__()
-        if prior not in ("structure", "none"):
-            raise ValueError(f"prior must be 'structure' or 'none', got {prior!r}")
+        if prior not in ("structure", "features", "none"):
+            raise ValueError(f"prior must be 'structure', 'features' or 'none', got {prior!r}")
         if not 0.0 <= mask_dropout <= 1.0:
             raise ValueError(f"mask_dropout must lie in [0, 1], got {mask_dropout}")
+        if mask_dropout_mode not in DROPOUT_MODES:
+            raise ValueError(f"mask_dropout_mode must be one of {', '.join(DROPOUT_MODES)}, got {mask_dropout_mode!r}")
         self.prior = prior
         self.mask_dropout = mask_dropout
-        self.mask_average_pooling = MaskAveragePooling(3, structure_channels) if prior == "structure" else None
-        extra_channels = structure_channels if prior == "structure" else 0
+        self.mask_dropout_mode = mask_dropout_mode
+        uses_masks = prior != "none"
+        self.mask_average_pooling = MaskAveragePooling(3, structure_channels) if uses_masks else None
+        extra_channels = structure_channels if uses_masks else 0
         self.backbone = NAFNet(
             width, enc_blocks, middle_blocks, dec_blocks, 3 + extra_channels, 3, local_pool, train_size
         )
+        self.prior_injections = (FeatureInjection(prior_channels, self.backbone.encoder_channels)
+                                 if prior == "features" else None)
 
-    def forward(self, image: torch.Tensor, label_map: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, lq: torch.Tensor, prior: PriorBatch | None = None) -> torch.Tensor:
         if self.mask_average_pooling is None:
-            return self.backbone(image)
-        if label_map is None:
-            raise ValueError("prior='structure' needs a label_map (pass zeros for an image without masks)")
+            return self.backbone.restore(lq)
+        name = type(self).__name__
+        label_map = required_entry(prior, "label_map", name, self.prior)
         if self.training and self.mask_dropout > 0:
-            label_map = drop_masks(label_map, self.mask_dropout)
-        return self.backbone(torch.cat([image, self.mask_average_pooling(image, label_map)], dim=1))
+            label_map = drop_mask_groups(label_map, self.mask_dropout, self.mask_dropout_mode)
+        network_input = torch.cat([lq, self.mask_average_pooling(lq, label_map)], dim=1)
+        if self.prior_injections is None:
+            return self.backbone.restore(network_input)
+        features = required_entry(prior, "features", name, self.prior)
+        return self.backbone.restore(network_input, encoder_injections=self.prior_injections.inject(features, lq.dtype))
