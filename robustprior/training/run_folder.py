@@ -234,7 +234,7 @@ class Run:
                         schema: Section | Mapping, allow_change: bool) -> tuple[dict, dict[str, tuple[Any, Any]]]:
         if saved is None:
             if given is None:
-                raise ConfigError("a new run needs a config (--config)")
+                raise ConfigError("a new run needs a config")
             return apply_overrides(given, overrides, schema), {}
         base = copy_internal_values(given if given is not None else saved, saved, schema)
         base = validate_config(base, schema)
@@ -243,7 +243,7 @@ class Run:
             listed = "\n  ".join(f"{key}: {format_value(old)} -> {format_value(new)}"
                                  for key, (old, new) in differences.items())
             raise ConfigChangeError(
-                f"the config given differs from the run's own config:\n  {listed}\nresume without --config to "
+                f"the config given differs from the run's own config:\n  {listed}\nresume without giving a config to "
                 "continue with the run's config, or pass --allow-config-change to continue with the new values "
                 f"(the change is recorded in {CONFIG_CHANGES_NAME})")
         effective = apply_overrides(base, overrides, schema)
