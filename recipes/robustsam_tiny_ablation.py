@@ -96,9 +96,12 @@ def eval_jobs(names: list[str], ablation: dict[str, Any], output: Path, candidat
     for name in names:
         checkpoint = (REPO_ROOT / "robustprior" / "weights" / "robustsam_tiny.safetensors" if name == PREVIOUS_BUNDLE
                       else output / name / "best.safetensors")
+        full = name in (candidate, PREVIOUS_BUNDLE)  # every set and scale; the other variants the ablation's own
         sets = evaluation["sets"] if name == candidate else {key: evaluation["sets"][key] for key in evaluation["ablation_sets"]}
+        scales = evaluation["reference_sizes"] if full else {
+            key: evaluation["reference_sizes"][key] for key in evaluation.get("ablation_scales", evaluation["reference_sizes"])}
         for set_name, data in sets.items():
-            for scale, reference_size in evaluation["reference_sizes"].items():
+            for scale, reference_size in scales.items():
                 report = output / "eval" / f"{name}_{set_name}_{scale}"
                 if (report / "report.json").exists():
                     continue
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ablation = yaml.safe_load(Path(args.config).read_text())
     configs = variant_configs(ablation, args.iterations)
-    names = list(configs) if args.variants is None else [name.strip() for name in args.variants.split(",")]
+    names = [*configs, PREVIOUS_BUNDLE] if args.variants is None else [name.strip() for name in args.variants.split(",")]
     unknown = sorted(set(names) - set(configs) - {PREVIOUS_BUNDLE})
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; the config has {', '.join(configs)} (and {PREVIOUS_BUNDLE})")
@@ -234,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_training:
         run_jobs(train_jobs({name: configs[name] for name in names if name in configs}, output), args.parallel, args.threads)
     run_jobs(eval_jobs(names, ablation, output, args.candidate), args.parallel, args.threads)
+    if args.iterations:
+        ablation = {**ablation, "iterations": args.iterations}
     summary = aggregate(names, ablation, output, args.candidate)
     report_md, report_json = to_markdown(summary), json.dumps(summary, indent=1) + "\n"
     for folder in [output] + ([Path(args.report)] if args.report else []):

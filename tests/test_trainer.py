@@ -466,3 +466,16 @@ def test_eval_config_is_checked_before_any_work(tmp_path: Path, capsys) -> None:
         status, error = _cli(["eval", str(path), "--output", str(tmp_path / "report")], capsys)
         assert status == 2 and error.startswith("error: ") and message in error, (change, error)
         assert not (tmp_path / "report").exists()
+
+
+def test_ablation_evaluates_the_candidate_and_the_previous_bundle_everywhere_and_the_levers_once(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO_ROOT))
+    from recipes.robustsam_tiny_ablation import PREVIOUS_BUNDLE, eval_jobs
+
+    ablation = yaml.safe_load((REPO_ROOT / "recipes" / "configs" / "robustsam_tiny_ablation.yaml").read_text())
+    jobs = eval_jobs(["baseline", "all", PREVIOUS_BUNDLE], ablation, tmp_path, candidate="all")
+    names = sorted(name for name, _, _ in jobs)
+    assert names == ["eval all A raw", "eval all A scaled", "eval all B raw", "eval all B scaled",
+                     "eval baseline A raw", f"eval {PREVIOUS_BUNDLE} A raw", f"eval {PREVIOUS_BUNDLE} A scaled"]
+    scaled = yaml.safe_load((tmp_path / "eval" / "all_A_scaled.yaml").read_text())
+    assert scaled["eval"]["reference_size"] == 512 and scaled["data"]["test"]["seed"] == 1000
