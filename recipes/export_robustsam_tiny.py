@@ -25,7 +25,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from recipes.provenance import git_commit  # noqa: E402
+from robustprior.training.provenance import git_commit  # noqa: E402
 from robustprior.evaluation.amg_settings import measure_for_bundle, settings_metadata  # noqa: E402
 from robustprior.io.atomic import write_text_atomically  # noqa: E402
 from robustprior.io.checkpoint import read_state_dict, save_checkpoint  # noqa: E402
