@@ -1,4 +1,4 @@
-"""recipes/export_robustsam_tiny.py: float16 bundle of a finished run and its model card."""
+"""robustprior.training.robustsam.export (recipes/export_robustsam_tiny.py): float16 bundle of a finished run and its model card."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from recipes.export_robustsam_tiny import evaluation_table, export  # noqa: E402
+from robustprior.training.robustsam.export import evaluation_table, export  # noqa: E402
 from robustprior.load import build_robust_sam, load_model  # noqa: E402
 from robustprior.io.checkpoint import save_checkpoint  # noqa: E402
 

@@ -266,7 +266,7 @@ def test_images_with_several_prompts_are_encoded_once(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- configs and schedules
 def test_shipped_configs_and_ablation_variants_validate(tmp_path: Path) -> None:
     sys.path.insert(0, str(REPO_ROOT))
-    from recipes.robustsam_tiny_ablation import variant_configs
+    from robustprior.training.robustsam.ablation import variant_configs
 
     shipped = REPO_ROOT / "robustprior" / "configs" / "robustsam_tiny.yaml"
     config = load_config(shipped)
@@ -470,7 +470,7 @@ def test_eval_config_is_checked_before_any_work(tmp_path: Path, capsys) -> None:
 
 def test_ablation_evaluates_the_candidate_and_the_previous_bundle_everywhere_and_the_levers_once(tmp_path: Path) -> None:
     sys.path.insert(0, str(REPO_ROOT))
-    from recipes.robustsam_tiny_ablation import PREVIOUS_BUNDLE, eval_jobs
+    from robustprior.training.robustsam.ablation import PREVIOUS_BUNDLE, eval_jobs
 
     ablation = yaml.safe_load((REPO_ROOT / "recipes" / "configs" / "robustsam_tiny_ablation.yaml").read_text())
     jobs = eval_jobs(["baseline", "all", PREVIOUS_BUNDLE], ablation, tmp_path, candidate="all")

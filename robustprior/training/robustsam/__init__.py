@@ -27,7 +27,8 @@ exactly); ``feature_cache/`` (unless ``feature_cache.dir``; kept by ``--overwrit
 Modules: :mod:`.config` (schema), :mod:`.model` (the starting model), :mod:`.samples` (items to
 model-ready prompts and targets), :mod:`.feature_cache`, :mod:`.batches` (datasets, degradations,
 batches of cached features), :mod:`.objective` (the loss of one batch), :mod:`.trainer` (the loop,
-validation, :func:`~.trainer.fill_feature_cache`).
+validation, :func:`~.trainer.fill_feature_cache`), :mod:`.export` (a finished run as float16 weights
+plus a model card), :mod:`.ablation` (the levers trained and evaluated side by side).
 """
 from __future__ import annotations
 
