@@ -271,6 +271,10 @@ def test_shipped_configs_and_ablation_variants_validate(tmp_path: Path) -> None:
     shipped = REPO_ROOT / "robustprior" / "configs" / "robustsam_tiny.yaml"
     config = load_config(shipped)
     assert config["train"]["iterations"] == yaml.safe_load(shipped.read_text())["train"]["iterations"]
+    bundled = load_config(REPO_ROOT / "robustprior" / "configs" / "robustsam_tiny_bundled.yaml")  # the bundle's recipe
+    assert (bundled["train"]["consistency"], bundled["data"]["train"]["n_images"], bundled["train"]["iterations"]) == (
+        "release", 320, 1200)
+    assert bundled["degradations"]["reference_size"] is None and bundled["train"]["loss_weights"]["distill"] == 0
     ablation = yaml.safe_load((REPO_ROOT / "recipes" / "configs" / "robustsam_tiny_ablation.yaml").read_text())
     variants = variant_configs(ablation, None)
     assert set(variants) == set(ablation["variants"]) and variants["all"]["degradations"]["reference_size"] == 512
