@@ -38,13 +38,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from restoration.control_priors import CONTROL_DESCRIPTIONS, CONTROL_PRIOR_KINDS, prepare_control_priors
 from restoration.mask_groups import GROUPINGS, group_masks
 from restoration.paired_data import PairedImageDataset, read_rgb
 from robustprior.data.structure import resample_prior_features
 from robustprior.priors import RobustSAMPrior, SAMPrior, StructurePrior
 from robustprior.training.config import Field, Section, validate_config
 
-PRIOR_KINDS: tuple[str, ...] = ("none", "sam", "robustsam")
+PRIOR_KINDS: tuple[str, ...] = ("none", "sam", "robustsam", *CONTROL_PRIOR_KINDS)
 PRIOR_CLASSES: dict[str, type[SAMPrior] | type[RobustSAMPrior]] = {"sam": SAMPrior, "robustsam": RobustSAMPrior}
 FEATURE_NAMES: tuple[str, ...] = ("mask_feature", "embedding")
 GENERATOR_SETTINGS: tuple[str, ...] = (
@@ -82,6 +83,7 @@ PRIOR_SCHEMA = Section({
                           doc="grey-level scale of the grayscale coding; auto: the most regions of any image of "
                               "this run (differs between prior rows: give a number to compare rows on one scale)"),
     "grouping": Field(str, "smallest", choices=GROUPINGS, doc="masks -> regions (restoration.mask_groups)"),
+    "shuffle_seed": Field(int, 0, doc="shuffled_masks: the seed of the derangement pairing the images"),
 })
 DEFAULT_PRIOR_OPTIONS: dict[str, Any] = validate_config({}, PRIOR_SCHEMA)
 
@@ -170,6 +172,8 @@ def describe_prior_model(kind: str, checkpoint: str | Path | None) -> str:
     for the prior's decoder path (what ``from_pretrained`` loads; nothing is built or downloaded)."""
     if kind == "none":
         return "none"
+    if kind in CONTROL_PRIOR_KINDS:
+        return CONTROL_DESCRIPTIONS[kind]
     from robustprior.load import describe_checkpoint
 
     return describe_checkpoint(checkpoint, "sam" if kind == "sam" else "robust")
@@ -191,6 +195,8 @@ def prepare_priors(
     options = complete_prior_options(options)
     if options["kind"] == "none":
         raise ValueError("prior kind 'none' has no priors to prepare")
+    if options["kind"] in CONTROL_PRIOR_KINDS:
+        return prepare_control_priors(options, lq_paths, cache_dir, progress=progress)
     distributed = dist.is_available() and dist.is_initialized()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     unique_paths = list(dict.fromkeys(str(path) for path in lq_paths))

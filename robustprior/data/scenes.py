@@ -88,6 +88,7 @@ PHOTO_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", "
 RESIDE_AIRLIGHTS: tuple[float, ...] = (0.8, 0.85, 0.9, 0.95, 1.0)
 RESIDE_BETAS: tuple[float, ...] = (0.04, 0.06, 0.08, 0.1, 0.12, 0.16, 0.2)
 SOTS_FIRST_INDEX: dict[str, int] = {"outdoor": 1, "indoor": 1400}
+INSTANCE_FOLDER = "instances"  # beside hazy/ + gt/ (SOTS) and blur/ + sharp/ (GoPro): the true instance maps
 SOTS_DEFAULT_HAZY_PER_CLEAR: dict[str, int] = {"outdoor": 1, "indoor": 10}
 OUTLINE_SUBPIXEL_BITS = 4  # cv2.fillPoly fixed-point precision: 1/16 px
 
@@ -742,7 +743,8 @@ def write_sots_dataset(
     ``indoor``: ``root/indoor/hazy/1400_k.png`` (k = haze level 1..n) with ``root/indoor/gt/1400.png``;
     default ten per clear one. Airlight and beta are drawn without repetition per clear image from
     RESIDE's outdoor grid; ``root/SPLIT/generation.json`` records every hazy image's parameters and
-    each clear image's scene seed.
+    each clear image's scene seed. ``root/SPLIT/instances/0001.png`` (16-bit, 0 = background, k = the
+    k-th object) holds each clear image's true instance map, named like its ``gt`` image.
     """
     if split not in SOTS_FIRST_INDEX:
         raise ValueError(f"split must be one of {sorted(SOTS_FIRST_INDEX)}, got {split!r}")
@@ -761,6 +763,7 @@ def write_sots_dataset(
         name = f"{number:04d}" if split == "outdoor" else str(number)
         gt_name = f"{name}.png"
         _write_image(split_folder / "gt" / gt_name, scene.image)
+        _write_image(split_folder / INSTANCE_FOLDER / gt_name, scene.instances.astype(np.uint16))
         record["scene_seeds"][name] = scene_seed
         haze_rng = np.random.default_rng(derive_seed(seed, index, 1))
         for level, grid_index in enumerate(haze_rng.choice(len(haze_grid), hazy_per_clear, replace=False), start=1):
@@ -793,7 +796,8 @@ def write_gopro_dataset(
 
     Each sequence is one scene; output frame ``j`` (0-based) averages ``blur_frames`` sub-frames
     centred on time ``j * blur_frames`` (consecutive, non-overlapping windows). ``blur`` is the plain
-    mean (gamma 1), ``blur_gamma`` the mean in gamma-2.2 linear space, ``sharp`` the middle sub-frame.
+    mean (gamma 1), ``blur_gamma`` the mean in gamma-2.2 linear space, ``sharp`` the middle sub-frame,
+    ``instances`` (16-bit, 0 = background, k = the k-th object) the sharp frame's true instance map.
     ``root/SPLIT/generation.json`` records each sequence's scene seed.
     """
     root = Path(root)
@@ -819,6 +823,8 @@ def write_gopro_dataset(
             _write_image(sequence_folder / "blur" / frame_name, average_frames(frames, gamma=1.0))
             _write_image(sequence_folder / "blur_gamma" / frame_name, average_frames(frames, gamma=2.2))
             _write_image(sequence_folder / "sharp" / frame_name, frames[blur_frames // 2])
+            sharp_instances = render_frame(scene, float(frame_index * blur_frames))[1]  # the middle sub-frame is unshaken
+            _write_image(sequence_folder / INSTANCE_FOLDER / frame_name, sharp_instances.astype(np.uint16))
             progress_bar.update()
     progress_bar.close()
     _write_json(split_folder / "generation.json", record)
