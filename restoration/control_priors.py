@@ -2,8 +2,8 @@
 
 * ``gt_masks``: each degraded image's true instance map (the scene generator's exact visible masks),
   the ceiling of what a segmentation prior can give the restoration network;
-* ``shuffled_masks``: another image's true instance map (a seeded derangement of the images, resized
-  with nearest neighbour to this image's size): equally clean masks that describe the wrong image,
+* ``shuffled_masks``: the true instance map of an image of another scene (a seeded derangement of the
+  scenes, :func:`shuffled_sources`; resized with nearest neighbour to this image's size): equally clean masks that describe the wrong image,
   i.e. what a wrong prior costs.
 
 Both are stored as :class:`robustprior.priors.StructurePrior` files in the prior cache, so
@@ -73,10 +73,31 @@ def shuffled_partners(names: Sequence[str], seed: int) -> dict[str, str]:
     """A seeded derangement: each name mapped to another name, none to itself."""
     names = list(dict.fromkeys(str(name) for name in names))
     if len(names) < 2:
-        raise ValueError(f"shuffled masks need at least 2 images, got {len(names)}")
+        raise ValueError(f"shuffled masks need at least 2 scenes, got {len(names)}")
     order = np.random.default_rng(seed).permutation(len(names))
-    # a cyclic shift of a random order: every image gets the next one's masks
+    # a cyclic shift of a random order: every name gets the next one's
     return {names[order[index]]: names[order[(index + 1) % len(names)]] for index in range(len(names))}
+
+
+def scene_key(lq_path: str | Path) -> str:
+    """The scene a degraded image shows: SOTS hazy images of one clear image, and GoPro frames of one
+    sequence, share a scene (their masks are nearly the same, so shuffling pairs scenes, not files)."""
+    lq_path = Path(lq_path)
+    if lq_path.parent.name == "hazy":
+        return str(lq_path.parent.parent / lq_path.stem.split("_")[0])
+    return str(lq_path.parent.parent)
+
+
+def shuffled_sources(lq_paths: Sequence[str | Path], seed: int) -> dict[str, str]:
+    """For each degraded image, the image whose instance map it gets as ``shuffled_masks``: scenes are
+    deranged (:func:`shuffled_partners`), and the i-th image of a scene takes the (i mod n)-th of its
+    partner scene's n images, so no image gets masks of its own scene."""
+    scenes: dict[str, list[str]] = {}
+    for path in dict.fromkeys(str(path) for path in lq_paths):
+        scenes.setdefault(scene_key(path), []).append(path)
+    partners = shuffled_partners(list(scenes), seed)
+    return {path: scenes[partners[scene]][index % len(scenes[partners[scene]])]
+            for scene, paths in scenes.items() for index, path in enumerate(paths)}
 
 
 def _resize_nearest(instances: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -113,7 +134,7 @@ def prepare_control_priors(options: Mapping[str, Any], lq_paths: Sequence[str | 
             f"the {kind} control row needs the scene generator's instance maps, and {len(missing)} of {len(paths)} "
             f"images have none (e.g. {instance_map_path(missing[0])}); generated data has them, real data does not")
     seed = int(options.get("shuffle_seed", 0))
-    partners = shuffled_partners(paths, seed) if kind == "shuffled_masks" else {path: path for path in paths}
+    partners = shuffled_sources(paths, seed) if kind == "shuffled_masks" else {path: path for path in paths}
     folder = Path(cache_dir) / (kind if kind == "gt_masks" else f"{kind}_seed{seed}")
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}

@@ -13,7 +13,9 @@ from restoration.control_priors import (
     has_instance_maps,
     instance_map_path,
     read_instance_map,
+    scene_key,
     shuffled_partners,
+    shuffled_sources,
 )
 from restoration.datasets import describe_prior_model, prepare_priors
 from restoration.paired_data import pair_gopro, pair_sots
@@ -54,7 +56,7 @@ def test_gt_masks_prior_is_the_instance_map(tmp_path: Path) -> None:
 
 def test_shuffled_masks_come_from_another_image(tmp_path: Path) -> None:
     paths = _hand_made(tmp_path / "data")
-    partners = shuffled_partners([str(path) for path in paths], seed=4)
+    partners = shuffled_sources(paths, seed=4)
     assert sorted(partners) == sorted(partners.values()) == sorted(str(path) for path in paths)
     assert all(source != target for source, target in partners.items())
     index = prepare_priors({"kind": "shuffled_masks", "shuffle_seed": 4}, paths, tmp_path / "cache", progress=False)
@@ -62,8 +64,18 @@ def test_shuffled_masks_come_from_another_image(tmp_path: Path) -> None:
         other = read_instance_map(instance_map_path(partners[str(path)]))
         assert np.array_equal(index.load(path).label_map > 0, other > 0)
     assert shuffled_partners(["a", "b", "c", "d"], 1) == shuffled_partners(["a", "b", "c", "d"], 1)
-    with pytest.raises(ValueError, match="at least 2 images"):
+    with pytest.raises(ValueError, match="at least 2 scenes"):
         shuffled_partners(["a"], 0)
+
+
+def test_shuffling_pairs_scenes_so_no_frame_gets_its_own_sequence() -> None:
+    frames = [f"/d/test/GOPR{sequence:04d}_11_00/blur/{frame:06d}.png" for sequence in (1, 2, 3) for frame in (1, 2)]
+    sources = shuffled_sources(frames, seed=0)
+    assert all(scene_key(frame) != scene_key(source) for frame, source in sources.items())
+    assert sorted(sources.values()) == sorted(frames)  # every map used once
+    hazy = ["/d/outdoor/hazy/0001_0.8_0.1.jpg", "/d/outdoor/hazy/0001_0.9_0.2.jpg", "/d/outdoor/hazy/0002_0.8_0.1.jpg"]
+    assert scene_key(hazy[0]) == scene_key(hazy[1]) != scene_key(hazy[2])
+    assert all(scene_key(path) != scene_key(source) for path, source in shuffled_sources(hazy, 1).items())
 
 
 def test_data_without_instance_maps_is_a_one_line_error(tmp_path: Path) -> None:

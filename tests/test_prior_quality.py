@@ -37,7 +37,7 @@ def gopro_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = SceneConfig(image_size=(48, 48), object_count_range=(2, 3))
     write_gopro_dataset(root, 2, 2, seed=3, split="train", blur_frames=3, camera_shake=0.0, config=config,
                         progress=False)
-    write_gopro_dataset(root, 1, 2, seed=4, split="test", blur_frames=3, camera_shake=0.0, config=config,
+    write_gopro_dataset(root, 2, 1, seed=4, split="test", blur_frames=3, camera_shake=0.0, config=config,
                         progress=False)
     return root
 
