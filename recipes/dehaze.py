@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes.common import run_recipe  # noqa: E402
+from restoration.table8 import run_recipe  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run_recipe("dehaze", __doc__))

@@ -1,4 +1,5 @@
-"""Smoke runs of the Table-8 recipes (recipes/dehaze.py, recipes/deblur.py) at toy scale."""
+"""The Table-8 recipes (recipes/dehaze.py, recipes/deblur.py -> restoration.table8) at toy scale: seeds,
+control rows, parallel jobs, the report, the config schema and the restore command."""
 from __future__ import annotations
 
 import json
@@ -13,12 +14,13 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from recipes.common import check_output, load_recipe_config, run_recipe  # noqa: E402
+from restoration.table8 import check_output, job_list, load_recipe_config, run_recipe  # noqa: E402
 from restoration.train import RunExistsError  # noqa: E402
+from robustprior.training import ConfigError  # noqa: E402
 
 TOY_DATA = {
     "dehaze": {"image_size": [48, 48], "train_images": 4, "test_images": 2, "seed": 5},
-    "deblur": {"image_size": [48, 48], "train_sequences": 2, "train_frames": 2, "test_sequences": 1,
+    "deblur": {"image_size": [48, 48], "train_sequences": 2, "train_frames": 2, "test_sequences": 2,
                "test_frames": 2, "blur_frames": 3, "camera_shake": 0.3, "seed": 5},
 }
 
@@ -30,8 +32,7 @@ def toy_config(task: str, folder: Path) -> Path:
     """The embedded default shrunk to seconds: toy data, a 4-wide two-level network, 4 point prompts."""
     config = load_recipe_config(task, None)
     config["threads"] = 1
-    config["recipe"]["generate"] = TOY_DATA[task]
-    config["recipe"]["grid_images"] = 2
+    config["recipe"].update(generate=TOY_DATA[task], grid_images=2, seeds=[0, 1], parallel=1)
     config["network_g"].update(width=4, enc_blocks=[1, 1], dec_blocks=[1, 1])
     config["datasets"]["train"]["crop_size"] = 32
     config["train"]["batch_size"] = 2
@@ -44,19 +45,96 @@ def toy_config(task: str, folder: Path) -> Path:
 @pytest.mark.parametrize("task", ["dehaze", "deblur"])
 def test_recipe_smoke_run_and_refusal(task: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     output = tmp_path / "out"
-    argv = ["--config", str(toy_config(task, tmp_path)), "--output", str(output), "--iterations", "3", "--no-progress"]
+    argv = ["--config", str(toy_config(task, tmp_path)), "--output", str(output), "--iterations", "2", "--no-progress"]
     assert run_recipe(task, task, argv) == 0
     for name in ("report.md", "report.json", "grid.png"):
         assert (output / name).is_file() and (output / name).stat().st_size > 0
     report = json.loads((output / "report.json").read_text())
-    assert list(report["rows"]) == ["none", "sam", "robustsam"]
-    for row in report["rows"].values():
-        assert math.isfinite(row["psnr"]) and math.isfinite(row["ssim"]) and row["iterations"] == 3
-    assert "Our protocol" in (output / "report.md").read_text()
+    assert list(report["rows"]) == ["none", "sam", "robustsam", "gt_masks", "shuffled_masks"]
+    assert sorted(path.relative_to(output / "runs").as_posix() for path in (output / "runs").glob("*/seed*")
+                  if path.is_dir()) == ["gt_masks/seed0", "none/seed0", "robustsam/seed0", "robustsam/seed1",
+                                         "sam/seed0", "sam/seed1", "shuffled_masks/seed0"]
+    for key, row in report["rows"].items():
+        assert math.isfinite(row["psnr"]) and row["iterations"] == 2
+        assert sorted(row["seeds"]) == (["0", "1"] if key in ("sam", "robustsam") else ["0"])
+        if key != "none":
+            assert row["quality"]["masks_per_image"] >= 0 and "cost_db" in row["reliance"]
+    assert report["rows"]["gt_masks"]["quality"]["mean_best_iou"] == pytest.approx(1.0)
+    verdict = report["verdict"]
+    assert verdict["seeds"] == [0, 1] and verdict["verdict"] in ("held", "reversed", "inconclusive")
+    text = (output / "report.md").read_text()
+    assert f"Verdict: **{verdict['verdict']}**" in text and "Our protocol" in text and "Smoke scale" in text
+    assert "gt_masks_zeroing_cost_db" in report["targets"]
+    assert ("no_prior_gain_db" in report["targets"]) == (task == "deblur")
     assert f"Outputs: {output / 'report.md'}" in capsys.readouterr().out
 
     assert run_recipe(task, task, argv) != 0  # a second run into the same folder is refused
     assert str(output) in capsys.readouterr().err
+
+    restored = tmp_path / "restored"  # --restore with the trained RobustSAM-prior run, seed 1
+    image = sorted((output / "data").rglob("hazy/*.jpg" if task == "dehaze" else "test/*/blur/*.png"))[0]
+    assert run_recipe(task, task, ["--output", str(output), "--restore", str(image), "--seed", "1",
+                                   "--restored", str(restored), "--no-progress"]) == 0
+    assert (restored / f"{image.stem}.png").is_file()
+    capsys.readouterr()
+    assert run_recipe(task, task, ["--output", str(output), "--restore", str(image), "--seed", "1",
+                                   "--restored", str(restored)]) == 2  # an existing output is kept
+    assert "already exists" in capsys.readouterr().err
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    assert run_recipe(task, task, ["--output", str(output), "--restore", str(tmp_path / "broken.png"),
+                                   "--restored", str(restored)]) == 2
+    assert "broken.png is not a readable image" in capsys.readouterr().err
+
+
+def test_control_rows_are_dropped_on_data_without_instance_maps(tmp_path: Path, capsys) -> None:
+    config_path = toy_config("dehaze", tmp_path)
+    config = yaml.safe_load(config_path.read_text())
+    config["recipe"].update(rows=["none", "gt_masks"], seeds=[0])
+    config_path.write_text(yaml.safe_dump(config))
+    assert run_recipe("dehaze", "dehaze", ["--config", str(config_path), "--output", str(tmp_path / "first"),
+                                           "--iterations", "1", "--no-progress"]) == 0
+    for instances in (tmp_path / "first" / "data").rglob("instances"):  # the same data without the generator's maps
+        for file in instances.iterdir():
+            file.unlink()
+        instances.rmdir()
+    assert run_recipe("dehaze", "dehaze", ["--config", str(config_path), "--output", str(tmp_path / "real"),
+                                           "--data-root", str(tmp_path / "first" / "data"), "--iterations", "1",
+                                           "--no-progress"]) == 0
+    report = json.loads((tmp_path / "real" / "report.json").read_text())
+    assert list(report["rows"]) == ["none"] and "gt_masks" in report["setup"]["dropped_rows"]
+    assert "Ground-truth masks (control) left out: the data has no ground-truth instance maps" in (
+        tmp_path / "real" / "report.md").read_text()
+
+
+def test_recipe_config_schema_and_jobs(tmp_path: Path) -> None:
+    config = load_recipe_config("deblur", None)
+    assert job_list(config, config["recipe"]["rows"]) == [
+        ("none", 0), ("sam", 0), ("sam", 1), ("sam", 2), ("robustsam", 0), ("robustsam", 1), ("robustsam", 2),
+        ("gt_masks", 0), ("shuffled_masks", 0)]
+    text = (REPO_ROOT / "recipes" / "configs" / "deblur_default.yaml").read_text()
+    (tmp_path / "typo.yaml").write_text(text.replace("  seeds: [0, 1, 2]", "  sedes: [0, 1, 2]"))
+    with pytest.raises(ConfigError, match=r"unknown key 'recipe.sedes' \(did you mean 'recipe.seeds'\?\)"):
+        load_recipe_config("deblur", tmp_path / "typo.yaml")
+    (tmp_path / "rows.yaml").write_text(text.replace("  rows: [none, sam, robustsam, gt_masks, shuffled_masks]",
+                                                     "  rows: [none, sam, oracle]"))
+    with pytest.raises(ConfigError, match="rows must be distinct names"):
+        load_recipe_config("deblur", tmp_path / "rows.yaml")
+    (tmp_path / "scene.yaml").write_text(text.replace("    seed: 2024", "    seed: 2024\n    scene: {colour: 3}"))
+    with pytest.raises(ConfigError, match="not a SceneConfig setting"):
+        load_recipe_config("deblur", tmp_path / "scene.yaml")
+    with pytest.raises(Exception, match="not 'dehaze'"):
+        load_recipe_config("dehaze", REPO_ROOT / "recipes" / "configs" / "deblur_default.yaml")
+
+
+def test_restore_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    assert run_recipe("dehaze", "dehaze", ["--output", str(tmp_path), "--restore", str(tmp_path / "missing.png")]) == 2
+    assert "missing.png does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert run_recipe("dehaze", "dehaze", ["--output", str(tmp_path), "--restore", str(tmp_path / "empty")]) == 2
+    assert "holds no images" in capsys.readouterr().err
+    (tmp_path / "photo.png").write_bytes(b"not a png")
+    assert run_recipe("dehaze", "dehaze", ["--output", str(tmp_path), "--restore", str(tmp_path / "photo.png")]) == 2
+    assert "run folder" in capsys.readouterr().err  # no trained run in this output folder
 
 
 def test_the_script_exits_nonzero_on_an_occupied_output(tmp_path: Path) -> None:

@@ -1,0 +1,448 @@
+"""The Table 8 recipes (``recipes/dehaze.py``, ``recipes/deblur.py``): one restoration network trained per
+row and seed, evaluated on the full test images, compared with a paired analysis over seeds.
+
+Rows (``recipe.rows``): ``none`` (no prior), ``sam`` (SAM prior), ``robustsam`` (RobustSAM prior) and two
+controls on generated data, ``gt_masks`` (the generator's true instances: what masks can give at best)
+and ``shuffled_masks`` (another image's true instances: what a wrong prior costs;
+:mod:`restoration.control_priors`). The rows in ``recipe.seeded_rows`` train once per seed of
+``recipe.seeds``, the others with the first seed. Rows run as separate processes, ``recipe.parallel``
+at a time (each with ``threads`` torch threads); priors are computed once, before the jobs.
+The report (:mod:`restoration.report`) gives per-seed numbers, the RobustSAM-vs-SAM verdict
+(:mod:`restoration.verdict`), the priors' quality (:mod:`restoration.prior_quality`) and how much each
+trained network relies on its prior (:mod:`restoration.prior_reliance`).
+
+Recipe config (YAML): the :mod:`restoration.train` options (``name``, ``manual_seed``, ``network_g`` with
+the prior rows' ``prior``, ``datasets``, ``train``, ``val``, ``prior`` with the automatic-mask settings
+shared by the prior rows) plus the keys of :data:`RECIPE_SCHEMA`: ``task``, ``threads`` and ``recipe``
+(``roots``, ``generate``, ``checkpoints``, ``grid_images``, ``rows``, ``seeds``, ``seeded_rows``, ``parallel``).
+
+Output folder: ``data/`` (generated; reused while its settings match), ``prior_cache/`` (content keyed,
+reused), ``runs/<row>/seed<k>/`` (:mod:`restoration.train` run folders; ``seed<k>.yaml`` and ``.log``
+beside them), ``recipe_config.yaml``, ``report.md``, ``report.json``, ``grid.png``; ``restored/`` for
+``--restore``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from restoration.control_priors import CONTROL_PRIOR_KINDS, has_instance_maps
+from restoration.datasets import PriorPairedDataset, describe_prior_model, prepare_priors
+from restoration.prior_quality import prior_quality
+from restoration.prior_reliance import prior_reliance
+from restoration.report import ROW_LABELS, format_table, write_report
+from restoration.restore import add_restore_arguments, run_restore
+from restoration.train import RECIPE_KEYS, RESULTS_NAME, RestorationTrainer, check_options, load_options
+from robustprior.data.scenes import SceneConfig, write_gopro_dataset, write_sots_dataset
+from robustprior.io.atomic import write_text_atomically
+from robustprior.load import BUNDLED
+from robustprior.training import merge_config
+from robustprior.training.config import REQUIRED, Field, Section, validate_config
+from robustprior.training.distributed import setup_distributed
+from robustprior.training.errors import RunExistsError, RunSetupError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "recipes" / "configs"
+ROWS: tuple[str, ...] = ("none", "sam", "robustsam", *CONTROL_PRIOR_KINDS)
+DATA_MARKER = "recipe_data.json"
+REPORT_FILES = ("report.md", "report.json", "grid.png")
+DATA_DESCRIPTIONS = {"dehaze": "RESIDE OTS/ITS-style hazy/ + gt|clear/ under DATA_ROOT/train, SOTS under DATA_ROOT/test",
+                     "deblur": "GoPro: DATA_ROOT/train/SEQUENCE/{blur,sharp}/ and DATA_ROOT/test/SEQUENCE/{blur,sharp}/"}
+
+
+# ----------------------------------------------------------------------------- schema
+def _check_threads(value: int | str) -> None:
+    if isinstance(value, str) and value != "auto":
+        raise ValueError(f"must be a number of threads or auto, got {value!r}")
+    if isinstance(value, int) and value < 1:
+        raise ValueError(f"must be >= 1, got {value}")
+
+
+def _check_rows(rows: list[str]) -> None:
+    unknown = [row for row in rows if row not in ROWS]
+    if unknown or len(set(rows)) != len(rows):
+        raise ValueError(f"rows must be distinct names among {list(ROWS)}, got {rows}")
+
+
+def _check_seeds(seeds: list[int]) -> None:
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"seeds must be distinct non-negative integers (at least one), got {seeds}")
+
+
+def _check_scene(scene: dict) -> None:
+    try:
+        SceneConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in scene.items()})
+    except TypeError as error:
+        raise ValueError(f"not a SceneConfig setting: {error}") from None
+
+
+_SIZE = Field(list, REQUIRED, items=int, length=2, doc="(H, W)")
+_SCENE = Field(dict, {}, check=_check_scene, doc="robustprior.data.scenes.SceneConfig settings (image_size excluded)")
+GENERATE_SCHEMAS: dict[str, Section] = {
+    "dehaze": Section({"image_size": _SIZE, "train_images": Field(int, REQUIRED, at_least=1),
+                       "test_images": Field(int, REQUIRED, at_least=1), "seed": Field(int, 0), "scene": _SCENE}),
+    "deblur": Section({"image_size": _SIZE, "train_sequences": Field(int, REQUIRED, at_least=1),
+                       "train_frames": Field(int, REQUIRED, at_least=1), "test_sequences": Field(int, REQUIRED, at_least=1),
+                       "test_frames": Field(int, REQUIRED, at_least=1), "blur_frames": Field(int, 7, at_least=1),
+                       "camera_shake": Field(float, 0.3, at_least=0), "seed": Field(int, 0), "scene": _SCENE}),
+}
+RECIPE_SCHEMA = Section({
+    "task": Field(str, REQUIRED, choices=("dehaze", "deblur")),
+    "threads": Field((int, str), "auto", check=_check_threads, nullable=True,
+                     doc="torch threads per job: auto = the idle cores (1-minute load) shared by the parallel jobs"),
+    "recipe": Section({
+        "roots": Section({"train": Field(str, "{data_root}/train"), "test": Field(str, "{data_root}/test")}),
+        "generate": Field(dict, None, doc="the generated data set (null: --data-root is required)"),
+        "checkpoints": Section({"sam": Field(str, "tiny"), "robustsam": Field(str, "tiny")}),
+        "grid_images": Field(int, 4, at_least=1),
+        "rows": Field(list, list(ROWS), items=str, check=_check_rows),
+        "seeds": Field(list, [0, 1, 2], items=int, check=_check_seeds),
+        "seeded_rows": Field(list, ["sam", "robustsam"], items=str, check=_check_rows),
+        "parallel": Field(int, 2, at_least=1, doc="row jobs at a time (separate processes)"),
+    }),
+})
+
+
+# ----------------------------------------------------------------------------- data
+def _scene_config(spec: dict[str, Any]) -> SceneConfig:
+    scene = {key: tuple(value) if isinstance(value, list) else value for key, value in (spec.get("scene") or {}).items()}
+    return SceneConfig(image_size=tuple(spec["image_size"]), **scene)
+
+
+def generate_sots(root: Path, spec: dict[str, Any], progress: bool) -> str:
+    """SOTS-like train and test sets (``root/{train,test}/outdoor/{hazy,gt,instances}``); returns a description."""
+    seed, config = int(spec["seed"]), _scene_config(spec)
+    write_sots_dataset(root / "train", spec["train_images"], seed, config=config, overwrite=True, progress=progress)
+    write_sots_dataset(root / "test", spec["test_images"], seed + 1, config=config, overwrite=True, progress=progress)
+    height, width = spec["image_size"]
+    return (f"generated SOTS-like data (robustprior.data.scenes, atmospheric scattering with RESIDE's airlight/beta grid; "
+            f"{width}x{height} px, seeds {seed}/{seed + 1}; NOT the real SOTS)")
+
+
+def generate_gopro(root: Path, spec: dict[str, Any], progress: bool) -> str:
+    """GoPro-like train and test sets (``root/{train,test}/GOPRxxxx_11_00/{blur,sharp,instances}``); returns a description."""
+    seed, config = int(spec["seed"]), _scene_config(spec)
+    common = {"blur_frames": spec["blur_frames"], "camera_shake": spec["camera_shake"], "config": config,
+              "overwrite": True, "progress": progress}
+    write_gopro_dataset(root, spec["train_sequences"], spec["train_frames"], seed, split="train", **common)
+    write_gopro_dataset(root, spec["test_sequences"], spec["test_frames"], seed + 1, split="test", **common)
+    height, width = spec["image_size"]
+    return (f"generated GoPro-like data (robustprior.data.scenes, moving layered scenes averaged over {spec['blur_frames']} "
+            f"sub-frames; {width}x{height} px, seeds {seed}/{seed + 1}; NOT the real GoPro)")
+
+
+GENERATORS: dict[str, Callable[[Path, dict[str, Any], bool], str]] = {"dehaze": generate_sots, "deblur": generate_gopro}
+
+
+def ensure_generated_data(task: str, root: Path, spec: dict[str, Any], progress: bool = True) -> str:
+    """Generate the recipe's data into ``root`` unless it already holds data made with the same ``spec``."""
+    marker = root / DATA_MARKER
+    wanted = {"task": task, "generate": spec}
+    if marker.is_file():
+        found = json.loads(marker.read_text())
+        if {key: found.get(key) for key in wanted} == wanted:
+            return found["description"]
+    marker.unlink(missing_ok=True)
+    description = GENERATORS[task](root, spec, progress)
+    write_text_atomically(marker, json.dumps({**wanted, "description": description}, indent=2) + "\n")
+    return description
+
+
+# ----------------------------------------------------------------------------- config
+def load_recipe_config(task: str, path: str | Path | None) -> dict[str, Any]:
+    """The recipe config (``path``, or the embedded ``recipes/configs/<task>_default.yaml``), its recipe keys
+    validated against :data:`RECIPE_SCHEMA` (defaults filled in; the training options are checked per row
+    by :func:`restoration.train.check_options`)."""
+    source = Path(path or CONFIG_DIR / f"{task}_default.yaml")
+    config = load_options(source)
+    recipe_part = validate_config({key: config[key] for key in RECIPE_KEYS if key in config}, RECIPE_SCHEMA,
+                                  source=str(source))
+    if recipe_part["task"] != task:
+        raise RunSetupError(f"{source} is a config for task {recipe_part['task']!r}, not {task!r}")
+    generate = recipe_part["recipe"]["generate"]
+    if generate is not None:
+        recipe_part["recipe"]["generate"] = validate_config(generate, GENERATE_SCHEMAS[task],
+                                                            source=f"{source} recipe.generate")
+    return {**config, **recipe_part}
+
+
+def job_list(config: dict[str, Any], rows: Sequence[str]) -> list[tuple[str, int]]:
+    """``(row, seed)`` of every training job: seeded rows once per seed, the others with the first seed."""
+    recipe = config["recipe"]
+    seeds = recipe["seeds"]
+    return [(row, seed) for row in rows for seed in (seeds if row in recipe["seeded_rows"] else seeds[:1])]
+
+
+def row_options(config: dict[str, Any], row: str, seed: int, roots: dict[str, str] | None,
+                prior_cache: Path) -> dict[str, Any]:
+    """The :mod:`restoration.train` options of one job (``roots``: the train / test ``dataroot``, None: keep
+    the config's own)."""
+    options = {key: copy.deepcopy(value) for key, value in config.items() if key not in RECIPE_KEYS}
+    options["name"] = f"{config['task']}_{row}_seed{seed}"
+    options["manual_seed"] = seed
+    for phase in ("train", "test"):
+        if roots is not None:
+            options["datasets"][phase]["dataroot"] = roots[phase]
+        if not options["datasets"][phase].get("dataroot"):
+            raise RunSetupError(f"datasets.{phase}.dataroot is not set: pass --data-root")
+    prior = {**options.get("prior", {}), "kind": row, "cache_dir": str(prior_cache)}
+    if row == "none":
+        options["network_g"]["prior"] = "none"
+        options["prior"] = {"kind": "none"}
+    elif row in CONTROL_PRIOR_KINDS:
+        options["prior"] = {key: value for key, value in prior.items() if key in ("kind", "cache_dir", "num_segments",
+                                                                                  "grouping")}
+        options["prior"]["shuffle_seed"] = seed
+        if options["network_g"].get("prior") == "features":
+            raise RunSetupError("control rows have masks only: a 'features' network cannot run them; "
+                                "leave gt_masks / shuffled_masks out of recipe.rows")
+    else:
+        options["prior"] = {**prior, "checkpoint": config["recipe"]["checkpoints"][row]}
+    return options
+
+
+def lq_paths(options: dict[str, Any], phases: Sequence[str] = ("train", "test")) -> list[str]:
+    """The degraded inputs of the options' data sections, as :class:`PriorPairedDataset` pairs them."""
+    paths = []
+    for phase in phases:
+        section = {"seed": 0, **options["datasets"][phase], "phase": phase}
+        section.pop("num_workers", None)
+        paths += [str(lq) for lq, _ in PriorPairedDataset(section).pairs]
+    return paths
+
+
+# ----------------------------------------------------------------------------- command line
+def build_parser(task: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", help=f"real data instead of generated ({DATA_DESCRIPTIONS[task]})")
+    parser.add_argument("--sam-checkpoint", help="SAM prior model: a file or a name (sam_vit_h, ...); default: bundled tiny")
+    parser.add_argument("--robustsam-checkpoint",
+                        help="RobustSAM prior model: a file or a name (robustsam_vit_h, ...); default: bundled tiny")
+    parser.add_argument("--config", help=f"recipe config YAML (default: the embedded recipes/configs/{task}_default.yaml; "
+                                         f"full scale: restoration/options/{'dehaze_sots' if task == 'dehaze' else 'deblur_gopro'}.yaml)")
+    parser.add_argument("--output", default=f"outputs/{task}", help="output folder (default: %(default)s)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue the runs in the output folder")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace the runs and report in the output folder (generated data and prior cache are kept)")
+    parser.add_argument("--iterations", type=int, help="override train.total_iter (e.g. 3 for a smoke test)")
+    parser.add_argument("--seeds", help="override recipe.seeds, e.g. 0,1,2,3,4")
+    parser.add_argument("--parallel", type=int, help="override recipe.parallel (row jobs at a time)")
+    parser.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_restore_arguments(parser)
+    return parser
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the platform has none)."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def resolve_threads(setting: int | str | None, parallel: int = 1) -> int | None:
+    """The ``threads`` config: a number, None (torch's default) or ``"auto"``: the CPU cores not already
+    busy (core count minus the rounded 1-minute load average) shared by ``parallel`` jobs, at least 1. On
+    a shared CPU, more OpenMP threads than idle cores make training several times slower, not faster."""
+    if setting is None or isinstance(setting, int):
+        return setting
+    if setting != "auto":
+        raise ValueError(f"threads must be a number, null or 'auto', got {setting!r}")
+    cores = os.cpu_count() or 1
+    busy = round(_load_average() or 0.0)
+    return max(1, (cores - busy) // max(1, parallel))
+
+
+def check_output(output: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an output folder that holds a previous run unless resuming or overwriting; clear it for overwrite."""
+    previous = [output / name for name in ("runs", *REPORT_FILES) if (output / name).exists()]
+    if previous and not (resume or overwrite):
+        raise RunExistsError(f"{output} already holds a previous run ({', '.join(p.name for p in previous)}); "
+                             "pass --resume to continue it or --overwrite to replace it")
+    if overwrite:
+        for path in previous:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _run_jobs_in_processes(jobs: list[tuple[str, int, Path, Path]], parallel: int, threads: int | None,
+                           device: str, resume: bool) -> None:
+    """Run ``(row, seed, options file, run folder)`` jobs as ``python -m restoration.train`` processes,
+    ``parallel`` at a time; a failed job stops the recipe, naming its log."""
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    if threads is not None:
+        environment.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    pending, running, done = list(jobs), [], 0
+    while pending or running:
+        while pending and len(running) < parallel:
+            row, seed, options_file, run_dir = pending.pop(0)
+            command = [sys.executable, "-m", "restoration.train", "--opt", str(options_file), "--output", str(run_dir),
+                       "--device", device, "--no-progress"] + (["--resume"] if resume else [])
+            log = run_dir.parent / f"seed{seed}.log"
+            handle = open(log, "w")
+            running.append((row, seed, log, handle, time.perf_counter(),
+                            subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment)))
+        time.sleep(1.0)
+        for entry in list(running):
+            row, seed, log, handle, started, process = entry
+            if process.poll() is None:
+                continue
+            handle.close()
+            running.remove(entry)
+            done += 1
+            if process.returncode != 0:
+                for _, _, _, other_handle, _, other in running:
+                    other.terminate()
+                    other.wait()
+                    other_handle.close()
+                tail = log.read_text().strip().splitlines()[-1:] or ["(empty log)"]
+                raise RunSetupError(f"job {row} seed {seed} failed (exit {process.returncode}): {tail[0]}; log {log}")
+            print(f"[{done}/{len(jobs)}] {ROW_LABELS[row]}, seed {seed}: done in "
+                  f"{(time.perf_counter() - started) / 60:.1f} min", flush=True)
+
+
+def run_recipe(task: str, description: str, argv: Sequence[str] | None = None) -> int:
+    """The whole recipe (module docstring); returns the process exit status."""
+    args = build_parser(task, description).parse_args(argv)
+    if args.restore:
+        return run_restore(args, task)
+    try:
+        return _run_recipe(task, args)
+    except RunSetupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run_recipe(task: str, args: argparse.Namespace) -> int:
+    started, cpu_started, load_start = time.perf_counter(), time.process_time(), _load_average()
+    config = load_recipe_config(task, args.config)
+    overrides: dict[str, Any] = {"recipe": {"checkpoints": {}}}
+    for row in ("sam", "robustsam"):
+        if getattr(args, f"{row}_checkpoint"):
+            overrides["recipe"]["checkpoints"][row] = getattr(args, f"{row}_checkpoint")
+    if args.iterations is not None:
+        overrides["train"] = {"total_iter": args.iterations}
+    if args.seeds:
+        overrides["recipe"]["seeds"] = [int(value) for value in args.seeds.split(",")]
+    if args.parallel:
+        overrides["recipe"]["parallel"] = args.parallel
+    config = merge_config(config, overrides)
+    validate_config({key: config[key] for key in RECIPE_KEYS}, RECIPE_SCHEMA, source="the recipe with its overrides")
+    output = Path(args.output)
+    context = setup_distributed(args.device)  # under torchrun: rank 0 prepares folders and data, the others wait
+    progress = not args.no_progress and context.is_main
+    refusal = None
+    if context.is_main:
+        try:
+            check_output(output, args.resume, args.overwrite)
+        except RunExistsError as error:
+            refusal = str(error)
+    refusal = context.all_gather(refusal)[0]
+    if refusal is not None:
+        raise RunExistsError(refusal)
+    in_processes = context.world_size == 1 and config["recipe"]["parallel"] > 1
+    threads = resolve_threads(config.get("threads"), config["recipe"]["parallel"] if in_processes else 1)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+    embedded = args.config is None and args.data_root is None and not (args.sam_checkpoint or args.robustsam_checkpoint)
+    if embedded and context.is_main:
+        print(f"Using the embedded defaults: bundled tiny SAM/RobustSAM models ({BUNDLED['tiny'].name}) on generated "
+              f"{'SOTS' if task == 'dehaze' else 'GoPro'}-like data (recipes/configs/{task}_default.yaml); "
+              "see --help for real data, real models and the full-scale config.")
+    for row, checkpoint in config["recipe"]["checkpoints"].items():
+        model = describe_prior_model(row, checkpoint)
+        if context.is_main and row in config["recipe"]["rows"] and ("RANDOMLY INITIALISED" in model or "UNTRAINED" in model):
+            print(f"warning: {ROW_LABELS[row]}: {model} (the report says so)", file=sys.stderr)
+
+    roots: dict[str, str] | None = None
+    if args.data_root or config["recipe"].get("generate"):
+        if args.data_root:
+            data_root, data_description = Path(args.data_root), f"real data at {args.data_root}"
+        else:
+            data_root, data_description = output / "data", "generated data"
+            if context.is_main:
+                data_description = ensure_generated_data(task, data_root, config["recipe"]["generate"], progress)
+        roots = {phase: template.format(data_root=data_root) for phase, template in config["recipe"]["roots"].items()}
+    else:
+        datasets = config["datasets"]
+        data_description = f"real data: train {datasets['train'].get('dataroot')}, test {datasets['test'].get('dataroot')}"
+    context.barrier()
+    prior_cache = output / "prior_cache"
+    first_seed = config["recipe"]["seeds"][0]
+    reference = check_options(row_options(config, "none", first_seed, roots, prior_cache))
+    rows, dropped = list(config["recipe"]["rows"]), {}
+    if not has_instance_maps(lq_paths(reference)):
+        for row in CONTROL_PRIOR_KINDS:
+            if row in rows:
+                rows.remove(row)
+                dropped[row] = "the data has no ground-truth instance maps (real data): control rows need generated data"
+    jobs = job_list(config, rows)
+    options = {(row, seed): check_options(row_options(config, row, seed, roots, prior_cache)) for row, seed in jobs}
+    if context.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(output / "recipe_config.yaml", yaml.safe_dump(config, sort_keys=False))
+        for row in rows:  # priors once, before the jobs: parallel jobs then only read the cache
+            if row != "none":
+                prior_options = options[(row, first_seed)]["prior"]
+                print(f"== priors: {ROW_LABELS[row]} ==", flush=True)
+                prepare_priors(prior_options, lq_paths(reference), prior_cache, progress=progress)
+    context.barrier()
+
+    run_dirs = {(row, seed): output / "runs" / row / f"seed{seed}" for row, seed in jobs}
+    todo = [job for job in jobs if not (args.resume and (run_dirs[job] / RESULTS_NAME).is_file())]
+    if context.is_main:
+        print(f"{len(jobs)} training jobs ({len(jobs) - len(todo)} already finished), "
+              f"{config['recipe']['parallel'] if in_processes else 1} at a time, {threads or 'default'} torch threads each",
+              flush=True)
+    if in_processes:
+        files = []
+        for row, seed in todo:
+            run_dirs[(row, seed)].parent.mkdir(parents=True, exist_ok=True)
+            options_file = run_dirs[(row, seed)].parent / f"seed{seed}.yaml"
+            write_text_atomically(options_file, yaml.safe_dump(options[(row, seed)], sort_keys=False))
+            files.append((row, seed, options_file, run_dirs[(row, seed)]))
+        _run_jobs_in_processes(files, config["recipe"]["parallel"], threads, args.device, args.resume)
+    else:
+        for row, seed in todo:
+            if context.is_main:
+                print(f"== {ROW_LABELS[row]}, seed {seed} ==", flush=True)
+            trainer = RestorationTrainer(options[(row, seed)], run_dirs[(row, seed)], resume=args.resume,
+                                         device=args.device, progress=progress)
+            trainer.run()
+            del trainer
+    if not context.is_main:
+        return 0
+    test_paths = lq_paths(reference, ("test",))
+    quality, reliance = {}, {}
+    for row in rows:
+        if row == "none":
+            continue
+        index = prepare_priors(options[(row, first_seed)]["prior"], test_paths, prior_cache, progress=False)
+        quality[row] = prior_quality(index, test_paths)
+        reliance[row] = prior_reliance(run_dirs[(row, first_seed)], device="cpu")
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = time.process_time() - cpu_started + children.ru_utime + children.ru_stime
+    wall = time.perf_counter() - started
+    setup = {"data": data_description, "embedded_defaults": embedded, "threads": threads,
+             "parallel": config["recipe"]["parallel"] if in_processes else 1, "wall_seconds": round(wall, 1),
+             "cpu_seconds": round(cpu_seconds, 1), "idle_two_core_estimate_seconds": round(cpu_seconds / 2, 1),
+             "command": " ".join(sys.argv), "load_average": {"start": load_start, "end": _load_average()},
+             "dropped_rows": dropped, "seeds": config["recipe"]["seeds"]}
+    paths = write_report(task, output, run_dirs, setup, quality, reliance, int(config["recipe"]["grid_images"]))
+    report = json.loads(paths["report.json"].read_text())
+    print(format_table(report))
+    print(f"Outputs: {', '.join(str(path) for path in paths.values())} (runs in {output / 'runs'}); "
+          f"wall time {wall / 60:.1f} min, {cpu_seconds / 60:.1f} CPU minutes")
+    return 0
