@@ -7,7 +7,8 @@
   ``network(lq, prior)``; :mod:`restoration.mask_groups`: how masks become regions and mask dropout.
 * the priors' label maps, structure maps and grayscale coding live in :mod:`robustprior.data.structure`.
 * :mod:`restoration.config`: the options schema; :mod:`restoration.train`: the trainer / evaluator on
-  the run engine (``python -m restoration.train --opt OPTIONS.yaml``).
+  the run engine (``python -m restoration.train --opt OPTIONS.yaml``); :mod:`restoration.restore`: a
+  user's image or folder restored with a trained run and its own prior (the recipes' ``--restore``).
 * :mod:`restoration.metrics`, :mod:`restoration.tiling`, :mod:`restoration.report`: PSNR / SSIM,
   tiled inference and Table-8-style reports.
 

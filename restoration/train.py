@@ -614,9 +614,11 @@ class TrainedRun:
         index.grey_scale = self.grey_scale
         return index
 
-    def restore_file(self, path: str | Path, priors: PriorIndex | None = None) -> np.ndarray:
-        """The restored H x W x 3 uint8 RGB image of an image file (its prior from ``priors``), tiled above
-        ``val.tile``."""
+    def restore_file(self, path: str | Path, priors: PriorIndex | None = None, *, tile: int | None = None,
+                     overlap: int | None = None) -> np.ndarray:
+        """The restored H x W x 3 uint8 RGB image of an image file (its prior from ``priors``), as
+        overlapping ``tile`` x ``tile`` windows when a side exceeds ``tile`` (None: the run's ``val.tile``;
+        0: never tiled) with ``overlap`` (None: the run's ``val.overlap``)."""
         image = torch.from_numpy(np.ascontiguousarray(read_rgb_float(path).transpose(2, 0, 1)))[None]
         label_map = features = None
         if priors is not None:
@@ -625,9 +627,10 @@ class TrainedRun:
             label_map = torch.from_numpy(labels)[None]
             if priors.feature is not None:
                 features = image_covering_features(getattr(stored, priors.feature).float(), labels.shape)[None]
+        tile = self.options["val"]["tile"] if tile is None else tile
+        overlap = self.options["val"]["overlap"] if overlap is None else overlap
         restored = restore_image(self.network, image, label_map, features, grey_scale=self.grey_scale,
-                                 tile=self.options["val"]["tile"], overlap=self.options["val"]["overlap"],
-                                 device=self.device)
+                                 tile=tile or None, overlap=overlap, device=self.device)
         return tensor_to_uint8(restored)
 
 

@@ -126,17 +126,6 @@ def test_recipe_config_schema_and_jobs(tmp_path: Path) -> None:
         load_recipe_config("dehaze", REPO_ROOT / "recipes" / "configs" / "deblur_default.yaml")
 
 
-def test_restore_errors_are_one_line(tmp_path: Path, capsys) -> None:
-    assert run_recipe("dehaze", "dehaze", ["--output", str(tmp_path), "--restore", str(tmp_path / "missing.png")]) == 2
-    assert "missing.png does not exist" in capsys.readouterr().err
-    (tmp_path / "empty").mkdir()
-    assert run_recipe("dehaze", "dehaze", ["--output", str(tmp_path), "--restore", str(tmp_path / "empty")]) == 2
-    assert "holds no images" in capsys.readouterr().err
-    (tmp_path / "photo.png").write_bytes(b"not a png")
-    assert run_recipe("dehaze", "dehaze", ["--output", str(tmp_path), "--restore", str(tmp_path / "photo.png")]) == 2
-    assert "run folder" in capsys.readouterr().err  # no trained run in this output folder
-
-
 def test_the_script_exits_nonzero_on_an_occupied_output(tmp_path: Path) -> None:
     output = tmp_path / "out"
     (output / "runs").mkdir(parents=True)
