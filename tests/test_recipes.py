@@ -143,3 +143,16 @@ def test_overwrite_clears_runs_and_report_but_keeps_data(tmp_path: Path) -> None
         check_output(tmp_path, resume=False, overwrite=False)
     check_output(tmp_path, resume=False, overwrite=True)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "prior_cache"]
+
+
+def test_a_failing_parallel_job_stops_the_recipe_naming_its_log(tmp_path: Path) -> None:
+    from restoration.table8 import _run_jobs_in_processes
+    from robustprior.training import RunSetupError
+
+    run_dir = tmp_path / "runs" / "sam" / "seed0"
+    run_dir.parent.mkdir(parents=True)
+    options = run_dir.parent / "seed0.yaml"
+    options.write_text("name: broken\ntrain: {total_itr: 3}\n")  # a typo: the trainer refuses it
+    with pytest.raises(RunSetupError, match=r"job sam seed 0 failed \(exit \d+\).*log .*seed0.log"):
+        _run_jobs_in_processes([("sam", 0, options, run_dir)], parallel=2, threads=1, device="cpu", resume=False)
+    assert "total_itr" in (run_dir.parent / "seed0.log").read_text()
