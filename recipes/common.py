@@ -57,8 +57,12 @@ DATA_DESCRIPTIONS = {"dehaze": "RESIDE OTS/ITS-style hazy/ + gt|clear/ under DAT
 
 
 # ----------------------------------------------------------------------------- data
+SCENE_KEYS = ("object_count_range", "max_object_speed", "max_camera_speed")  # optional SceneConfig fields of recipe.generate
+
+
 def _scene_config(spec: dict[str, Any]) -> SceneConfig:
-    return SceneConfig(image_size=tuple(spec["image_size"]))
+    extra = {key: tuple(spec[key]) if isinstance(spec[key], list) else spec[key] for key in SCENE_KEYS if key in spec}
+    return SceneConfig(image_size=tuple(spec["image_size"]), **extra)
 
 
 def generate_sots(root: Path, spec: dict[str, Any], progress: bool) -> str:
@@ -74,8 +78,8 @@ def generate_sots(root: Path, spec: dict[str, Any], progress: bool) -> str:
 def generate_gopro(root: Path, spec: dict[str, Any], progress: bool) -> str:
     """GoPro-like train and test sets (``root/{train,test}/GOPRxxxx_11_00/{blur,sharp}``); returns a description."""
     seed, config = int(spec["seed"]), _scene_config(spec)
-    common = {"blur_frames": spec["blur_frames"], "camera_shake": spec["camera_shake"], "config": config,
-              "overwrite": True, "progress": progress}
+    common = {"blur_frames": spec["blur_frames"], "camera_shake": spec["camera_shake"],
+              "camera_pan": spec.get("camera_pan", 0.0), "config": config, "overwrite": True, "progress": progress}
     write_gopro_dataset(root, spec["train_sequences"], spec["train_frames"], seed, split="train", **common)
     write_gopro_dataset(root, spec["test_sequences"], spec["test_frames"], seed + 1, split="test", **common)
     height, width = spec["image_size"]

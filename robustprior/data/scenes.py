@@ -373,22 +373,40 @@ def render_hazy(scene: Scene, beta: float, airlight: float) -> np.ndarray:
     return np.clip(np.rint(hazy * 255.0), 0, 255).astype(np.uint8)
 
 
+def pan_velocity(camera_pan: float, seed: int = 0) -> tuple[float, float]:
+    """The steady pan ``(vx, vy)`` px/frame of :func:`render_motion_frames`: speed ``camera_pan``,
+    direction uniform in [0, 2 pi) drawn from ``seed`` (``(0, 0)`` when ``camera_pan`` is 0)."""
+    if camera_pan < 0:
+        raise ValueError(f"camera_pan must be non-negative, got {camera_pan}")
+    if camera_pan == 0:
+        return 0.0, 0.0
+    angle = np.random.default_rng([seed, 1]).uniform(0.0, 2.0 * np.pi)
+    return float(camera_pan * np.cos(angle)), float(camera_pan * np.sin(angle))
+
+
 def render_motion_frames(
-    scene: Scene, n_frames: int, seed: int = 0, center_time: float = 0.0, camera_shake: float = 0.0
+    scene: Scene, n_frames: int, seed: int = 0, center_time: float = 0.0, camera_shake: float = 0.0,
+    camera_pan: float = 0.0,
 ) -> np.ndarray:
     """N x H x W x 3 uint8 frames at times ``center_time + i - n_frames // 2``.
 
     ``camera_shake`` > 0 adds a seeded random walk (std ``camera_shake`` px per frame) moving
-    every layer together, anchored so the middle frame is unshaken.
+    every layer together, anchored so the middle frame is unshaken. ``camera_pan`` > 0 adds a
+    steady pan of every layer together, ``camera_pan`` px per frame in the seeded direction
+    :func:`pan_velocity` (frame ``i`` shifted by ``(i - n_frames // 2) * pan_velocity``): a
+    uniform, learnable blur of ``camera_pan * (n_frames - 1)`` px on top of the scene's own motion.
     """
     if n_frames < 1:
         raise ValueError(f"n_frames must be at least 1, got {n_frames}")
+    if camera_shake < 0:
+        raise ValueError(f"camera_shake must be non-negative, got {camera_shake}")
     middle = n_frames // 2
     steps = np.zeros((n_frames, 2))
     if camera_shake > 0:
         steps = np.random.default_rng(seed).normal(0.0, camera_shake, size=(n_frames, 2))
     shake_path = np.cumsum(steps, axis=0)
     shake_path -= shake_path[middle]
+    shake_path += (np.arange(n_frames) - middle)[:, None] * np.array(pan_velocity(camera_pan, seed))
     frames = [_compose(scene, center_time + index - middle, shake_path[index])[0] for index in range(n_frames)]
     return np.stack(frames)
 
@@ -407,9 +425,10 @@ def render_motion_blur(
     center_time: float = 0.0,
     gamma: float = 2.2,
     camera_shake: float = 0.0,
+    camera_pan: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(blurred, sharp) H x W x 3 uint8: the gamma-aware mean of ``render_motion_frames`` and its middle frame."""
-    frames = render_motion_frames(scene, n_frames, seed, center_time, camera_shake)
+    frames = render_motion_frames(scene, n_frames, seed, center_time, camera_shake, camera_pan)
     return average_frames(frames, gamma), frames[n_frames // 2]
 
 
@@ -784,6 +803,7 @@ def write_gopro_dataset(
     split: str = "test",
     blur_frames: int = 7,
     camera_shake: float = 0.3,
+    camera_pan: float = 0.0,
     config: SceneConfig | None = None,
     textures: TextureBank | None = None,
     overwrite: bool = False,
@@ -794,12 +814,16 @@ def write_gopro_dataset(
     Each sequence is one scene; output frame ``j`` (0-based) averages ``blur_frames`` sub-frames
     centred on time ``j * blur_frames`` (consecutive, non-overlapping windows). ``blur`` is the plain
     mean (gamma 1), ``blur_gamma`` the mean in gamma-2.2 linear space, ``sharp`` the middle sub-frame.
+    ``camera_shake`` / ``camera_pan``: :func:`render_motion_frames`'s random walk and steady pan
+    (px per sub-frame), seeded per output frame. Object count and speeds come from ``config``
+    (``object_count_range``, ``max_object_speed``, ``max_camera_speed``).
     ``root/SPLIT/generation.json`` records each sequence's scene seed.
     """
     root = Path(root)
     split_folder = root / split
     _prepare_output(split_folder, [split_folder], overwrite)
-    record: dict[str, dict] = {"seed": seed, "blur_frames": blur_frames, "camera_shake": camera_shake, "sequences": {}}
+    record: dict[str, dict] = {"seed": seed, "blur_frames": blur_frames, "camera_shake": camera_shake,
+                               "camera_pan": camera_pan, "sequences": {}}
     progress_bar = tqdm(total=n_sequences * frames_per_sequence, desc=f"GoPro {split} -> {root}", disable=not progress)
     for sequence_index in range(n_sequences):
         scene_seed = derive_seed(seed, sequence_index)
@@ -813,6 +837,7 @@ def write_gopro_dataset(
                 seed=derive_seed(seed, sequence_index, frame_index),
                 center_time=float(frame_index * blur_frames),
                 camera_shake=camera_shake,
+                camera_pan=camera_pan,
             )
             frame_name = f"{frame_index + 1:06d}.png"
             sequence_folder = split_folder / sequence_name
