@@ -76,3 +76,20 @@ def test_overwrite_clears_runs_and_report_but_keeps_data(tmp_path: Path) -> None
         check_output(tmp_path, resume=False, overwrite=False)
     check_output(tmp_path, resume=False, overwrite=True)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "prior_cache"]
+
+
+def test_deblur_generate_settings_reach_the_generator(tmp_path: Path) -> None:
+    from recipes.common import generate_gopro
+
+    spec = {**TOY_DATA["deblur"], "camera_shake": 0.0, "camera_pan": 1.0, "object_count_range": [3, 3],
+            "max_object_speed": 0.0, "max_camera_speed": 0.0}
+    generate_gopro(tmp_path, spec, progress=False)
+    record = json.loads((tmp_path / "train" / "generation.json").read_text())
+    assert (record["camera_pan"], record["camera_shake"], record["blur_frames"]) == (1.0, 0.0, 3)
+    from robustprior.data.scenes import SceneConfig, generate_scene
+
+    config = SceneConfig(image_size=(48, 48), object_count_range=(3, 3), max_object_speed=0.0, max_camera_speed=0.0)
+    scene = generate_scene(record["sequences"]["GOPR0001_11_00"]["scene_seed"], config)
+    assert scene.object_count == 3 and not scene.motion.any() and scene.camera_motion == (0.0, 0.0)
+    default = load_recipe_config("deblur", None)["recipe"]["generate"]
+    assert default["camera_pan"] > 0 and default["camera_shake"] == 0  # the learnable default blur: a steady pan
