@@ -79,7 +79,7 @@ def generate_gopro(root: Path, spec: dict[str, Any], progress: bool) -> str:
     """GoPro-like train and test sets (``root/{train,test}/GOPRxxxx_11_00/{blur,sharp}``); returns a description."""
     seed, config = int(spec["seed"]), _scene_config(spec)
     common = {"blur_frames": spec["blur_frames"], "camera_shake": spec["camera_shake"],
-              "camera_pan": spec.get("camera_pan", 0.0), "config": config, "overwrite": True, "progress": progress}
+              "camera_pan": spec.get("camera_pan", 0.0), "camera_pan_angle": spec.get("camera_pan_angle"), "config": config, "overwrite": True, "progress": progress}
     write_gopro_dataset(root, spec["train_sequences"], spec["train_frames"], seed, split="train", **common)
     write_gopro_dataset(root, spec["test_sequences"], spec["test_frames"], seed + 1, split="test", **common)
     height, width = spec["image_size"]

@@ -81,11 +81,11 @@ def test_overwrite_clears_runs_and_report_but_keeps_data(tmp_path: Path) -> None
 def test_deblur_generate_settings_reach_the_generator(tmp_path: Path) -> None:
     from recipes.common import generate_gopro
 
-    spec = {**TOY_DATA["deblur"], "camera_shake": 0.0, "camera_pan": 1.0, "object_count_range": [3, 3],
+    spec = {**TOY_DATA["deblur"], "camera_shake": 0.0, "camera_pan": 1.0, "camera_pan_angle": 90.0, "object_count_range": [3, 3],
             "max_object_speed": 0.0, "max_camera_speed": 0.0}
     generate_gopro(tmp_path, spec, progress=False)
     record = json.loads((tmp_path / "train" / "generation.json").read_text())
-    assert (record["camera_pan"], record["camera_shake"], record["blur_frames"]) == (1.0, 0.0, 3)
+    assert (record["camera_pan"], record["camera_pan_angle"], record["camera_shake"], record["blur_frames"]) == (1.0, 90.0, 0.0, 3)
     from robustprior.data.scenes import SceneConfig, generate_scene
 
     config = SceneConfig(image_size=(48, 48), object_count_range=(3, 3), max_object_speed=0.0, max_camera_speed=0.0)

@@ -151,6 +151,10 @@ def test_camera_pan_moves_the_whole_frame_steadily(scenes: list[Scene]) -> None:
     velocity = np.array(pan_velocity(speed, seed))
     assert math.isclose(float(np.hypot(*velocity)), speed)
     assert pan_velocity(speed, seed + 1) != tuple(velocity), "the pan direction is drawn from the seed"
+    np.testing.assert_allclose(pan_velocity(2.0, seed, angle=90.0), (0.0, 2.0), atol=1e-12)  # a fixed direction
+    np.testing.assert_allclose(pan_velocity(2.0, seed + 1, angle=180.0), (-2.0, 0.0), atol=1e-12)
+    right = render_motion_frames(still, 3, seed=seed, camera_pan=2.0, camera_pan_angle=0.0)
+    np.testing.assert_array_equal(right[2][:, 12:-12], still.image[:, 10:-14])  # content 2 px further right
     frames = render_motion_frames(still, 5, seed=seed, camera_pan=speed)
     assert frames[2].tobytes() == still.image.tobytes(), "the middle (sharp) frame is not panned"
     grey = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float64) for frame in frames]
