@@ -97,7 +97,8 @@ GENERATE_SCHEMAS: dict[str, Section] = {
     "deblur": Section({"image_size": _SIZE, "train_sequences": Field(int, REQUIRED, at_least=1),
                        "train_frames": Field(int, REQUIRED, at_least=1), "test_sequences": Field(int, REQUIRED, at_least=1),
                        "test_frames": Field(int, REQUIRED, at_least=1), "blur_frames": Field(int, 7, at_least=1),
-                       "camera_shake": Field(float, 0.3, at_least=0), "seed": Field(int, 0), "scene": _SCENE}),
+                       "camera_shake": Field(float, 0.3, at_least=0), "camera_pan": Field(float, 0.0, at_least=0),
+                       "camera_pan_angle": Field(float, None), "seed": Field(int, 0), "scene": _SCENE}),
 }
 RECIPE_SCHEMA = Section({
     "task": Field(str, REQUIRED, choices=("dehaze", "deblur")),
@@ -135,13 +136,15 @@ def generate_sots(root: Path, spec: dict[str, Any], progress: bool) -> str:
 def generate_gopro(root: Path, spec: dict[str, Any], progress: bool) -> str:
     """GoPro-like train and test sets (``root/{train,test}/GOPRxxxx_11_00/{blur,sharp,instances}``); returns a description."""
     seed, config = int(spec["seed"]), _scene_config(spec)
-    common = {"blur_frames": spec["blur_frames"], "camera_shake": spec["camera_shake"], "config": config,
-              "overwrite": True, "progress": progress}
+    common = {"blur_frames": spec["blur_frames"], "camera_shake": spec["camera_shake"],
+              "camera_pan": spec.get("camera_pan", 0.0), "camera_pan_angle": spec.get("camera_pan_angle"),
+              "config": config, "overwrite": True, "progress": progress}
     write_gopro_dataset(root, spec["train_sequences"], spec["train_frames"], seed, split="train", **common)
     write_gopro_dataset(root, spec["test_sequences"], spec["test_frames"], seed + 1, split="test", **common)
     height, width = spec["image_size"]
+    pan = f", a steady {spec['camera_pan']:g} px/sub-frame camera pan" if spec.get("camera_pan") else ""
     return (f"generated GoPro-like data (robustprior.data.scenes, moving layered scenes averaged over {spec['blur_frames']} "
-            f"sub-frames; {width}x{height} px, seeds {seed}/{seed + 1}; NOT the real GoPro)")
+            f"sub-frames{pan}; {width}x{height} px, seeds {seed}/{seed + 1}; NOT the real GoPro)")
 
 
 GENERATORS: dict[str, Callable[[Path, dict[str, Any], bool], str]] = {"dehaze": generate_sots, "deblur": generate_gopro}

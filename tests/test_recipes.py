@@ -156,3 +156,20 @@ def test_a_failing_parallel_job_stops_the_recipe_naming_its_log(tmp_path: Path) 
     with pytest.raises(RunSetupError, match=r"job sam seed 0 failed \(exit \d+\).*log .*seed0.log"):
         _run_jobs_in_processes([("sam", 0, options, run_dir)], parallel=2, threads=1, device="cpu", resume=False)
     assert "total_itr" in (run_dir.parent / "seed0.log").read_text()
+
+
+def test_deblur_generate_settings_reach_the_generator(tmp_path: Path) -> None:
+    from restoration.table8 import generate_gopro
+
+    spec = {**TOY_DATA["deblur"], "camera_shake": 0.0, "camera_pan": 1.0, "camera_pan_angle": 90.0,
+            "scene": {"object_count_range": [3, 3], "max_object_speed": 0.0, "max_camera_speed": 0.0}}
+    generate_gopro(tmp_path, spec, progress=False)
+    record = json.loads((tmp_path / "train" / "generation.json").read_text())
+    assert (record["camera_pan"], record["camera_pan_angle"], record["camera_shake"], record["blur_frames"]) == (1.0, 90.0, 0.0, 3)
+    from robustprior.data.scenes import SceneConfig, generate_scene
+
+    config = SceneConfig(image_size=(48, 48), object_count_range=(3, 3), max_object_speed=0.0, max_camera_speed=0.0)
+    scene = generate_scene(record["sequences"]["GOPR0001_11_00"]["scene_seed"], config)
+    assert scene.object_count == 3 and not scene.motion.any() and scene.camera_motion == (0.0, 0.0)
+    default = load_recipe_config("deblur", None)["recipe"]["generate"]
+    assert default["camera_pan"] > 0 and default["camera_shake"] == 0  # the learnable default blur: a steady pan

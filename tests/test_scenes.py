@@ -19,6 +19,7 @@ from robustprior.data.scenes import (
     average_frames,
     derive_seed,
     generate_scene,
+    pan_velocity,
     render_frame,
     render_hazy,
     render_motion_blur,
@@ -137,6 +138,67 @@ def test_static_object_stays_sharp_while_the_rest_blurs(scenes: list[Scene]) -> 
         blurred, sharp = render_motion_blur(moving, 9, gamma=gamma)
         np.testing.assert_array_equal(blurred[top], sharp[top])
         assert np.abs(blurred.astype(int) - sharp)[~top].mean() > 1.0
+
+
+def _still(scene: Scene) -> Scene:
+    """``scene`` with every layer at rest."""
+    return scene.with_motion(np.zeros((scene.object_count, 2)), camera_motion=(0.0, 0.0))
+
+
+def test_camera_pan_moves_the_whole_frame_steadily(scenes: list[Scene]) -> None:
+    still = _still(scenes[1])
+    speed, seed = 1.5, 7
+    velocity = np.array(pan_velocity(speed, seed))
+    assert math.isclose(float(np.hypot(*velocity)), speed)
+    assert pan_velocity(speed, seed + 1) != tuple(velocity), "the pan direction is drawn from the seed"
+    np.testing.assert_allclose(pan_velocity(2.0, seed, angle=90.0), (0.0, 2.0), atol=1e-12)  # a fixed direction
+    np.testing.assert_allclose(pan_velocity(2.0, seed + 1, angle=180.0), (-2.0, 0.0), atol=1e-12)
+    right = render_motion_frames(still, 3, seed=seed, camera_pan=2.0, camera_pan_angle=0.0)
+    np.testing.assert_array_equal(right[2][:, 12:-12], still.image[:, 10:-14])  # content 2 px further right
+    frames = render_motion_frames(still, 5, seed=seed, camera_pan=speed)
+    assert frames[2].tobytes() == still.image.tobytes(), "the middle (sharp) frame is not panned"
+    grey = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float64) for frame in frames]
+    window = cv2.createHanningWindow(grey[0].shape[::-1], cv2.CV_64F)
+    for index in (0, 1, 3, 4):  # an independent measurement of each frame's shift against the sharp one
+        (shift_x, shift_y), _ = cv2.phaseCorrelate(grey[2], grey[index], window)
+        np.testing.assert_allclose((shift_x, shift_y), (index - 2) * velocity, atol=0.2)
+    # a pan is the same as adding its velocity to every layer of the still scene
+    moved = still.with_motion(np.tile(velocity, (still.object_count, 1)), camera_motion=tuple(velocity))
+    assert np.abs(frames.astype(int) - render_motion_frames(moved, 5)).mean() < 0.05
+
+
+def test_blur_width_grows_with_the_pan_speed(scenes: list[Scene]) -> None:
+    still = _still(scenes[2])
+    blurred, sharp = render_motion_blur(still, 5, seed=3, camera_pan=0.0)
+    assert blurred.tobytes() == sharp.tobytes(), "no pan, no shake, no motion: no blur"
+    errors = []
+    for speed in (0.5, 1.0, 2.0):
+        blurred, sharp = render_motion_blur(still, 5, seed=3, camera_pan=speed)
+        errors.append(np.abs(blurred.astype(int) - sharp).mean())
+    assert errors[0] > 0.5 and errors[0] < errors[1] < errors[2]
+    # so does the number of sub-frames at a fixed speed
+    wider = np.abs(np.subtract(*render_motion_blur(still, 9, seed=3, camera_pan=1.0), dtype=int)).mean()
+    assert wider > errors[1]
+    with pytest.raises(ValueError, match="camera_pan"):
+        render_motion_frames(still, 5, camera_pan=-1.0)
+
+
+def test_gopro_writer_pans_and_records_it(tmp_path: Path) -> None:
+    small = SceneConfig(image_size=(48, 64), object_count_range=(4, 4), max_object_speed=0.5, max_camera_speed=0.0)
+    root = write_gopro_dataset(tmp_path, 1, 2, seed=9, blur_frames=5, camera_shake=0.0, camera_pan=1.0, config=small,
+                               progress=False)
+    record = json.loads((root / "test" / "generation.json").read_text())
+    assert record["camera_pan"] == 1.0 and record["camera_shake"] == 0.0
+    scene = generate_scene(record["sequences"]["GOPR0001_11_00"]["scene_seed"], small)
+    assert scene.object_count == 4 and scene.camera_motion == (0.0, 0.0)
+    assert np.all(np.hypot(*scene.motion.T) <= 0.5)
+    for frame_index, (blur_path, sharp_path) in enumerate(pair_gopro(root, "test")):
+        frames = render_motion_frames(scene, 5, seed=derive_seed(9, 0, frame_index), center_time=frame_index * 5.0,
+                                      camera_pan=1.0)
+        np.testing.assert_array_equal(read_rgb(blur_path), average_frames(frames, gamma=1.0))
+        np.testing.assert_array_equal(read_rgb(sharp_path), frames[2])
+        unpanned = render_motion_frames(scene, 5, seed=derive_seed(9, 0, frame_index), center_time=frame_index * 5.0)
+        assert np.abs(read_rgb(blur_path).astype(int) - average_frames(unpanned, gamma=1.0)).mean() > 1.0
 
 
 def test_objects_move_by_their_velocity(scenes: list[Scene]) -> None:

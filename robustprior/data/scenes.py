@@ -374,22 +374,42 @@ def render_hazy(scene: Scene, beta: float, airlight: float) -> np.ndarray:
     return np.clip(np.rint(hazy * 255.0), 0, 255).astype(np.uint8)
 
 
+def pan_velocity(camera_pan: float, seed: int = 0, angle: float | None = None) -> tuple[float, float]:
+    """The steady pan ``(vx, vy)`` px/frame of :func:`render_motion_frames`: speed ``camera_pan`` in
+    direction ``angle`` (degrees, 0 = +x, 90 = +y, i.e. down the image), or, when ``angle`` is None,
+    a direction uniform in [0, 360) drawn from ``seed``; ``(0, 0)`` when ``camera_pan`` is 0."""
+    if camera_pan < 0:
+        raise ValueError(f"camera_pan must be non-negative, got {camera_pan}")
+    if camera_pan == 0:
+        return 0.0, 0.0
+    angle = np.random.default_rng([seed, 1]).uniform(0.0, 2.0 * np.pi) if angle is None else np.deg2rad(angle)
+    return float(camera_pan * np.cos(angle)), float(camera_pan * np.sin(angle))
+
+
 def render_motion_frames(
-    scene: Scene, n_frames: int, seed: int = 0, center_time: float = 0.0, camera_shake: float = 0.0
+    scene: Scene, n_frames: int, seed: int = 0, center_time: float = 0.0, camera_shake: float = 0.0,
+    camera_pan: float = 0.0, camera_pan_angle: float | None = None,
 ) -> np.ndarray:
     """N x H x W x 3 uint8 frames at times ``center_time + i - n_frames // 2``.
 
     ``camera_shake`` > 0 adds a seeded random walk (std ``camera_shake`` px per frame) moving
-    every layer together, anchored so the middle frame is unshaken.
+    every layer together, anchored so the middle frame is unshaken. ``camera_pan`` > 0 adds a
+    steady pan of every layer together, ``camera_pan`` px per frame in the direction
+    ``pan_velocity(camera_pan, seed, camera_pan_angle)`` (frame ``i`` shifted by
+    ``(i - n_frames // 2)`` times that velocity): a
+    uniform, learnable blur of ``camera_pan * (n_frames - 1)`` px on top of the scene's own motion.
     """
     if n_frames < 1:
         raise ValueError(f"n_frames must be at least 1, got {n_frames}")
+    if camera_shake < 0:
+        raise ValueError(f"camera_shake must be non-negative, got {camera_shake}")
     middle = n_frames // 2
     steps = np.zeros((n_frames, 2))
     if camera_shake > 0:
         steps = np.random.default_rng(seed).normal(0.0, camera_shake, size=(n_frames, 2))
     shake_path = np.cumsum(steps, axis=0)
     shake_path -= shake_path[middle]
+    shake_path += (np.arange(n_frames) - middle)[:, None] * np.array(pan_velocity(camera_pan, seed, camera_pan_angle))
     frames = [_compose(scene, center_time + index - middle, shake_path[index])[0] for index in range(n_frames)]
     return np.stack(frames)
 
@@ -408,9 +428,11 @@ def render_motion_blur(
     center_time: float = 0.0,
     gamma: float = 2.2,
     camera_shake: float = 0.0,
+    camera_pan: float = 0.0,
+    camera_pan_angle: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(blurred, sharp) H x W x 3 uint8: the gamma-aware mean of ``render_motion_frames`` and its middle frame."""
-    frames = render_motion_frames(scene, n_frames, seed, center_time, camera_shake)
+    frames = render_motion_frames(scene, n_frames, seed, center_time, camera_shake, camera_pan, camera_pan_angle)
     return average_frames(frames, gamma), frames[n_frames // 2]
 
 
@@ -787,6 +809,8 @@ def write_gopro_dataset(
     split: str = "test",
     blur_frames: int = 7,
     camera_shake: float = 0.3,
+    camera_pan: float = 0.0,
+    camera_pan_angle: float | None = None,
     config: SceneConfig | None = None,
     textures: TextureBank | None = None,
     overwrite: bool = False,
@@ -798,12 +822,17 @@ def write_gopro_dataset(
     centred on time ``j * blur_frames`` (consecutive, non-overlapping windows). ``blur`` is the plain
     mean (gamma 1), ``blur_gamma`` the mean in gamma-2.2 linear space, ``sharp`` the middle sub-frame,
     ``instances`` (16-bit, 0 = background, k = the k-th object) the sharp frame's true instance map.
+    ``camera_shake`` / ``camera_pan`` / ``camera_pan_angle``: :func:`render_motion_frames`'s random
+    walk and steady pan (px per sub-frame; angle in degrees, None = a seeded direction per output
+    frame). Object count and speeds come from ``config`` (``object_count_range``, ``max_object_speed``,
+    ``max_camera_speed``).
     ``root/SPLIT/generation.json`` records each sequence's scene seed.
     """
     root = Path(root)
     split_folder = root / split
     _prepare_output(split_folder, [split_folder], overwrite)
-    record: dict[str, dict] = {"seed": seed, "blur_frames": blur_frames, "camera_shake": camera_shake, "sequences": {}}
+    record: dict[str, dict] = {"seed": seed, "blur_frames": blur_frames, "camera_shake": camera_shake,
+                               "camera_pan": camera_pan, "camera_pan_angle": camera_pan_angle, "sequences": {}}
     progress_bar = tqdm(total=n_sequences * frames_per_sequence, desc=f"GoPro {split} -> {root}", disable=not progress)
     for sequence_index in range(n_sequences):
         scene_seed = derive_seed(seed, sequence_index)
@@ -817,6 +846,8 @@ def write_gopro_dataset(
                 seed=derive_seed(seed, sequence_index, frame_index),
                 center_time=float(frame_index * blur_frames),
                 camera_shake=camera_shake,
+                camera_pan=camera_pan,
+                camera_pan_angle=camera_pan_angle,
             )
             frame_name = f"{frame_index + 1:06d}.png"
             sequence_folder = split_folder / sequence_name
