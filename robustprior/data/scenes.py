@@ -43,7 +43,9 @@ Degradations
   bilinear ``cv2.warpAffine``), keeping the painting order; the blurred image is the mean
   of the frames after undoing a display gamma (``gamma=2.2``, "linear-ish" averaging;
   ``gamma=1`` is plain averaging) and the sharp image is the middle frame (index
-  ``n_frames // 2``, at exactly ``center_time``).
+  ``n_frames // 2``, at exactly ``center_time``). Optional camera motion moves every layer
+  together: a random walk (``camera_shake``) or a steady pan (``camera_pan`` px per frame, in
+  direction ``camera_pan_angle`` or a seeded one).
 
 Determinism: the same seed, config and texture source give byte-identical arrays (on
 the same OpenCV build). Textures come from a ``TextureBank``: by default the real photos
