@@ -10,7 +10,9 @@
   the run engine (``python -m restoration.train --opt OPTIONS.yaml``); :mod:`restoration.restore`: a
   user's image or folder restored with a trained run and its own prior (the recipes' ``--restore``).
 * :mod:`restoration.metrics`, :mod:`restoration.tiling`, :mod:`restoration.report`: PSNR / SSIM,
-  tiled inference and Table-8-style reports.
+  tiled inference and Table-8-style reports; :mod:`restoration.table8`: the recipes (rows x seeds, control
+  priors :mod:`restoration.control_priors`, :mod:`restoration.verdict`, :mod:`restoration.prior_quality`,
+  :mod:`restoration.prior_reliance`).
 
 BasicSR: metrics only, no registries
 ------------------------------------
