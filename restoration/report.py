@@ -174,6 +174,13 @@ def _with_sd(mean: float, sd: float | None, digits: int) -> str:
     return _number(mean, digits) + ("" if sd is None else f" ± {sd:.{digits}f}")
 
 
+def _augmentation(setup: Mapping[str, Any]) -> str:
+    """" with flips and 90-degree rotations" / " with flips" / "" from the recipe's ``augment`` facts."""
+    augment = setup.get("augment") or {}
+    parts = [name for key, name in (("use_flip", "flips"), ("use_rot", "90-degree rotations")) if augment.get(key)]
+    return f" with {' and '.join(parts)}" if parts else ""
+
+
 def _verdict_section(report: Mapping[str, Any]) -> list[str]:
     verdict = report.get("verdict")
     if verdict is None:
@@ -245,7 +252,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "the same network without prior input.",
         f"- **Network**: {protocol['network']}.",
         f"- **Training** (each run): {train['total_iter']} iterations, batch {train['batch_size']}, "
-        f"{train['crop_size']} px crops with flips/rotations, loss {train['loss']}, "
+        f"{train['crop_size']} px crops{_augmentation(setup)}, loss {train['loss']}, "
         f"{_call_string(train['optimizer'])}, {_call_string(train['scheduler'])} over the run; device {protocol['device']} "
         f"x {protocol['world_size']}. Seeds: {', '.join(map(str, setup.get('seeds', seeds)))} for the SAM and RobustSAM "
         "rows, the first seed for the others.",

@@ -442,7 +442,8 @@ def _run_recipe(task: str, args: argparse.Namespace) -> int:
              "parallel": config["recipe"]["parallel"] if in_processes else 1, "wall_seconds": round(wall, 1),
              "cpu_seconds": round(cpu_seconds, 1), "idle_two_core_estimate_seconds": round(cpu_seconds / 2, 1),
              "command": " ".join(sys.argv), "load_average": {"start": load_start, "end": _load_average()},
-             "dropped_rows": dropped, "seeds": config["recipe"]["seeds"]}
+             "dropped_rows": dropped, "seeds": config["recipe"]["seeds"],
+             "augment": {key: bool(reference["datasets"]["train"].get(key)) for key in ("use_flip", "use_rot")}}
     paths = write_report(task, output, run_dirs, setup, quality, reliance, int(config["recipe"]["grid_images"]))
     report = json.loads(paths["report.json"].read_text())
     print(format_table(report))
