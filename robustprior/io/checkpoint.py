@@ -89,7 +89,7 @@ class CheckpointError(ValueError):
 def _torch_load(path: Path, mmap: bool = False) -> Mapping[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:  # torch's own message suggests weights_only=False: never here
+    except pickle.UnpicklingError:  # never retried with unpickling enabled, whatever torch suggests
         raise CheckpointError(
             f"refusing to load {path}: torch.load(weights_only=True) cannot read it (Python objects that unpickling "
             "would run, which is never done here, or not a checkpoint at all)"
