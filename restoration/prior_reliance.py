@@ -11,13 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from restoration.datasets import image_covering_features
-from restoration.metrics import psnr, tensor_to_uint8
-from restoration.paired_data import read_pair, read_rgb_float
-from restoration.train import PRIOR_CACHE_NAME, RESULTS_NAME, load_trained_run, restore_image
+from restoration.metrics import psnr
+from restoration.paired_data import read_pair
+from restoration.train import PRIOR_CACHE_NAME, RESULTS_NAME, load_trained_run
 
 
 def prior_reliance(run_dir: str | Path, device: str = "cpu", progress: bool = False) -> dict[str, Any]:
@@ -33,22 +31,10 @@ def prior_reliance(run_dir: str | Path, device: str = "cpu", progress: bool = Fa
     records = json.loads(results_file.read_text())["metrics"]["per_image"]
     priors = run.prepare_priors([record["lq_path"] for record in records],
                                 run.options["prior"]["cache_dir"] or run_dir / PRIOR_CACHE_NAME, progress=False)
-    options = run.options["val"]
     with_prior, zeroed = [], []
     for record in tqdm(records, desc=f"prior reliance {run_dir.name}", disable=not progress):
         gt = read_pair(record["lq_path"], record["gt_path"])[1]
-        image = torch.from_numpy(np.ascontiguousarray(read_rgb_float(record["lq_path"]).transpose(2, 0, 1)))[None]
-        stored = priors.load(record["lq_path"])
-        labels = priors.label_map(stored)
-        label_map = torch.from_numpy(labels)[None]
-        features = None
-        if priors.feature is not None:
-            features = image_covering_features(getattr(stored, priors.feature).float(), labels.shape)[None]
-        for target, (labels_in, features_in) in ((with_prior, (label_map, features)),
-                                                 (zeroed, (torch.zeros_like(label_map),
-                                                           None if features is None else torch.zeros_like(features)))):
-            restored = restore_image(run.network, image, labels_in, features_in, grey_scale=run.grey_scale,
-                                     tile=options["tile"], overlap=options["overlap"], device=run.device)
-            target.append(psnr(tensor_to_uint8(restored), gt))
+        with_prior.append(psnr(run.restore_file(record["lq_path"], priors), gt))
+        zeroed.append(psnr(run.restore_file(record["lq_path"], priors, zero_prior=True), gt))
     score, score_zeroed = float(np.mean(with_prior)), float(np.mean(zeroed))
     return {"images": len(records), "psnr": score, "psnr_zeroed": score_zeroed, "cost_db": score - score_zeroed}

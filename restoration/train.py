@@ -615,10 +615,11 @@ class TrainedRun:
         return index
 
     def restore_file(self, path: str | Path, priors: PriorIndex | None = None, *, tile: int | None = None,
-                     overlap: int | None = None) -> np.ndarray:
+                     overlap: int | None = None, zero_prior: bool = False) -> np.ndarray:
         """The restored H x W x 3 uint8 RGB image of an image file (its prior from ``priors``), as
         overlapping ``tile`` x ``tile`` windows when a side exceeds ``tile`` (None: the run's ``val.tile``;
-        0: never tiled) with ``overlap`` (None: the run's ``val.overlap``)."""
+        0: never tiled) with ``overlap`` (None: the run's ``val.overlap``). ``zero_prior``: the label map
+        (all 0: one region) and latent features (all 0) zeroed, to measure how much the network reads them."""
         image = torch.from_numpy(np.ascontiguousarray(read_rgb_float(path).transpose(2, 0, 1)))[None]
         label_map = features = None
         if priors is not None:
@@ -627,6 +628,9 @@ class TrainedRun:
             label_map = torch.from_numpy(labels)[None]
             if priors.feature is not None:
                 features = image_covering_features(getattr(stored, priors.feature).float(), labels.shape)[None]
+            if zero_prior:
+                label_map = torch.zeros_like(label_map)
+                features = None if features is None else torch.zeros_like(features)
         tile = self.options["val"]["tile"] if tile is None else tile
         overlap = self.options["val"]["overlap"] if overlap is None else overlap
         restored = restore_image(self.network, image, label_map, features, grey_scale=self.grey_scale,
