@@ -2,7 +2,7 @@
 
 Without ``torchrun`` a process is rank 0 of 1. Under ``torchrun`` (``WORLD_SIZE``, ``RANK`` and
 ``LOCAL_RANK`` in the environment) :func:`setup_distributed` joins the process group once: NCCL when
-the device is a GPU, gloo on the CPU; each rank takes GPU ``LOCAL_RANK``.
+the device is a GPU, gloo on the CPU; each rank takes GPU ``LOCAL_RANK``. The group is destroyed when the process exits.
 
 Device names: ``auto`` (this rank's GPU when CUDA is available, else the CPU), ``cpu``, ``cuda``
 (this rank's GPU) or ``cuda:N``. Anything else, or a GPU that this machine does not have, is an
@@ -10,6 +10,7 @@ error before any work: a run never falls back to the CPU silently.
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import re
@@ -118,6 +119,14 @@ class DistributedContext:
         return result
 
 
+def _leave_process_group() -> None:
+    """Destroy the process group at interpreter exit. Left to the C++ destructors, gloo's worker
+    threads can abort the process (``terminate called without an active exception``, SIGABRT) after
+    the script's work has finished, and ``torchrun`` then reports the whole job as failed."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def setup_distributed(device: str | torch.device | None = "auto",
                       timeout: datetime.timedelta = datetime.timedelta(hours=4)) -> DistributedContext:
     """This process's :class:`DistributedContext`: joins the ``torchrun`` process group once (NCCL for
@@ -130,6 +139,7 @@ def setup_distributed(device: str | torch.device | None = "auto",
         torch.cuda.set_device(resolved)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo", timeout=timeout)
+        atexit.register(_leave_process_group)
     rank = dist.get_rank() if dist.is_initialized() else 0
     size = dist.get_world_size() if dist.is_initialized() else 1
     return DistributedContext(rank, size, resolved, local_rank)
