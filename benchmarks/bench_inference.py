@@ -10,7 +10,8 @@
    release (PyPI robust-segment-anything) decoding one prompt at a time on the same weights; the
    image encoding is done once beforehand for both and not timed.
 
-    python benchmarks/bench_inference.py [--models vit_t,vit_b] [--repeats 3] [--prompts 64] [--threads 2]
+    python benchmarks/bench_inference.py [--parts flops,table1,prompts] [--models vit_t,vit_b] [--repeats 3]
+        [--prompts 64] [--threads 2]
 """
 from __future__ import annotations
 
@@ -183,33 +184,43 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--worker", choices=("sam", "robust"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
+    parser.add_argument("--parts", default="flops,table1,prompts",
+                        help="comma-separated parts to run: flops (0), table1 (1), prompts (2)")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(measure_path(args.model, args.worker, args.repeats, args.threads)))
         return
+    parts = set(args.parts.split(","))
+    unknown = parts - {"flops", "table1", "prompts"}
+    if unknown:
+        parser.error(f"unknown part(s) {sorted(unknown)}; choose from flops, table1, prompts")
     print(f"torch {torch.__version__}, {args.threads} threads, CPU")
-    result = {"flops": flop_ratios()}
-    print("\n0. GFLOPs, image encoding + one point prompt (FFT not counted)")
-    print(f"{'model':<8}{'encoder':>10}{'SAM decoder':>13}{'robust decoder':>16}{'robust/SAM':>12}")
-    for model_type, row in result["flops"].items():
-        print(f"{model_type:<8}{row['encoder_gflops']:>10.1f}{row['sam_decoder_gflops']:>13.1f}"
-              f"{row['robust_decoder_gflops']:>16.1f}{row['ratio']:>11.3f}x")
-    result["overhead"] = {}
-    print(f"\n1. Table 1: robust-path overhead at the input size, set_image + 1 point, median of {args.repeats}")
-    print(f"{'model':<8}{'path':<10}{'seconds':>10}{'peak RSS MB':>14}   (peak over inference; weights included)")
-    for model_type in args.models.split(","):
-        o = result["overhead"][model_type] = overhead(model_type, args.repeats, args.threads)
-        for path in ("sam", "robust"):
-            print(f"{model_type:<8}{path:<10}{o[path]['seconds']:>10.3f}{o[path]['peak_rss_mb']:>14.0f}")
-        print(f"{model_type:<8}ratio robust/sam: time {o['time_ratio']:.3f}x (target <= 1.05), "
-              f"peak memory {o['memory_ratio']:.3f}x (target <= 1.05)")
-    result["prompts"] = prompts_per_second(args.prompts, args.threads)
-    p = result["prompts"]
-    print(f"\n2. {p['prompts']} prompts on one image (vit_b decoder shapes, encoder excluded)")
-    print(f"{'decoder':<34}{'seconds':>10}{'prompts/s':>12}")
-    print(f"{'robustprior, one batched forward':<34}{p['ours_seconds']:>10.3f}{p['ours_prompts_per_s']:>12.2f}")
-    print(f"{'official release, one at a time':<34}{p['official_seconds']:>10.3f}{p['official_prompts_per_s']:>12.2f}")
-    print(f"speed-up {p['speedup']:.2f}x (target >= 5x); outputs agree to {p['max_abs_logit_difference']:.2e}")
+    result: dict = {}
+    if "flops" in parts:
+        result["flops"] = flop_ratios()
+        print("\n0. GFLOPs, image encoding + one point prompt (FFT not counted)")
+        print(f"{'model':<8}{'encoder':>10}{'SAM decoder':>13}{'robust decoder':>16}{'robust/SAM':>12}")
+        for model_type, row in result["flops"].items():
+            print(f"{model_type:<8}{row['encoder_gflops']:>10.1f}{row['sam_decoder_gflops']:>13.1f}"
+                  f"{row['robust_decoder_gflops']:>16.1f}{row['ratio']:>11.3f}x")
+    if "table1" in parts:
+        result["overhead"] = {}
+        print(f"\n1. Table 1: robust-path overhead at the input size, set_image + 1 point, median of {args.repeats}")
+        print(f"{'model':<8}{'path':<10}{'seconds':>10}{'peak RSS MB':>14}   (peak over inference; weights included)")
+        for model_type in args.models.split(","):
+            o = result["overhead"][model_type] = overhead(model_type, args.repeats, args.threads)
+            for path in ("sam", "robust"):
+                print(f"{model_type:<8}{path:<10}{o[path]['seconds']:>10.3f}{o[path]['peak_rss_mb']:>14.0f}")
+            print(f"{model_type:<8}ratio robust/sam: time {o['time_ratio']:.3f}x (target <= 1.05), "
+                  f"peak memory {o['memory_ratio']:.3f}x (target <= 1.05)")
+    if "prompts" in parts:
+        result["prompts"] = prompts_per_second(args.prompts, args.threads)
+        p = result["prompts"]
+        print(f"\n2. {p['prompts']} prompts on one image (vit_b decoder shapes, encoder excluded)")
+        print(f"{'decoder':<34}{'seconds':>10}{'prompts/s':>12}")
+        print(f"{'robustprior, one batched forward':<34}{p['ours_seconds']:>10.3f}{p['ours_prompts_per_s']:>12.2f}")
+        print(f"{'official release, one at a time':<34}{p['official_seconds']:>10.3f}{p['official_prompts_per_s']:>12.2f}")
+        print(f"speed-up {p['speedup']:.2f}x (target >= 5x); outputs agree to {p['max_abs_logit_difference']:.2e}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
 

@@ -281,3 +281,46 @@ def test_channel_layer_norm_and_block_attention_merge_equal_the_plain_formulas()
     coarse = attention.coarse(a + b)
     torch.testing.assert_close(weight_bn, F.interpolate(coarse[0], size=(16, 20), mode="nearest"))
     torch.testing.assert_close(attention.merge(a, b), a * weight_bn + b * weight_in)
+
+
+def test_inference_layout_gives_the_training_layouts_masks() -> None:
+    """Without autograd the decoder runs its per-prompt maps channels-last (faster convolutions on the
+    CPU); the masks, scores and fused features equal the standard layout's (autograd on) within 1e-4."""
+    from robustprior.modeling.layer_norm import is_channels_last
+
+    torch.manual_seed(0)
+    model = build_robust_sam("tiny", random_init=True).eval()
+    for module in model.robust.modules():  # give BatchNorm non-trivial running statistics
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+    images = model.preprocess(torch.rand(2, 3, 256, 256) * 255)
+    points = (torch.rand(6, 2, 2) * 256, torch.tensor([[1, 0]] * 6))
+    image_index = torch.tensor([0, 1, 1, 0, 1, 0])
+    with torch.no_grad():
+        features = model.encode_image(images)
+        sparse, dense = model.encode_prompts(points=points)
+    for path in ("robust", "sam"):
+        with torch.no_grad():
+            fast = model.decode(features, sparse, dense, image_index, multimask_output=None, path=path, fused=True)
+            one_image = model.decode(type(features)(features.embedding[:1], features.complementary[:1]),
+                                     sparse, dense, None, multimask_output=None, path=path)
+        with torch.enable_grad():
+            standard = model.decode(features, sparse, dense, image_index, multimask_output=None, path=path, fused=True)
+            standard_one = model.decode(type(features)(features.embedding[:1], features.complementary[:1]),
+                                        sparse, dense, None, multimask_output=None, path=path)
+        assert is_channels_last(fast.mask_feature) and not is_channels_last(standard.mask_feature)
+        scale = float(standard.mask_logits.abs().max())
+        for ours, reference in ((fast, standard), (one_image, standard_one)):
+            torch.testing.assert_close(ours.mask_logits, reference.mask_logits.detach(), atol=1e-4 * scale, rtol=0)
+            torch.testing.assert_close(ours.iou_predictions, reference.iou_predictions.detach())
+        if path == "sam":
+            torch.testing.assert_close(fast.fused_feature, standard.fused_feature.detach(), atol=1e-4, rtol=1e-4)
+    merge_a, merge_b = torch.randn(2, 12, 16, 20), torch.randn(2, 12, 16, 20)
+    from robustprior.modeling.selective_convolution import BranchAttention
+
+    attention = BranchAttention(12, reduction=4)
+    last = attention.merge(merge_a.contiguous(memory_format=torch.channels_last),
+                           merge_b.contiguous(memory_format=torch.channels_last))
+    assert is_channels_last(last)
+    torch.testing.assert_close(last, attention.merge(merge_a, merge_b), rtol=0, atol=0)

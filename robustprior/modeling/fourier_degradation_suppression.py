@@ -17,6 +17,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .layer_norm import is_channels_last
+
 FourierMode = Literal["paper", "identity"]
 FOURIER_MODES: tuple[str, ...] = ("paper", "identity")
 
@@ -51,7 +53,8 @@ class FourierDegradationSuppression(nn.Module):
         ratio = amplitude / torch.where(nonzero, magnitude, torch.ones_like(magnitude))
         rebuilt = torch.complex(spectrum.real * ratio + torch.where(nonzero, torch.zeros_like(amplitude), amplitude),
                                 spectrum.imag * ratio)
-        return torch.fft.irfft2(rebuilt, s=(height, width), dim=(-2, -1)).to(x.dtype)
+        output = torch.fft.irfft2(rebuilt, s=(height, width), dim=(-2, -1)).to(x.dtype)
+        return output.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else output
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"

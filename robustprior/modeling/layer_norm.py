@@ -18,9 +18,16 @@ class ChannelLayerNorm2d(LayerNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         normalised = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        if is_channels_last(x):  # inference's layout (RobustSAM.upscale): stay in it, no copy
+            return normalised.permute(0, 3, 1, 2)
         # back to the standard layout: channels-last maps sent oneDNN's convolutions down code paths whose
         # results depended on memory alignment (training was then not bit-reproducible)
         return normalised.permute(0, 3, 1, 2).contiguous()
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether a ``B x C x H x W`` map is stored channels-last (and not also plain contiguous, as when C = 1)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def use_channel_layer_norm(module: nn.Module) -> nn.Module:

@@ -28,6 +28,7 @@ from .anti_degradation_output_tokens import AntiDegradationOutputTokens, TokenMo
 from .early_features import EarlyFeatureHook
 from .feature_fusion import RobustFeatureFusion
 from .fourier_degradation_suppression import FourierMode
+from .layer_norm import is_channels_last
 from .two_way_transformer import run_two_way_transformer
 
 DecoderPath = Literal["robust", "sam"]
@@ -77,6 +78,12 @@ class TransformerOutput:
         """The prompts picked by ``keep`` (a ``P`` bool mask or indices), in order."""
         return TransformerOutput(self.path, self.image_index[keep], self.iou_predictions[keep], self.mask_tokens[keep],
                                  self.image_tokens[keep])
+
+
+def _per_prompt(image_part: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+    """Each prompt's row of a per-image ``B x ...`` tensor (``P x ...``); with one image, a broadcastable
+    view instead of P copies."""
+    return image_part if image_part.shape[0] == 1 else image_part.index_select(0, image_index)
 
 
 class RobustComponents(nn.Module):
@@ -235,7 +242,10 @@ class RobustSAM(nn.Module):
         """The decoder's output upscaling: image tokens ``P x hw x D`` -> ``P x D/8 x 4h x 4w``."""
         prompts, _, channels = image_tokens.shape
         h, w = self.prompt_encoder.image_embedding_size
-        return self.mask_decoder.output_upscaling(image_tokens.transpose(1, 2).reshape(prompts, channels, h, w))
+        grid = image_tokens.reshape(prompts, h, w, channels).permute(0, 3, 1, 2)  # a channels-last view
+        if torch.is_grad_enabled():
+            grid = grid.contiguous()  # training keeps the standard layout (layer_norm.channels_last_for_inference)
+        return self.mask_decoder.output_upscaling(grid)
 
     def run_transformer(
         self,
@@ -288,11 +298,11 @@ class RobustSAM(nn.Module):
                     image_part = fusion.upsample_image_features(embedding, complementary)
                     refined.update(embedding=embedding, complementary=complementary)
                 refined["mask_feature"] = fusion.mask_feature_amfg(upscaled)
-                fused_feature = fusion.mask_feature_conv(refined["mask_feature"]) + image_part.index_select(0, image_index)
+                fused_feature = fusion.mask_feature_conv(refined["mask_feature"]) + _per_prompt(image_part, image_index)
             else:
                 if image_part is None or not robust:
                     image_part = fusion.image_features(features.embedding, features.complementary, robust)
-                fused_feature = fusion.mask_features(upscaled, robust) + image_part.index_select(0, image_index)
+                fused_feature = fusion.mask_features(upscaled, robust) + _per_prompt(image_part, image_index)
         if path == "robust":
             robust_tokens = self.robust.token_generation(mask_tokens)  # P x T x D
             classifiers = self.robust.robust_mlp(robust_tokens)  # P x T x D/8
@@ -305,7 +315,11 @@ class RobustSAM(nn.Module):
             )
             mask_feature = upscaled
         b, c, h, w = mask_feature.shape
-        mask_logits = (classifiers @ mask_feature.reshape(b, c, h * w)).view(b, -1, h, w)
+        if is_channels_last(mask_feature):  # inference: P x hw x C is a view, only the T logits are copied
+            pixels = mask_feature.permute(0, 2, 3, 1).reshape(b, h * w, c)
+            mask_logits = (pixels @ classifiers.transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
+        else:
+            mask_logits = (classifiers @ mask_feature.reshape(b, c, h * w)).view(b, -1, h, w)
         return DecoderOutput(
             mask_logits=mask_logits,
             iou_predictions=transformer.iou_predictions,

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layer_norm import is_channels_last
+
 
 class BranchAttention(nn.Module):
     """Softmax attention over the two branches, computed on a coarse ``grid x grid`` layout.
@@ -50,7 +52,15 @@ class BranchAttention(nn.Module):
         if h % g or w % g:
             weight_bn, weight_in = self(batch_norm_branch + instance_norm_branch)
             return batch_norm_branch * weight_bn + instance_norm_branch * weight_in
-        weights = self.coarse(batch_norm_branch + instance_norm_branch)[:, :, :, :, None, :, None]
+        coarse = self.coarse(batch_norm_branch + instance_norm_branch)
+        if is_channels_last(batch_norm_branch) and is_channels_last(instance_norm_branch):
+            # the same products on the B x H x W x C storage order, so nothing is copied to NCHW
+            weights = coarse.permute(0, 1, 3, 4, 2)[:, :, :, None, :, None, :]
+            blocks = (b, g, h // g, g, w // g, c)
+            merged = (batch_norm_branch.permute(0, 2, 3, 1).reshape(blocks) * weights[0]
+                      + instance_norm_branch.permute(0, 2, 3, 1).reshape(blocks) * weights[1])
+            return merged.reshape(b, h, w, c).permute(0, 3, 1, 2)
+        weights = coarse[:, :, :, :, None, :, None]
         blocks = (b, c, g, h // g, g, w // g)  # nearest upsampling by whole blocks = a broadcast over them
         merged = batch_norm_branch.reshape(blocks) * weights[0] + instance_norm_branch.reshape(blocks) * weights[1]
         return merged.reshape(b, c, h, w)
