@@ -29,7 +29,7 @@ from .early_features import EarlyFeatureHook
 from .feature_fusion import RobustFeatureFusion
 from .fourier_degradation_suppression import FourierMode
 from .layer_norm import is_channels_last
-from .two_way_transformer import run_two_way_transformer
+from .two_way_transformer import per_prompt, run_two_way_transformer
 
 DecoderPath = Literal["robust", "sam"]
 
@@ -78,12 +78,6 @@ class TransformerOutput:
         """The prompts picked by ``keep`` (a ``P`` bool mask or indices), in order."""
         return TransformerOutput(self.path, self.image_index[keep], self.iou_predictions[keep], self.mask_tokens[keep],
                                  self.image_tokens[keep])
-
-
-def _per_prompt(image_part: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
-    """Each prompt's row of a per-image ``B x ...`` tensor (``P x ...``); with one image, a broadcastable
-    view instead of P copies."""
-    return image_part if image_part.shape[0] == 1 else image_part.index_select(0, image_index)
 
 
 class RobustComponents(nn.Module):
@@ -239,12 +233,17 @@ class RobustSAM(nn.Module):
         return hidden[:, 0], hidden[:, 1 : 1 + decoder.num_mask_tokens], image_tokens
 
     def upscale(self, image_tokens: torch.Tensor) -> torch.Tensor:
-        """The decoder's output upscaling: image tokens ``P x hw x D`` -> ``P x D/8 x 4h x 4w``."""
+        """The decoder's output upscaling: image tokens ``P x hw x D`` -> ``P x D/8 x 4h x 4w``.
+
+        Without autograd (inference) the maps are stored channels-last, and every per-prompt layer after
+        this keeps that layout: oneDNN's small-channel convolutions run faster in it on the CPU, and the
+        results move by float rounding only. Training keeps the standard layout, whose results are
+        bit-reproducible (see :class:`~robustprior.modeling.layer_norm.ChannelLayerNorm2d`)."""
         prompts, _, channels = image_tokens.shape
         h, w = self.prompt_encoder.image_embedding_size
         grid = image_tokens.reshape(prompts, h, w, channels).permute(0, 3, 1, 2)  # a channels-last view
         if torch.is_grad_enabled():
-            grid = grid.contiguous()  # training keeps the standard layout (layer_norm.channels_last_for_inference)
+            grid = grid.contiguous()
         return self.mask_decoder.output_upscaling(grid)
 
     def run_transformer(
@@ -298,11 +297,11 @@ class RobustSAM(nn.Module):
                     image_part = fusion.upsample_image_features(embedding, complementary)
                     refined.update(embedding=embedding, complementary=complementary)
                 refined["mask_feature"] = fusion.mask_feature_amfg(upscaled)
-                fused_feature = fusion.mask_feature_conv(refined["mask_feature"]) + _per_prompt(image_part, image_index)
+                fused_feature = fusion.mask_feature_conv(refined["mask_feature"]) + per_prompt(image_part, image_index)
             else:
                 if image_part is None or not robust:
                     image_part = fusion.image_features(features.embedding, features.complementary, robust)
-                fused_feature = fusion.mask_features(upscaled, robust) + _per_prompt(image_part, image_index)
+                fused_feature = fusion.mask_features(upscaled, robust) + per_prompt(image_part, image_index)
         if path == "robust":
             robust_tokens = self.robust.token_generation(mask_tokens)  # P x T x D
             classifiers = self.robust.robust_mlp(robust_tokens)  # P x T x D/8

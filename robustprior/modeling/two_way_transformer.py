@@ -60,7 +60,7 @@ def _block(block: TwoWayAttentionBlock, queries: torch.Tensor, keys: torch.Tenso
     return queries, keys
 
 
-def _per_prompt(shared: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+def per_prompt(shared: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
     """A ``U x ...`` per-image tensor as ``P x ...`` per prompt: a broadcast view for one image (no copy)."""
     if shared.shape[0] == 1:
         return shared.expand(image_index.shape[0], *shared.shape[1:])
@@ -95,11 +95,11 @@ def _first_block_shared(block: TwoWayAttentionBlock, queries: torch.Tensor, imag
     q = queries + query_pe
     token_keys, token_values = _heads(to_token.k_proj(q), heads), _heads(to_token.v_proj(queries), heads)
     scale = 1.0 / math.sqrt(image_queries.shape[-1])
-    weights = (torch.matmul(_per_prompt(image_queries, image_index), token_keys.transpose(-1, -2)) * scale).softmax(-1)
+    weights = (torch.matmul(per_prompt(image_queries, image_index), token_keys.transpose(-1, -2)) * scale).softmax(-1)
     out = torch.matmul(weights, token_values)  # P x heads x HW x c
     prompts, _, hw, c = out.shape
     attended = to_token.out_proj(out.transpose(1, 2).reshape(prompts, hw, heads * c))
-    keys = block.norm4(_per_prompt(images, image_index) + attended)
+    keys = block.norm4(per_prompt(images, image_index) + attended)
     return queries, keys
 
 

@@ -2,7 +2,8 @@
 
 Without ``torchrun`` a process is rank 0 of 1. Under ``torchrun`` (``WORLD_SIZE``, ``RANK`` and
 ``LOCAL_RANK`` in the environment) :func:`setup_distributed` joins the process group once: NCCL when
-the device is a GPU, gloo on the CPU; each rank takes GPU ``LOCAL_RANK``. The group is destroyed when the process exits.
+the device is a GPU, gloo on the CPU; each rank takes GPU ``LOCAL_RANK``. The group is destroyed when
+the process exits.
 
 Device names: ``auto`` (this rank's GPU when CUDA is available, else the CPU), ``cpu``, ``cuda``
 (this rank's GPU) or ``cuda:N``. Anything else, or a GPU that this machine does not have, is an
