@@ -3,7 +3,8 @@ side in one run, on the same model, images and point grid, each with this librar
 with the straightforward computation it replaces, plus the disk cache.
 
     python benchmarks/bench_priors.py [--checkpoint tiny] [--images 4] [--size 256] [--points-per-side 16]
-        [--pred-iou-thresh 0.88] [--stability-score-thresh 0.95] [--threads 1] [--out results.json]
+        [--pred-iou-thresh 0.88] [--stability-score-thresh 0.95] [--threads 1] [--default-malloc]
+        [--out results.json]
 
 "reference" is what the library did before: segment-anything's batch step of the automatic mask
 generator (every mask of every grid point drawn and upsampled, then filtered) and segment-anything's
@@ -33,6 +34,7 @@ from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from robustprior.io.allocator import keep_freed_memory  # noqa: E402
 from robustprior.modeling.robust_sam import RobustSAM  # noqa: E402
 from robustprior.priors import RobustSAMPrior, SAMPrior, StructurePrior  # noqa: E402
 
@@ -97,9 +99,14 @@ def main() -> None:
     parser.add_argument("--stability-score-thresh", type=float, default=0.95)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's allocator settings (the command line keeps freed memory: "
+                             "robustprior.io.allocator)")
     parser.add_argument("--out", type=Path, help="optional path of a JSON file for the results")
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
+    tuned = False if arguments.default_malloc else keep_freed_memory()
+    print(f"allocator: {'freed memory kept (as the command line)' if tuned else 'glibc defaults'}")
 
     images = benchmark_images(arguments.images, arguments.size)
     settings = {"points_per_side": arguments.points_per_side, "pred_iou_thresh": arguments.pred_iou_thresh,

@@ -47,6 +47,7 @@ from restoration.report import ROW_LABELS, format_table, write_report
 from restoration.restore import add_restore_arguments, run_restore
 from restoration.train import RECIPE_KEYS, RESULTS_NAME, RestorationTrainer, check_options, load_options
 from robustprior.data.scenes import SceneConfig, write_gopro_dataset, write_sots_dataset
+from robustprior.io.allocator import keep_freed_memory
 from robustprior.io.atomic import write_text_atomically
 from robustprior.load import BUNDLED
 from robustprior.training import merge_config
@@ -318,6 +319,7 @@ def _run_jobs_in_processes(jobs: list[tuple[str, int, Path, Path]], parallel: in
 def run_recipe(task: str, description: str, argv: Sequence[str] | None = None) -> int:
     """The whole recipe (module docstring); returns the process exit status."""
     args = build_parser(task, description).parse_args(argv)
+    keep_freed_memory()  # robustprior.io.allocator: freed tensors stay in the process
     if args.restore:
         return run_restore(args, task)
     try:

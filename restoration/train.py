@@ -65,6 +65,7 @@ from restoration.datasets import PriorIndex, PriorPairedDataset, image_covering_
 from restoration.metrics import MetricAccumulator, psnr, tensor_to_uint8
 from restoration.paired_data import list_pairs, read_rgb_float
 from restoration.tiling import tiled_forward
+from robustprior.io.allocator import keep_freed_memory
 from robustprior.io.atomic import write_text_atomically
 from robustprior.training.checkpoints import load_training_checkpoint
 from robustprior.training.distributed import DistributedContext, resolve_device, setup_distributed
@@ -672,6 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, help="override train.total_iter (allowed on --resume, recorded)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # robustprior.io.allocator: freed tensors stay in the process
     options = {key: value for key, value in load_options(args.opt).items() if key not in RECIPE_KEYS}
     run_dir = Path(args.output or Path("runs") / str(options.get("name", SCHEMA.fields["name"].default)))
     trainer = RestorationTrainer(options, run_dir, resume=args.resume, overwrite=args.overwrite, device=args.device,

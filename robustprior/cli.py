@@ -285,7 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .io.allocator import keep_freed_memory
     from .training.errors import RunSetupError  # after parsing: --help needs no torch
+
+    keep_freed_memory()  # freed tensors stay in the process: no page faults on every decoder batch
 
     if args.command == "train":
         if args.config is None and not args.resume:
