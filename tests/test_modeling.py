@@ -265,7 +265,7 @@ def test_channel_layer_norm_and_block_attention_merge_equal_the_plain_formulas()
     import torch.nn.functional as F
     from segment_anything.modeling.common import LayerNorm2d
 
-    from robustprior.modeling.layer_norm import ChannelLayerNorm2d
+    from robustprior.modeling.layer_norm import ChannelLayerNorm2d, is_channels_last
     from robustprior.modeling.selective_convolution import BranchAttention
 
     torch.manual_seed(0)
@@ -281,11 +281,15 @@ def test_channel_layer_norm_and_block_attention_merge_equal_the_plain_formulas()
     coarse = attention.coarse(a + b)
     torch.testing.assert_close(weight_bn, F.interpolate(coarse[0], size=(16, 20), mode="nearest"))
     torch.testing.assert_close(attention.merge(a, b), a * weight_bn + b * weight_in)
+    last = attention.merge(a.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last))
+    assert is_channels_last(last)  # the inference layout is kept, with the same numbers
+    torch.testing.assert_close(last, attention.merge(a, b), rtol=0, atol=0)
 
 
 def test_inference_layout_gives_the_training_layouts_masks() -> None:
-    """Without autograd the decoder runs its per-prompt maps channels-last (faster convolutions on the
-    CPU); the masks, scores and fused features equal the standard layout's (autograd on) within 1e-4."""
+    """At inference (eval mode, autograd off) the decoder runs its per-prompt maps channels-last (faster
+    convolutions on the CPU); the masks, scores and fused features equal the standard layout's within
+    1e-4. A training step's no-grad teacher pass (train mode) keeps the standard layout."""
     from robustprior.modeling.layer_norm import is_channels_last
 
     torch.manual_seed(0)
@@ -310,17 +314,13 @@ def test_inference_layout_gives_the_training_layouts_masks() -> None:
             standard_one = model.decode(type(features)(features.embedding[:1], features.complementary[:1]),
                                         sparse, dense, None, multimask_output=None, path=path)
         assert is_channels_last(fast.mask_feature) and not is_channels_last(standard.mask_feature)
+        with torch.no_grad():
+            teacher = model.train().decode(features, sparse, dense, image_index, path=path)
+        model.eval()
+        assert not is_channels_last(teacher.mask_feature)
         scale = float(standard.mask_logits.abs().max())
         for ours, reference in ((fast, standard), (one_image, standard_one)):
             torch.testing.assert_close(ours.mask_logits, reference.mask_logits.detach(), atol=1e-4 * scale, rtol=0)
             torch.testing.assert_close(ours.iou_predictions, reference.iou_predictions.detach())
         if path == "sam":
             torch.testing.assert_close(fast.fused_feature, standard.fused_feature.detach(), atol=1e-4, rtol=1e-4)
-    merge_a, merge_b = torch.randn(2, 12, 16, 20), torch.randn(2, 12, 16, 20)
-    from robustprior.modeling.selective_convolution import BranchAttention
-
-    attention = BranchAttention(12, reduction=4)
-    last = attention.merge(merge_a.contiguous(memory_format=torch.channels_last),
-                           merge_b.contiguous(memory_format=torch.channels_last))
-    assert is_channels_last(last)
-    torch.testing.assert_close(last, attention.merge(merge_a, merge_b), rtol=0, atol=0)

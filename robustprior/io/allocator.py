@@ -8,8 +8,8 @@ pass: on this project's CPU machine a third of a SAM prior's CPU time went to th
 block comes from the heap (no ``mmap``), the heap grows in 512 MiB steps and is never trimmed, so
 freed pages are reused; the cost is that the resident size stays at its peak.
 
-Called by ``robustprior``'s command line, the Table-8 recipes, ``restoration.train`` and the
-benchmarks; a library import never changes the allocator. Python users may call
+Called by ``robustprior``'s command line, the Table-8 recipes, ``restoration.train`` and
+``benchmarks/bench_priors.py``; a library import never changes the allocator. Python users may call
 :func:`keep_freed_memory` themselves. Set ``ROBUSTPRIOR_DEFAULT_MALLOC=1`` to leave glibc's defaults.
 """
 from __future__ import annotations

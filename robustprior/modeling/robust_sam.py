@@ -235,14 +235,15 @@ class RobustSAM(nn.Module):
     def upscale(self, image_tokens: torch.Tensor) -> torch.Tensor:
         """The decoder's output upscaling: image tokens ``P x hw x D`` -> ``P x D/8 x 4h x 4w``.
 
-        Without autograd (inference) the maps are stored channels-last, and every per-prompt layer after
-        this keeps that layout: oneDNN's small-channel convolutions run faster in it on the CPU, and the
-        results move by float rounding only. Training keeps the standard layout, whose results are
-        bit-reproducible (see :class:`~robustprior.modeling.layer_norm.ChannelLayerNorm2d`)."""
+        At inference (eval mode, autograd off) the maps are stored channels-last, and every per-prompt layer
+        after this keeps that layout: oneDNN's small-channel convolutions run faster in it on the CPU, and
+        the results move by float rounding only. In train mode (including the no-grad teacher pass of a
+        training step) or with autograd on, the standard layout is kept, whose results are bit-reproducible
+        (see :class:`~robustprior.modeling.layer_norm.ChannelLayerNorm2d`)."""
         prompts, _, channels = image_tokens.shape
         h, w = self.prompt_encoder.image_embedding_size
         grid = image_tokens.reshape(prompts, h, w, channels).permute(0, 3, 1, 2)  # a channels-last view
-        if torch.is_grad_enabled():
+        if self.training or torch.is_grad_enabled():
             grid = grid.contiguous()
         return self.mask_decoder.output_upscaling(grid)
 
