@@ -32,6 +32,8 @@ from robustprior.data.scenes import (
 
 CONFIG = SceneConfig(image_size=(96, 128))
 SEEDS = (0, 1, 2, 3)
+# sha256 (first 16 hex) of the first four default 64 x 64 scenes: scikit-image 0.26 photos, OpenCV 5.1
+DEFAULT_WORLD_FINGERPRINT = "bcff084a16a0536b"
 
 
 @pytest.fixture(scope="module")
@@ -324,12 +326,29 @@ def test_scene_arrays_are_the_same_from_parallel_workers() -> None:
         generate_scene_arrays(3, 0)
 
 
-def test_default_photo_folder_is_the_shared_data_beside_the_checkout(monkeypatch) -> None:
-    from conftest import SHARED_DATA
+def test_default_world_does_not_depend_on_shared_data(monkeypatch, tmp_path) -> None:
+    """One world for everyone: the default scenes are scikit-image-textured whether or not photos lie in
+    ../shared beside the checkout or $ROBUSTPRIOR_SHARED_DATA names a folder; only a named folder changes them."""
+    import hashlib
 
-    from robustprior.data.scenes import default_photo_folder
+    from robustprior.data.scenes import TextureBank, _cached_texture_bank
 
-    monkeypatch.delenv("ROBUSTPRIOR_SHARED_DATA", raising=False)
-    assert default_photo_folder() == (Path(__file__).resolve().parents[2] / "shared" / "data" / "photos").resolve()
-    monkeypatch.setenv("ROBUSTPRIOR_SHARED_DATA", str(SHARED_DATA))
-    assert default_photo_folder() == SHARED_DATA / "photos"
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "flat.png"), np.full((64, 64, 3), 200, np.uint8))
+    monkeypatch.setenv("ROBUSTPRIOR_SHARED_DATA", str(tmp_path))
+    _cached_texture_bank.cache_clear()
+    assert TextureBank.load().source == "skimage"
+    config = SceneConfig(image_size=(64, 64))
+    default = generate_scene(derive_seed(0, 1), config)
+    named_skimage = generate_scene(derive_seed(0, 1), SceneConfig(image_size=(64, 64), texture_source="skimage"))
+    named_folder = generate_scene(derive_seed(0, 1), SceneConfig(image_size=(64, 64), texture_source=str(photos)))
+    assert np.array_equal(default.image, named_skimage.image)
+    assert not np.array_equal(default.image, named_folder.image)
+    # the fingerprint of the default world (scikit-image photos, this OpenCV): changes only with those packages
+    digest = hashlib.sha256()
+    for index in range(4):
+        scene = generate_scene(derive_seed(0, index), config)
+        digest.update(scene.image.tobytes())
+        digest.update(scene.instances.tobytes())
+    assert digest.hexdigest()[:16] == DEFAULT_WORLD_FINGERPRINT

@@ -48,10 +48,10 @@ Degradations
   direction ``camera_pan_angle`` or a seeded one).
 
 Determinism: the same seed, config and texture source give byte-identical arrays (on
-the same OpenCV build). Textures come from a ``TextureBank``: by default the real photos
-in ``../shared/data/photos`` beside the repository (or ``$ROBUSTPRIOR_SHARED_DATA/photos``)
-when that folder exists, else scikit-image's bundled colour photos; outputs therefore
-depend on which source was found (``TextureBank.source`` names it).
+the same OpenCV and scikit-image builds). Textures come from a ``TextureBank``: by default
+scikit-image's bundled colour photos, which every installation has, so the default scene
+world is the same on every machine ("one world"); a folder of photos is used only when a
+config names it (``SceneConfig.texture_source``), never found implicitly.
 
 Writers save datasets in the real on-disk layouts: COCO-style instances
 (``write_instance_dataset``), RESIDE SOTS (``write_sots_dataset``) and GoPro
@@ -63,7 +63,6 @@ import concurrent.futures
 import dataclasses
 import functools
 import json
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -85,6 +84,7 @@ SKIMAGE_PHOTO_NAMES: tuple[str, ...] = (
     "retina",
     "colorwheel",
 )
+DEFAULT_TEXTURE_SOURCE = "skimage"  # the one default world: photos every installation ships
 PHOTO_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 # RESIDE's haze grid: OTS/SOTS-outdoor airlights and scattering coefficients.
 RESIDE_AIRLIGHTS: tuple[float, ...] = (0.8, 0.85, 0.9, 0.95, 1.0)
@@ -96,13 +96,6 @@ OUTLINE_SUBPIXEL_BITS = 4  # cv2.fillPoly fixed-point precision: 1/16 px
 
 
 # ----------------------------------------------------------------------------- textures
-def default_photo_folder() -> Path:
-    """The shared real photos: ``$ROBUSTPRIOR_SHARED_DATA/photos`` or ``../shared/data/photos``."""
-    override = os.environ.get("ROBUSTPRIOR_SHARED_DATA")
-    shared_data = Path(override) if override else Path(__file__).resolve().parents[3] / "shared" / "data"
-    return shared_data / "photos"
-
-
 def _fit_max_side(photo: np.ndarray, max_side: int) -> np.ndarray:
     """Downscale an ``h x w x 3`` photo so its longer side is at most ``max_side``."""
     scale = max_side / max(photo.shape[:2])
@@ -162,11 +155,10 @@ class TextureBank:
 
     @classmethod
     def load(cls, source: str | Path | None = None) -> TextureBank:
-        """A cached bank: ``None`` = the shared photos if present else skimage, ``"skimage"``, or a folder."""
-        if source is None:
-            folder = default_photo_folder()
-            source = folder if folder.is_dir() else "skimage"
-        return _cached_texture_bank(str(source))
+        """A cached bank: ``None`` or ``"skimage"`` = scikit-image's photos (the default world), or a folder.
+
+        The default never depends on what lies beside the checkout: a folder is used only when named."""
+        return _cached_texture_bank(DEFAULT_TEXTURE_SOURCE if source is None else str(source))
 
     def __len__(self) -> int:
         return len(self._loaders)
@@ -219,7 +211,7 @@ class SceneConfig:
     max_camera_speed: float = 1.0  # background velocity magnitude
     color_jitter: float = 0.25  # per-channel gains drawn from [1 - j, 1 + j]
     tint_strength_range: tuple[float, float] = (0.1, 0.4)  # blend towards a random flat colour
-    texture_source: str | None = None  # TextureBank.load source: None, "skimage" or a folder
+    texture_source: str | None = None  # TextureBank.load source: None (= "skimage", the default world) or a folder
 
     def __post_init__(self) -> None:
         height, width = self.image_size
