@@ -95,3 +95,16 @@ def test_training_draws_the_curve_and_the_image_stage_trains_only_the_per_image_
     assert [int(row["iteration"]) for row in rows] == [0, 2, 3]
     assert abs(float(rows[0]["gain_degrade"])) < 0.5
     assert (tmp_path / "run" / "curve.png").stat().st_size > 10_000
+
+
+def test_ceiling_recomputes_sams_scores_and_the_clear_inputs_give_the_clear_masks(tmp_path: Path) -> None:
+    """The ceiling's own classifier pass reproduces SAM's decoder (nothing restored = SAM's Degrade IoU), and
+    restoring both per-prompt inputs to the clear image's gives exactly the clear image's IoU."""
+    model = load_base_model({"type": "tiny", "checkpoint": str(_base(tmp_path)), "robust_init": "sam"}).eval()
+    curve = LearningCurve(model, _spec(tmp_path))
+    sam = curve.scores("sam")
+    ceiling = curve.ceiling()
+    degraded = np.mean([sam[kind] for kind in KINDS if kind != "identity"], axis=0)
+    assert ceiling["sam"] == pytest.approx(100 * degraded.mean(), abs=0.01)
+    assert ceiling["both"] == pytest.approx(100 * sam["identity"].mean(), abs=0.01)
+    assert set(ceiling) == {"sam", "clear_mask_feature", "clear_tokens", "both"}

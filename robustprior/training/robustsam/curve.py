@@ -131,6 +131,50 @@ class LearningCurve:
             self.model.train(was_training)
         return {kind: np.asarray(values) for kind, values in per_kind.items()}
 
+    @torch.no_grad()
+    def ceiling(self) -> dict[str, float]:
+        """What restoring each decoder input can give at most (issue item "measure the ceiling").
+
+        SAM's frozen decoder on every degraded copy, per prompt, with one of its two per-prompt inputs taken
+        from the CLEAR image's decoder pass: the mask feature (the upscaled image tokens the classifiers
+        read: what AMFG and the fusion refine) or the output tokens (what AOTG refines). Returns Degrade
+        point IoU in percent for ``sam`` (nothing restored), ``clear_mask_feature``, ``clear_tokens`` and
+        ``both`` (= the clear image's masks scored against the same instances)."""
+        was_training = self.model.training
+        self.model.eval()
+        device = self.model.device
+        decoder = self.model.mask_decoder
+        scores: dict[str, list[float]] = {name: [] for name in ("sam", "clear_mask_feature", "clear_tokens", "both")}
+
+        def classify(tokens: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+            classifier = decoder.output_hypernetworks_mlps[0](tokens[:, 0])  # single-mask token: P x D/8
+            return torch.einsum("pc,pchw->phw", classifier, feature)[:, None]
+
+        try:
+            for image in self.images:
+                points = image.points.to(device)
+                labels = torch.ones(points.shape[:2], dtype=torch.int, device=device)
+                sparse, dense = self.model.encode_prompts(points=(points, labels))
+                passes = {}
+                for kind in self.kinds:
+                    out = self.model.run_transformer(image.features[kind].to(device), sparse, dense, path="sam")
+                    passes[kind] = (out.mask_tokens, self.model.upscale(out.image_tokens).contiguous())
+                clear_tokens, clear_feature = passes[CLEAR_KIND]
+                for kind in self.kinds:
+                    if kind == CLEAR_KIND:
+                        continue
+                    tokens, feature = passes[kind]
+                    variants = {"sam": (tokens, feature), "clear_mask_feature": (tokens, clear_feature),
+                                "clear_tokens": (clear_tokens, feature), "both": (clear_tokens, clear_feature)}
+                    for name, (token_input, feature_input) in variants.items():
+                        logits = self.model.postprocess_masks(classify(token_input, feature_input), image.input_size,
+                                                              image.masks.shape[1:])
+                        predicted = (logits[:, 0] > self.model.mask_threshold).cpu().numpy()
+                        scores[name].append(float(np.mean(mask_iou(predicted, image.masks, ignore=image.ignore))))
+        finally:
+            self.model.train(was_training)
+        return {name: round(100 * float(np.mean(values)), 3) for name, values in scores.items()}
+
     def measure(self, iteration: int) -> dict[str, float | int]:
         """One curve point (a :data:`CURVE_COLUMNS` row, IoU in percent)."""
         if self._sam_scores is None:  # SAM's path is frozen: measured once
