@@ -43,6 +43,7 @@ from restoration.control_priors import CONTROL_PRIOR_KINDS, has_instance_maps
 from restoration.datasets import PriorPairedDataset, describe_prior_model, prepare_priors
 from restoration.prior_quality import prior_quality
 from restoration.prior_reliance import prior_reliance
+from restoration.prior_swap import prior_swap
 from restoration.report import ROW_LABELS, format_table, write_report
 from restoration.restore import add_restore_arguments, run_restore
 from restoration.train import RECIPE_KEYS, RESULTS_NAME, RestorationTrainer, check_options, load_options
@@ -76,6 +77,12 @@ def _check_rows(rows: list[str]) -> None:
     unknown = [row for row in rows if row not in ROWS]
     if unknown or len(set(rows)) != len(rows):
         raise ValueError(f"rows must be distinct names among {list(ROWS)}, got {rows}")
+
+
+def _check_swap_rows(rows: list[str]) -> None:
+    _check_rows(rows)
+    if "none" in rows:
+        raise ValueError("the no-prior row has no prior to swap")
 
 
 def _check_seeds(seeds: list[int]) -> None:
@@ -114,6 +121,9 @@ RECIPE_SCHEMA = Section({
         "seeds": Field(list, [0, 1, 2], items=int, check=_check_seeds),
         "seeded_rows": Field(list, ["sam", "robustsam"], items=str, check=_check_rows),
         "parallel": Field(int, 2, at_least=1, doc="row jobs at a time (separate processes)"),
+        "swap_rows": Field(list, ["gt_masks"], items=str, check=_check_swap_rows,
+                           doc="rows whose trained networks are also evaluated with SAM's and RobustSAM's test "
+                               "priors (restoration.prior_swap)"),
     }),
 })
 
@@ -226,6 +236,22 @@ def lq_paths(options: dict[str, Any], phases: Sequence[str] = ("train", "test"))
         section.pop("num_workers", None)
         paths += [str(lq) for lq, _ in PriorPairedDataset(section).pairs]
     return paths
+
+
+def swap_verdicts(config: dict[str, Any], rows: Sequence[str], run_dirs: dict[tuple[str, int], Path],
+                  options: dict[tuple[str, int], dict[str, Any]], prior_cache: Path) -> dict[str, dict[str, Any]]:
+    """The test-time prior swap (:func:`restoration.prior_swap.prior_swap`) of each ``recipe.swap_rows`` row
+    that ran, over all its seeds, between the SAM and RobustSAM rows' priors (both rows must have run)."""
+    if "sam" not in rows or "robustsam" not in rows:
+        return {}
+    first_seed = config["recipe"]["seeds"][0]
+    priors = {kind: options[(kind, first_seed)]["prior"] for kind in ("sam", "robustsam")}
+    swaps = {}
+    for row in config["recipe"]["swap_rows"]:
+        folders = [folder for (job_row, _), folder in sorted(run_dirs.items()) if job_row == row]
+        if folders:
+            swaps[row] = prior_swap(folders, priors, prior_cache)
+    return swaps
 
 
 # ----------------------------------------------------------------------------- command line
@@ -437,6 +463,7 @@ def _run_recipe(task: str, args: argparse.Namespace) -> int:
         index = prepare_priors(options[(row, first_seed)]["prior"], test_paths, prior_cache, progress=False)
         quality[row] = prior_quality(index, test_paths)
         reliance[row] = prior_reliance(run_dirs[(row, first_seed)], device="cpu")
+    swap = swap_verdicts(config, rows, run_dirs, options, prior_cache)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_seconds = time.process_time() - cpu_started + children.ru_utime + children.ru_stime
     wall = time.perf_counter() - started
@@ -446,7 +473,7 @@ def _run_recipe(task: str, args: argparse.Namespace) -> int:
              "command": " ".join(sys.argv), "load_average": {"start": load_start, "end": _load_average()},
              "dropped_rows": dropped, "seeds": config["recipe"]["seeds"],
              "augment": {key: bool(reference["datasets"]["train"].get(key)) for key in ("use_flip", "use_rot")}}
-    paths = write_report(task, output, run_dirs, setup, quality, reliance, int(config["recipe"]["grid_images"]))
+    paths = write_report(task, output, run_dirs, setup, quality, reliance, int(config["recipe"]["grid_images"]), swap)
     report = json.loads(paths["report.json"].read_text())
     print(format_table(report))
     print(f"Outputs: {', '.join(str(path) for path in paths.values())} (runs in {output / 'runs'}); "

@@ -32,7 +32,8 @@ def toy_config(task: str, folder: Path) -> Path:
     """The embedded default shrunk to seconds: toy data, a 4-wide two-level network, 4 point prompts."""
     config = load_recipe_config(task, None)
     config["threads"] = 1
-    config["recipe"].update(generate=TOY_DATA[task], grid_images=2, seeds=[0, 1], parallel=1)
+    config["recipe"].update(generate=TOY_DATA[task], grid_images=2, seeds=[0, 1], parallel=1,
+                            swap_rows=["gt_masks", "sam"])
     config["network_g"].update(width=4, enc_blocks=[1, 1], dec_blocks=[1, 1])
     config["datasets"]["train"]["crop_size"] = 32
     config["train"]["batch_size"] = 2
@@ -66,6 +67,21 @@ def test_recipe_smoke_run_and_refusal(task: str, tmp_path: Path, capsys: pytest.
     assert f"Verdict: **{verdict['verdict']}**" in text and "Our protocol" in text and "Smoke scale" in text
     assert "gt_masks_zeroing_cost_db" in report["targets"]
     assert ("no_prior_gain_db" in report["targets"]) == (task == "deblur")
+    # power: the ceiling (one gt_masks seed: images as replicates) and the retrain verdict's MDD
+    ceiling = report["power"]["ceiling"]
+    gt, sam = ({r["name"]: r["psnr"] for r in json.loads((output / "runs" / row / "seed0" / "results.json").read_text())
+                ["metrics"]["per_image"]} for row in ("gt_masks", "sam"))
+    assert ceiling["mean"] == pytest.approx(sum(gt[name] - sam[name] for name in gt) / len(gt))
+    assert ceiling["replicates"] == len(gt) >= 2 and ceiling["mdd"] is not None and verdict["mdd"] is not None
+    assert "minimal detectable difference (MDD)" in text and "MDD = (t(1 - alpha/2, n - 1)" in text
+    # the test-time swap: the SAM-trained networks swapped to SAM's priors score what the trainer measured
+    swap = report["swap"]
+    assert set(swap) == {"gt_masks", "sam"} and swap["sam"]["seeds"] == [0, 1] and swap["gt_masks"]["seeds"] == [0]
+    assert swap["sam"]["psnr"]["sam"] == pytest.approx(swap["sam"]["psnr"]["own"], abs=0.05)
+    assert swap["sam"]["ceiling"] is None and swap["gt_masks"]["ceiling"]["design"] == "swap"
+    assert swap["gt_masks"]["verdict"]["mean"] == pytest.approx(
+        swap["gt_masks"]["psnr"]["robustsam"] - swap["gt_masks"]["psnr"]["sam"])
+    assert "Design: test-time prior swap" in text and "Design: retrain per prior" in text
     assert f"Outputs: {output / 'report.md'}" in capsys.readouterr().out
 
     assert run_recipe(task, task, argv) != 0  # a second run into the same folder is refused
