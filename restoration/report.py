@@ -267,6 +267,17 @@ def _settings_text(protocol: Mapping[str, Any]) -> str:
     return f"(SAM and RobustSAM) {protocol['prior_settings']}"
 
 
+def _operating_point_text(setup: Mapping[str, Any]) -> str:
+    """How the per-row thresholds were chosen (``recipe.amg_operating_point: per_path``), with the chosen
+    pairs' F1 and masks per calibration image; empty when both rows used the config's thresholds."""
+    chosen = setup.get("amg_operating_point")
+    if not chosen:
+        return " (the recipe's prior section, the same thresholds for both rows)"
+    scores = "; ".join(f"{ROW_LABELS[row]} F1 {score['f1']:.2f}, {score['mean_masks']:.1f} masks / image, mean best "
+                       f"IoU {score['mean_best_iou']:.3f}" for row, score in chosen["scores"].items())
+    return f"; thresholds chosen per row: {chosen['rule']}; on those images: {scores}"
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """``report.md``: per-seed table, prior quality and reliance, targets, verdict, protocol and caveats."""
     task, dataset, protocol, setup = report["task"], report["dataset"], report["protocol"], report["setup"]
@@ -331,7 +342,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"x {protocol['world_size']}. Seeds: {', '.join(map(str, setup.get('seeds', seeds)))} for the SAM and RobustSAM "
         "rows, the first seed for the others.",
         f"- **Priors** (computed once on the degraded inputs, cached): {models}. Automatic mask generator "
-        f"settings: {_settings_text(protocol)}.",
+        f"settings: {_settings_text(protocol)}{_operating_point_text(setup)}.",
         f"- **Grey-level coding scale** (`num_segments`): {protocol['num_segments']}.",
         "- **Paper columns**: RobustSAM (CVPR 2024) Table 8, for reference only; another protocol (full-size SAM / "
         "RobustSAM, the real dataset, full-length training), not comparable to ours.",

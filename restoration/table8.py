@@ -42,6 +42,7 @@ import yaml
 from restoration.control_priors import CONTROL_PRIOR_KINDS, has_instance_maps
 from restoration.datasets import PriorPairedDataset, describe_prior_model, prepare_priors
 from restoration.prior_quality import prior_quality
+from restoration.operating_point import OPERATING_POINTS, choose_operating_points
 from restoration.prior_reliance import prior_reliance
 from restoration.prior_swap import prior_swap
 from restoration.report import ROW_LABELS, format_table, write_report
@@ -121,6 +122,9 @@ RECIPE_SCHEMA = Section({
         "seeds": Field(list, [0, 1, 2], items=int, check=_check_seeds),
         "seeded_rows": Field(list, ["sam", "robustsam"], items=str, check=_check_rows),
         "parallel": Field(int, 2, at_least=1, doc="row jobs at a time (separate processes)"),
+        "amg_operating_point": Field(str, "config", choices=OPERATING_POINTS,
+                                     doc="config: the prior section's thresholds for both prior rows; per_path: "
+                                         "each row's own, chosen on degraded training images (restoration.operating_point)"),
         "swap_rows": Field(list, ["gt_masks"], items=str, check=_check_swap_rows,
                            doc="rows whose trained networks are also evaluated with SAM's and RobustSAM's test "
                                "priors (restoration.prior_swap)"),
@@ -236,6 +240,25 @@ def lq_paths(options: dict[str, Any], phases: Sequence[str] = ("train", "test"))
         section.pop("num_workers", None)
         paths += [str(lq) for lq, _ in PriorPairedDataset(section).pairs]
     return paths
+
+
+def apply_operating_points(config: dict[str, Any], rows: Sequence[str], options: dict[tuple[str, int], dict[str, Any]],
+                           train_paths: Sequence[str]) -> dict[str, Any] | None:
+    """With ``recipe.amg_operating_point: per_path``, each prior row's thresholds chosen on the degraded
+    training images (:func:`restoration.operating_point.choose_operating_points`) and written into its jobs'
+    prior options; returns the choice for the report (None: the prior section's thresholds for both rows)."""
+    if config["recipe"]["amg_operating_point"] != "per_path":
+        return None
+    prior_rows = [row for row in ("sam", "robustsam") if row in rows]
+    if not prior_rows:
+        return None
+    first_seed = config["recipe"]["seeds"][0]
+    print("== automatic-mask operating point per prior row (degraded training images) ==", flush=True)
+    chosen = choose_operating_points({row: options[(row, first_seed)]["prior"] for row in prior_rows}, train_paths)
+    for (row, _), job_options in options.items():
+        if row in chosen["settings"]:
+            job_options["prior"].update(chosen["settings"][row])
+    return chosen
 
 
 def swap_verdicts(config: dict[str, Any], rows: Sequence[str], run_dirs: dict[tuple[str, int], Path],
@@ -421,6 +444,7 @@ def _run_recipe(task: str, args: argparse.Namespace) -> int:
                 dropped[row] = "the data has no ground-truth instance maps (real data): control rows need generated data"
     jobs = job_list(config, rows)
     options = {(row, seed): check_options(row_options(config, row, seed, roots, prior_cache)) for row, seed in jobs}
+    operating_point = apply_operating_points(config, rows, options, lq_paths(reference, ("train",)))
     if context.is_main:
         output.mkdir(parents=True, exist_ok=True)
         write_text_atomically(output / "recipe_config.yaml", yaml.safe_dump(config, sort_keys=False))
@@ -472,7 +496,8 @@ def _run_recipe(task: str, args: argparse.Namespace) -> int:
              "cpu_seconds": round(cpu_seconds, 1), "idle_two_core_estimate_seconds": round(cpu_seconds / 2, 1),
              "command": " ".join(sys.argv), "load_average": {"start": load_start, "end": _load_average()},
              "dropped_rows": dropped, "seeds": config["recipe"]["seeds"],
-             "augment": {key: bool(reference["datasets"]["train"].get(key)) for key in ("use_flip", "use_rot")}}
+             "augment": {key: bool(reference["datasets"]["train"].get(key)) for key in ("use_flip", "use_rot")},
+             "amg_operating_point": operating_point}
     paths = write_report(task, output, run_dirs, setup, quality, reliance, int(config["recipe"]["grid_images"]), swap)
     report = json.loads(paths["report.json"].read_text())
     print(format_table(report))

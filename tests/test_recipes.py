@@ -189,3 +189,39 @@ def test_deblur_generate_settings_reach_the_generator(tmp_path: Path) -> None:
     assert scene.object_count == 3 and not scene.motion.any() and scene.camera_motion == (0.0, 0.0)
     default = load_recipe_config("deblur", None)["recipe"]["generate"]
     assert default["camera_pan"] > 0 and default["camera_shake"] == 0  # the learnable default blur: a steady pan
+
+
+def test_per_path_operating_point_is_the_generator_at_each_rows_own_thresholds(tmp_path: Path) -> None:
+    """recipe.amg_operating_point: per_path: each prior row gets the thresholds chosen on degraded training
+    images (never a test image), its runs use them, the report states the rule, and a generator run at the
+    chosen thresholds keeps exactly the masks the choice scored."""
+    from restoration.control_priors import instance_map_path, instance_masks, read_instance_map
+    from restoration.paired_data import read_rgb
+    from robustprior.automatic_mask_generator import RobustSAMAutomaticMaskGenerator
+    from robustprior.evaluation.amg_settings import score_setting
+    from robustprior.load import load_model
+
+    config_path = toy_config("dehaze", tmp_path)
+    config = yaml.safe_load(config_path.read_text())
+    config["recipe"].update(rows=["sam", "robustsam"], seeds=[0], amg_operating_point="per_path", swap_rows=[])
+    config_path.write_text(yaml.safe_dump(config))
+    output = tmp_path / "out"
+    assert run_recipe("dehaze", "dehaze", ["--config", str(config_path), "--output", str(output), "--iterations", "1",
+                                           "--no-progress"]) == 0
+    report = json.loads((output / "report.json").read_text())
+    chosen = report["setup"]["amg_operating_point"]
+    assert chosen["images"] and all("/train/" in path for path in chosen["images"])
+    for row, path in (("sam", "sam"), ("robustsam", "robust")):
+        settings = report["protocol"]["prior_settings_per_row"][row]
+        assert {key: settings[key] for key in chosen["settings"][row]} == chosen["settings"][row]
+        model, _ = load_model("tiny", decoder_path=path)
+        generator = RobustSAMAutomaticMaskGenerator(model, path=path, points_per_side=settings["points_per_side"],
+                                                    box_nms_thresh=settings["box_nms_thresh"], **chosen["settings"][row])
+        images = [read_rgb(file) for file in chosen["images"]]
+        kept = [[record["segmentation"] for record in generator.generate(image)] for image in images]
+        objects = [instance_masks(read_instance_map(instance_map_path(file))) for file in chosen["images"]]
+        score = chosen["scores"][row]
+        assert [len(masks) for masks in kept] == list(score["counts"]) and min(score["counts"]) > 0
+        again = score_setting(kept, objects, settings["points_per_side"], **chosen["settings"][row])
+        assert again.f1 == pytest.approx(score["f1"]) and again.mean_best_iou == pytest.approx(score["mean_best_iou"])
+    assert "thresholds chosen per row" in (output / "report.md").read_text()
