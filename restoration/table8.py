@@ -60,6 +60,7 @@ from robustprior.training.errors import RunExistsError, RunSetupError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "recipes" / "configs"
 ROWS: tuple[str, ...] = ("none", "sam", "robustsam", *CONTROL_PRIOR_KINDS)
+PRESETS: tuple[str, ...] = ("default", "evidence")  # recipes/configs/<task>_<preset>.yaml
 DATA_MARKER = "recipe_data.json"
 REPORT_FILES = ("report.md", "report.json", "grid.png")
 DATA_DESCRIPTIONS = {"dehaze": "RESIDE OTS/ITS-style hazy/ + gt|clear/ under DATA_ROOT/train, SOTS under DATA_ROOT/test",
@@ -284,8 +285,11 @@ def build_parser(task: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--sam-checkpoint", help="SAM prior model: a file or a name (sam_vit_h, ...); default: bundled tiny")
     parser.add_argument("--robustsam-checkpoint",
                         help="RobustSAM prior model: a file or a name (robustsam_vit_h, ...); default: bundled tiny")
-    parser.add_argument("--config", help=f"recipe config YAML (default: the embedded recipes/configs/{task}_default.yaml; "
-                                         f"full scale: restoration/options/{'dehaze_sots' if task == 'dehaze' else 'deblur_gopro'}.yaml)")
+    configs = parser.add_mutually_exclusive_group()
+    configs.add_argument("--config", help=f"recipe config YAML (default: the embedded recipes/configs/{task}_default.yaml; "
+                                          f"full scale: restoration/options/{'dehaze_sots' if task == 'dehaze' else 'deblur_gopro'}.yaml)")
+    configs.add_argument("--preset", choices=PRESETS, help=f"an embedded config: recipes/configs/{task}_PRESET.yaml "
+                                                           "(evidence: the powered design, docs/results/table8_design.md)")
     parser.add_argument("--output", default=f"outputs/{task}", help="output folder (default: %(default)s)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the runs in the output folder")
@@ -380,6 +384,8 @@ def run_recipe(task: str, description: str, argv: Sequence[str] | None = None) -
 
 def _run_recipe(task: str, args: argparse.Namespace) -> int:
     started, cpu_started, load_start = time.perf_counter(), time.process_time(), _load_average()
+    if args.preset and args.preset != "default":
+        args.config = str(CONFIG_DIR / f"{task}_{args.preset}.yaml")
     config = load_recipe_config(task, args.config)
     overrides: dict[str, Any] = {"recipe": {"checkpoints": {}}}
     for row in ("sam", "robustsam"):

@@ -225,3 +225,19 @@ def test_per_path_operating_point_is_the_generator_at_each_rows_own_thresholds(t
         again = score_setting(kept, objects, settings["points_per_side"], **chosen["settings"][row])
         assert again.f1 == pytest.approx(score["f1"]) and again.mean_best_iou == pytest.approx(score["mean_best_iou"])
     assert "thresholds chosen per row" in (output / "report.md").read_text()
+
+
+@pytest.mark.parametrize("task", ["dehaze", "deblur"])
+def test_the_evidence_preset_is_the_powered_design(task: str) -> None:
+    """docs/results/table8_design.md: >= 64 test images, >= 5 seeds for the rows that enter a verdict or the
+    ceiling, each prior row at its own operating point, the swap on the ground-truth-mask networks."""
+    from restoration.table8 import CONFIG_DIR, build_parser
+
+    config = load_recipe_config(task, CONFIG_DIR / f"{task}_evidence.yaml")
+    generate, recipe = config["recipe"]["generate"], config["recipe"]
+    tests = generate["test_images"] if task == "dehaze" else generate["test_sequences"] * generate["test_frames"]
+    assert tests >= 64 and len(recipe["seeds"]) >= 5
+    assert {"sam", "robustsam", "gt_masks"} <= set(recipe["seeded_rows"])
+    assert recipe["amg_operating_point"] == "per_path" and recipe["swap_rows"] == ["gt_masks"]
+    assert len(job_list(config, recipe["rows"])) == 17
+    assert build_parser(task, task).parse_args(["--preset", "evidence"]).preset == "evidence"
