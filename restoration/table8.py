@@ -10,6 +10,10 @@ at a time (each with ``threads`` torch threads); priors are computed once, befor
 The report (:mod:`restoration.report`) gives per-seed numbers, the RobustSAM-vs-SAM verdict
 (:mod:`restoration.verdict`), the priors' quality (:mod:`restoration.prior_quality`) and how much each
 trained network relies on its prior (:mod:`restoration.prior_reliance`).
+Beside the paper's retrain-per-prior verdict, the networks of ``recipe.swap_rows`` are evaluated with SAM's
+and with RobustSAM's test priors (:mod:`restoration.prior_swap`), every verdict with its power (ceiling, seed
+sd, MDD); ``recipe.amg_operating_point: per_path`` gives each prior row its own automatic-mask thresholds
+(:mod:`restoration.operating_point`). ``--preset evidence`` is the powered design (docs/results/table8_design.md).
 
 Recipe config (YAML): the :mod:`restoration.train` options (``name``, ``manual_seed``, ``network_g`` with
 the prior rows' ``prior``, ``datasets``, ``train``, ``val``, ``prior`` with the automatic-mask settings
@@ -41,8 +45,8 @@ import yaml
 
 from restoration.control_priors import CONTROL_PRIOR_KINDS, has_instance_maps
 from restoration.datasets import PriorPairedDataset, describe_prior_model, prepare_priors
-from restoration.prior_quality import prior_quality
 from restoration.operating_point import OPERATING_POINTS, choose_operating_points
+from restoration.prior_quality import prior_quality
 from restoration.prior_reliance import prior_reliance
 from restoration.prior_swap import prior_swap
 from restoration.report import ROW_LABELS, format_table, write_report
