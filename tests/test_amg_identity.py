@@ -4,6 +4,8 @@ What is identical before any training, and what cannot be in the paper's archite
 
 * the predicted IoUs and the prompt points of every candidate are SAM's, bit for bit (the robust
   output tokens start as SAM's mask tokens, the two-way transformer and IoU head are SAM's);
+* the generator's robust-path steps add no difference: where the robust decoder draws SAM's masks,
+  the robust path's records are SAM's exactly;
 * the records (masks, stability scores) are not: the robust path classifies all four tokens with ONE
   robust MLP (started as SAM's token-0 hypernetwork), while SAM's three multimask outputs, the ones the
   generator reads, have their own hypernetworks; and the robust mask feature is layer-normalised per
@@ -48,6 +50,27 @@ def test_candidates_carry_sams_predicted_ious_exactly(started, scene_image) -> N
     assert len(sam["iou_preds"]) == len(robust["iou_preds"]) == 48  # 16 points x 3 masks, nothing filtered
     assert torch.equal(torch.as_tensor(sam["points"]), torch.as_tensor(robust["points"]))
     assert torch.equal(torch.as_tensor(sam["iou_preds"]), torch.as_tensor(robust["iou_preds"]))
+
+
+def test_the_generators_robust_path_returns_sams_records_where_the_decoder_is_sams(started, scene_image) -> None:
+    """The generator's own robust-path steps (the per-image robust part, drawing only the prompts that pass,
+    selecting their tokens) change nothing: with a model whose robust decoder draws SAM's masks, the robust
+    path's records are SAM's exactly. What differs below is the model's robust decoder, not the generator."""
+    import copy
+    import dataclasses
+
+    class RobustDrawsSams(type(started)):
+        def draw_masks(self, features, transformer, fused=False, image_part=None, keep_refined=False):
+            return super().draw_masks(features, dataclasses.replace(transformer, path="sam"), fused, None, keep_refined)
+
+    model = copy.deepcopy(started)
+    model.__class__ = RobustDrawsSams
+    sam, robust = _records(started, "sam", scene_image), _records(model, "robust", scene_image)
+    assert len(sam) == len(robust) > 0
+    for ours, theirs in zip(robust, sam):
+        assert ours["predicted_iou"] == theirs["predicted_iou"]
+        assert ours["stability_score"] == theirs["stability_score"]
+        assert np.array_equal(ours["segmentation"], theirs["segmentation"])
 
 
 def test_the_robust_classifier_of_a_token_does_not_know_which_token_it_is(started) -> None:
