@@ -211,8 +211,10 @@ def power_sentence(result: Mapping[str, Any], ceiling: Mapping[str, Any] | None 
     if ceiling is not None:
         interval = ceiling.get("interval")
         interval_text = "no interval" if interval is None else f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
+        over = ("over seeds" if "seeds" in ceiling else
+                "over test images" + ("" if ceiling.get("design") == "swap" else ", one seed: no seed noise in it"))
         parts.append(f"ceiling (ground-truth masks minus SAM prior, {ceiling.get('design')} design) "
-                     f"{ceiling['mean']:+.3f} dB {interval_text}")
+                     f"{ceiling['mean']:+.3f} dB {interval_text} ({over})")
         if mdd:
             ratio = ceiling["mean"] / mdd
             parts.append(f"ceiling / MDD = {ratio:.2f} ({'>= 3: powered' if ratio >= 3 else 'below 3: underpowered'})")
