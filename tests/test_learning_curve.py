@@ -108,3 +108,16 @@ def test_ceiling_recomputes_sams_scores_and_the_clear_inputs_give_the_clear_mask
     assert ceiling["sam"] == pytest.approx(100 * degraded.mean(), abs=0.01)
     assert ceiling["both"] == pytest.approx(100 * sam["identity"].mean(), abs=0.01)
     assert set(ceiling) == {"sam", "clear_mask_feature", "clear_tokens", "both"}
+
+
+def test_evaluation_names_the_training_iteration_of_its_weights(tmp_path: Path) -> None:
+    from robustprior.evaluation.evaluate import weights_iteration
+
+    model = build_robust_sam("tiny", random_init=True)
+    save_checkpoint(model, tmp_path / "best.safetensors", {"iteration": "600"})
+    save_checkpoint(model, tmp_path / "final.safetensors", {"iterations": "1200"})
+    save_checkpoint(model, tmp_path / "plain.safetensors")
+    assert weights_iteration(tmp_path / "best.safetensors") == 600
+    assert weights_iteration(tmp_path / "final.safetensors") == 1200
+    assert weights_iteration(tmp_path / "plain.safetensors") is None
+    assert weights_iteration(tmp_path / "official.pth") is None and weights_iteration(None) is None

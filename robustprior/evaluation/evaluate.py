@@ -525,6 +525,20 @@ def _load_model(config: Mapping[str, Any], checkpoint: str | None, device: str) 
                       allow_untrained_robust=bool(model_config.get("allow_untrained_robust", False)))
 
 
+def weights_iteration(path: str | Path | None) -> int | None:
+    """The training iteration a robustprior weights file records (``iteration`` of a run's
+    ``best.safetensors`` / export, ``iterations`` of its ``final.safetensors``); None when it records none
+    or is not a safetensors file (official ``.pth`` checkpoints)."""
+    if path is None or Path(path).suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    value = metadata.get("iteration", metadata.get("iterations"))
+    return int(value) if value is not None and str(value).isdigit() else None
+
+
 def _is_generated_data(section: Mapping[str, Any]) -> bool:
     """Whether a data section holds generated scenes (``format: scenes``, or a folder written by
     :mod:`robustprior.data.scenes`, which carries its marker)."""
@@ -568,8 +582,10 @@ def run_evaluation(
     used_checkpoint = checkpoint if checkpoint is not None else config["model"]["checkpoint"]
     used_checkpoint = None if used_checkpoint is None else str(used_checkpoint)
     result = evaluate_segmentation(model, source, **options, progress=progress)
-    result.protocol.update({"data": section_name, "checkpoint": used_checkpoint,
-                            "model": model_source.describe("robust"), "model_file": str(model_source.path)})
+    step = weights_iteration(model_source.path)
+    described = model_source.describe("robust") + ("" if step is None else f"; weights of training iteration {step}")
+    result.protocol.update({"data": section_name, "checkpoint": used_checkpoint, "model": described,
+                            "model_file": str(model_source.path), "weights_iteration": step})
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "report.md").write_text(result.to_markdown())
     (output_dir / "report.json").write_text(json.dumps(result.to_dict(), indent=1, allow_nan=False) + "\n")
