@@ -164,7 +164,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return f"{value:.2e}" if 0 < abs(value) < 10 ** -digits else f"{value:.{digits}f}"
     return str(value)
 
 
@@ -475,7 +475,7 @@ def part_priors(check: Check) -> None:
                 "every_mask": {**SAM_THRESHOLDS, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}}
     headline = []
     for variant, thresholds in variants.items():
-        if not check.has_time(15, f"priors with {variant}"):
+        if not check.has_time(30 if check.cuda and variant == "every_mask" else 5, f"priors with {variant}"):
             break
         rows: dict[str, Any] = {}
         for name, prior_class in (("SAMPrior", SAMPrior), ("RobustSAMPrior", RobustSAMPrior)):
@@ -572,7 +572,7 @@ def part_training(check: Check) -> None:
                             f"{_fmt(row['feature_cache']['seconds_per_step'])} s/step ({_fmt(row['cache_speedup'], 2)}x)")
     check.record("memory", check.memory_kind)
     check.note("seconds per step are wall time around trainer.train() (one small checkpoint of the robust parts "
-               "included); scenes are generated at the frame size, SAM resizes them to 1024")
+               "included); scenes are generated at the frame size, SAM resizes them to its input size")
     check.headline = "; ".join(headline)
 
 
@@ -843,7 +843,7 @@ def part_correctness(check: Check) -> None:
     if not check.cuda:
         check.note("no GPU: the device is the CPU, so device vs CPU is 0 by construction; the float64 columns "
                    "are the informative ones here")
-    check.headline = f"worst device vs CPU |difference| {worst:.2e} (limit {CORRECTNESS_TOLERANCE:g})"
+    check.headline = f"worst max abs difference device vs CPU {worst:.2e} (limit {CORRECTNESS_TOLERANCE:g})"
 
 
 PART_FUNCTIONS: dict[str, Callable[[Check], None]] = {
@@ -978,7 +978,7 @@ def summary_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, str, st
 
 def summary_table(report: Mapping[str, Any]) -> str:
     lines = ["| part | status | seconds | budget s | result |", "|---|---|---:|---:|---|"]
-    lines += [f"| {' | '.join(row)} |" for row in summary_rows(report)]
+    lines += [f"| {' | '.join(cell.replace('|', '/') for cell in row)} |" for row in summary_rows(report)]
     return "\n".join(lines)
 
 
@@ -998,6 +998,18 @@ def _table1_markdown(results: Mapping[str, Any]) -> list[str]:
                          f"{_fmt(row['memory_ratio'])} | {_fmt(row['memory_ratio_above_start'])} | {row['sam']['runs']} |")
     lines.append(f"\nPaper (vit_h, GPU): time {PAPER_TABLE1['time_ratio']}x, memory {PAPER_TABLE1['memory_ratio']}x.")
     return lines
+
+
+def _flatten(values: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` of nested results; lists of numbers and long text (in report.json) left out."""
+    if isinstance(values, Mapping):
+        for key, value in values.items():
+            yield from _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(values, list):
+        if len(values) <= 4 and not any(isinstance(value, (dict, list)) for value in values):
+            yield prefix, ", ".join(_fmt(value, 4) for value in values)
+    elif not (isinstance(values, str) and len(values) > 300):
+        yield prefix, values
 
 
 def report_markdown(report: Mapping[str, Any]) -> str:
@@ -1021,9 +1033,10 @@ def report_markdown(report: Mapping[str, Any]) -> str:
                          f"(limit {item['limit']})")
         for note in entry.get("notes", []):
             lines.append(f"- note: {note}")
-        shown = {key: value for key, value in results.items() if key != "traceback"}
-        if shown:
-            lines += ["", "```json", json.dumps(shown, indent=1, default=str)[:12000], "```"]
+        flat = [(key, value) for key, value in _flatten(results) if key != "traceback"]
+        if flat:
+            lines += ["", "| measurement | value |", "|---|---|"]
+            lines += [f"| {key} | {_fmt(value, 4).replace('|', '/')} |" for key, value in flat]
         lines.append("")
     return "\n".join(lines)
 
@@ -1114,7 +1127,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="robustprior_gpu_check_"))
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]), "small": args.small, "isolated": isolate,
+        "command": " ".join([Path(sys.executable).name, str(Path(__file__).relative_to(REPO)),
+                             *(sys.argv[1:] if argv is None else argv)]), "small": args.small, "isolated": isolate,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(began)), "max_minutes": max_minutes,
         "environment": environment(device), "sizes": dataclasses.asdict(sizes), "parts": {}, "total_seconds": 0.0}
     try:

@@ -106,3 +106,41 @@ def test_an_isolated_part_is_killed_at_its_hard_limit(gpu_check, tmp_path: Path)
 def test_full_scale_refuses_the_cpu(gpu_check) -> None:
     with pytest.raises(SystemExit, match="need a GPU"):
         gpu_check._resolve_device("cpu", small=False)
+
+
+def test_full_scale_configs_pass_the_schemas(gpu_check, tmp_path: Path) -> None:
+    """The full-scale options and trainer configs the GPU run will use are valid (checked without a GPU;
+    the data are generated small, the options keep the full-scale batch, crops and networks)."""
+    import torch
+
+    from restoration.train import check_options
+    from robustprior.training.config import validate_config
+    from robustprior.training.robustsam.config import SCHEMA
+
+    sizes = gpu_check.dataclasses.replace(gpu_check.FULL, frame=(72, 128), sots_size=(48, 64))
+    check = gpu_check.Check("restoration", torch.device("cpu"), sizes, False, tmp_path, deadline=0.0)
+    for task in ("deblur", "dehaze"):
+        options = check_options(gpu_check._restoration_options(check, task, {"pred_iou_thresh": 0.5}))
+        assert options["train"]["batch_size"] == 32 and options["datasets"]["train"]["crop_size"] == 256
+        assert options["network_g"]["width"] == 32
+    assert check_options(gpu_check._restoration_options(check, "deblur", {}))["network_g"]["enc_blocks"] == [1, 1, 1, 28]
+    for model_type in gpu_check.FULL.training_models:
+        config = validate_config(check.training_config(model_type, tmp_path / "weights.pth", 6, True, 2), SCHEMA)
+        assert config["train"]["amp"] and config["model"]["type"] == model_type
+
+
+def test_official_format_checkpoint_loads_back(gpu_check, tmp_path: Path) -> None:
+    """The random official-format files are read back as what they claim to be, with the same tensors."""
+    import torch
+
+    from robustprior.load import load_model
+
+    check = gpu_check.Check("table1", torch.device("cpu"), gpu_check.SMALL, True, tmp_path, deadline=0.0)
+    official, sam = check.checkpoint("tiny", "robustsam"), check.checkpoint("tiny", "sam")
+    assert any(key.startswith("mask_decoder.custom_robust_token") for key in torch.load(official, weights_only=True))
+    model, source = load_model(official, announce=False)
+    assert source.kind == "official" and source.checkpoint_format == "robustsam-official"
+    base, sam_source = load_model(sam, decoder_path="sam", announce=False)
+    assert sam_source.kind == "sam-only"
+    shared = [key for key in base.state_dict() if not key.startswith("robust.")]
+    assert all(torch.equal(base.state_dict()[key], model.state_dict()[key]) for key in shared)
