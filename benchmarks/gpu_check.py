@@ -48,6 +48,8 @@ Budgets: ``--max-minutes`` (8) for the whole run, imports included; each part ha
 its own budget (:data:`FULL` / :data:`SMALL`), shrunk to what is left. Parts stop measuring when
 their budget is spent and say so; with ``--isolate`` (the default on a GPU) each part runs in its own
 process, killed at its budget plus a grace period, and what it had measured until then is kept.
+The DDP part's ``torchrun`` is killed at the part's budget in either mode. ``--budget-scale`` stretches
+every budget on a slow or shared machine (the CI test uses 4; ``--small`` itself costs about 30 CPU seconds).
 """
 from __future__ import annotations
 
@@ -1074,6 +1076,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (GPU when there is one), cuda, cuda:N or cpu")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock limit of the whole run (8; --small: 8)")
+    parser.add_argument("--budget-scale", type=float, default=1.0,
+                        help="multiply every part's budget and grace (a slow or shared machine; mind --max-minutes)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's own; --small: 1, tiny models gain nothing from more)")
     parser.add_argument("--isolate", choices=("auto", "yes", "no"), default="auto",
@@ -1134,11 +1138,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for index, part in enumerate(args.part_list):
             remaining_parts = len(args.part_list) - index - 1
-            budget = min(sizes.budgets[part], deadline - time.time() - 5 * remaining_parts)
+            budget = min(args.budget_scale * sizes.budgets[part], deadline - time.time() - 5 * remaining_parts)
             if budget < 3:
                 entry = {"status": "skipped", "error": "no time left in --max-minutes", "seconds": 0.0, "budget_s": 0.0}
             elif isolate:
-                grace = min(sizes.grace, max(1.0, deadline - time.time() - budget))
+                grace = min(args.budget_scale * sizes.grace, max(1.0, deadline - time.time() - budget))
                 entry = run_part_isolated(part, args, work, budget, grace)
             else:
                 entry = run_part_here(part, device, sizes, args.small, work, budget)
