@@ -106,6 +106,14 @@ def test_an_isolated_part_is_killed_at_its_hard_limit(gpu_check, tmp_path: Path)
     assert time.perf_counter() - started < 15
 
 
+def test_an_isolated_part_reports_what_it_measured(gpu_check, tmp_path: Path) -> None:
+    """The GPU's default mode: a part in its own process, its entry read back by the parent."""
+    args = gpu_check.parse_args(["--small", "--device", "cpu", "--output", str(tmp_path / "report")])
+    entry = gpu_check.run_part_isolated("correctness", args, tmp_path, budget=240, grace=60)
+    assert entry["status"] == "ok" and entry["isolated"], entry.get("output_tail")
+    assert entry["results"]["deblur"]["device_vs_cpu_float64"] < 1e-5 and len(entry["checks"]) == 6
+
+
 def test_full_scale_refuses_the_cpu(gpu_check) -> None:
     with pytest.raises(SystemExit, match="need a GPU"):
         gpu_check._resolve_device("cpu", small=False)
