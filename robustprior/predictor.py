@@ -180,7 +180,9 @@ class RobustSAMPredictor:
             coords_torch, labels_torch, box_torch, mask_torch, multimask_output,
             return_logits=return_logits, return_features=return_features,
         )
-        arrays = tuple(t[0].detach().cpu().numpy() for t in outputs[:3])
+        # under bf16 autocast the scores and logits are bfloat16, which numpy has no type for: float32
+        arrays = tuple((t[0].detach().float() if t.is_floating_point() else t[0].detach()).cpu().numpy()
+                       for t in outputs[:3])
         return (*arrays, outputs[3]) if return_features else arrays
 
     @torch.no_grad()

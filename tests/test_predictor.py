@@ -37,6 +37,15 @@ def test_predict_shapes(predictor, image) -> None:
     assert masks.shape == (1, *image.shape[:2])
 
 
+def test_predict_under_bf16_autocast_returns_float32_arrays(predictor) -> None:
+    """bfloat16 outputs (GPU or CPU autocast) come back as float32 numpy arrays, close to the float32 run's."""
+    reference = predictor.predict(np.array([[50, 60]]), np.array([1]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        masks, scores, logits = predictor.predict(np.array([[50, 60]]), np.array([1]))
+    assert masks.dtype == bool and scores.dtype == np.float32 and logits.dtype == np.float32
+    assert np.abs(scores - reference[1]).max() < 0.1
+
+
 def test_many_prompts_in_one_forward_equal_single_calls(predictor) -> None:
     rng = np.random.default_rng(0)
     points = rng.uniform(0, 170, size=(6, 2, 2)).astype(np.float32)
