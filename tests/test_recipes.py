@@ -14,7 +14,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from restoration.table8 import check_output, job_list, load_recipe_config, run_recipe  # noqa: E402
+from restoration.table8 import job_list, load_recipe_config, open_output, run_recipe  # noqa: E402
 from restoration.train import RunExistsError  # noqa: E402
 from robustprior.training import ConfigError  # noqa: E402
 
