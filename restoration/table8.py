@@ -59,7 +59,7 @@ import torch
 import yaml
 
 from restoration.control_priors import CONTROL_PRIOR_KINDS, has_instance_maps
-from restoration.datasets import PriorPairedDataset, describe_prior_model, prepare_priors
+from restoration.datasets import NO_MASKS_WARNING, PriorPairedDataset, describe_prior_model, prepare_priors
 from restoration.prior_quality import prior_quality
 from restoration.prior_reliance import prior_reliance
 from restoration.report import ROW_LABELS, format_table, write_report
@@ -77,7 +77,7 @@ from robustprior.training.checkpoints import CHECKPOINT_FOLDER
 from robustprior.training.config import REQUIRED, Field, Section, validate_config
 from robustprior.training.distributed import setup_distributed
 from robustprior.training.errors import ConfigError, RunSetupError
-from robustprior.training.interrupt import Interrupted, stop_on_signals
+from robustprior.training.interrupt import PARENT_VARIABLE, Interrupted, stop_on_signals
 from robustprior.training.run_folder import (CONFIG_CHANGES_NAME, CONFIG_NAME, RUN_MARKER, check_output_folder,
                                              config_change_error, prepare_run_folder, record_config_changes)
 
@@ -386,7 +386,7 @@ def _job_environment(threads: int | None) -> dict[str, str]:
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     if threads is not None:
         environment.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    environment["ROBUSTPRIOR_PARENT_PID"] = str(os.getpid())  # restoration.train stops when this process dies
+    environment[PARENT_VARIABLE] = str(os.getpid())  # restoration.train stops when this process dies
     return environment
 
 
@@ -625,16 +625,18 @@ def _run_in_folder(task: str, args: argparse.Namespace, config: dict[str, Any], 
         for row, seed in todo:
             if context.is_main:
                 print(f"== {ROW_LABELS[row]}, seed {seed} ==", flush=True)
-            trainer = RestorationTrainer(options[(row, seed)], run_dirs[(row, seed)], resume=args.resume,
-                                         device=args.device, progress=progress, allow_config_change=changed)
+            with warnings.catch_warnings():  # "no masks" was told when the priors were computed (above)
+                warnings.filterwarnings("ignore", message=NO_MASKS_WARNING, category=RuntimeWarning)
+                trainer = RestorationTrainer(options[(row, seed)], run_dirs[(row, seed)], resume=args.resume,
+                                             device=args.device, progress=progress, allow_config_change=changed)
             trainer.run()
             del trainer
     if not context.is_main:
         return 0
     test_paths = lq_paths(reference, ("test",))
     quality, reliance = {}, {}
-    with warnings.catch_warnings():  # the priors' warnings were given when they were computed (above)
-        warnings.simplefilter("ignore", RuntimeWarning)
+    with warnings.catch_warnings():  # "no masks" was told when the priors were computed (above)
+        warnings.filterwarnings("ignore", message=NO_MASKS_WARNING, category=RuntimeWarning)
         for row in rows:
             if row == "none":
                 continue

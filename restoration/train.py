@@ -74,7 +74,8 @@ from robustprior.training.checkpoints import load_training_checkpoint
 from robustprior.training.distributed import DistributedContext, resolve_device, setup_distributed
 from robustprior.training.errors import (CheckpointError, ConfigError, RunExistsError,
                                          exit_on_setup_error)
-from robustprior.training.interrupt import Interrupted, deferred_stop, interruption, stop_on_signals, stop_requested
+from robustprior.training.interrupt import (Interrupted, deferred_stop, interruption, stop_on_signals, stop_requested,
+                                            stop_with_parent)
 
 from robustprior.training.rng import seed_everything
 from robustprior.training.run_folder import RUN_MARKER, Run
@@ -696,6 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = Path(args.output or Path("runs") / str(options.get("name", SCHEMA.fields["name"].default)))
     with stop_on_signals():
         try:
+            stop_with_parent()  # started by a recipe: stop (with a checkpoint) when it dies
             trainer = RestorationTrainer(options, run_dir, resume=args.resume, overwrite=args.overwrite,
                                          device=args.device, progress=not args.no_progress,
                                          allow_config_change=args.allow_config_change, iterations=args.iterations)

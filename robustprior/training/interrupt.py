@@ -9,15 +9,23 @@ on exit. Inside :func:`deferred_stop` a signal is only recorded: a training loop
 :func:`interruption` itself (a signal still recorded when the block ends is raised
 there). A second signal while one is pending raises at once (the user insists).
 Outside :func:`stop_on_signals` nothing changes (Python's default handlers).
+
+:func:`stop_with_parent`: a job started by a recipe asks Linux (``PR_SET_PDEATHSIG``) for a SIGTERM when
+the recipe dies, even by SIGKILL, so no job outlives its recipe.
 """
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PARENT_VARIABLE = "ROBUSTPRIOR_PARENT_PID"  # set by a parent whose death must stop this process
+_PR_SET_PDEATHSIG = 1
 
 
 class Interrupted(KeyboardInterrupt):
@@ -82,3 +90,18 @@ def interruption() -> Interrupted:
     """The :class:`Interrupted` of the recorded signal (clears it); call only when :func:`stop_requested`."""
     signum = _pending.pop()
     return Interrupted(signum)
+
+
+def stop_with_parent() -> None:
+    """When ``$ROBUSTPRIOR_PARENT_PID`` names this process's parent (a recipe started it): SIGTERM when
+    the parent dies (Linux; elsewhere nothing), and :class:`Interrupted` now if it is already gone. The
+    variable is removed, so this process's own children do not inherit it."""
+    parent = os.environ.pop(PARENT_VARIABLE, None)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover (a libc without prctl)
+        return
+    if str(os.getppid()) != parent:
+        raise Interrupted(signal.SIGTERM)
