@@ -537,6 +537,20 @@ def check_recipe(config: dict[str, Any], roots: dict[str, str] | None, prior_cac
             check_data(options)
 
 
+def prior_models(config: dict[str, Any]) -> dict[str, str]:
+    """The description of each prior row's model (nothing is built); an unknown name or an unreadable
+    checkpoint file is one :class:`~robustprior.training.ConfigError` line naming the setting."""
+    models = {}
+    for row, checkpoint in config["recipe"]["checkpoints"].items():
+        if row in config["recipe"]["rows"]:
+            try:
+                models[row] = describe_prior_model(row, checkpoint)
+            except (ValueError, OSError) as error:
+                option = f"--{row}-checkpoint / recipe.checkpoints.{row}"
+                raise ConfigError(f"{option}: {str(error).splitlines()[0]}") from None
+    return models
+
+
 def _run_recipe(task: str, args: argparse.Namespace) -> int:
     started, cpu_started, load_start = time.perf_counter(), time.process_time(), _load_average()
     config = requested_config(task, args)
@@ -546,8 +560,7 @@ def _run_recipe(task: str, args: argparse.Namespace) -> int:
     generated, roots = data_roots(config, output)
     prior_cache = output / PRIOR_CACHE_NAME
     check_recipe(config, roots, prior_cache, data_exists=generated is None)
-    models = {row: describe_prior_model(row, checkpoint) for row, checkpoint in config["recipe"]["checkpoints"].items()
-              if row in config["recipe"]["rows"]}
+    models = prior_models(config)
     lock = context.run_on_main(open_output, output, task, args.resume, args.overwrite)  # before any work
     try:
         return _run_in_folder(task, args, config, output, context, progress, generated, roots, prior_cache, models,

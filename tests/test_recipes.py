@@ -275,6 +275,11 @@ def test_output_file_unwritable_folder_and_bad_config_fail_before_any_work(
     assert run_recipe("dehaze", "dehaze", ["--config", str(config), "--output", str(tmp_path / "new"),
                                            "--seeds", "0,x"]) == 2
     assert "--seeds must be comma-separated integers" in capsys.readouterr().err
+    assert run_recipe("dehaze", "dehaze", ["--config", str(small_config(tmp_path, ["none", "sam"])), "--output",
+                                           str(tmp_path / "new"), "--sam-checkpoint", "nonsense"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--sam-checkpoint / recipe.checkpoints.sam: unknown checkpoint name" in error
+    assert not (tmp_path / "new").exists()
 
 
 def test_the_no_masks_warning_is_given_once_per_prior(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
