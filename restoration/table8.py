@@ -58,20 +58,19 @@ from typing import Any
 import torch
 import yaml
 
+from restoration.config import validate_options
 from restoration.control_priors import CONTROL_PRIOR_KINDS, has_instance_maps
 from restoration.datasets import NO_MASKS_WARNING, PriorPairedDataset, describe_prior_model, prepare_priors
 from restoration.prior_quality import prior_quality
 from restoration.prior_reliance import prior_reliance
 from restoration.report import ROW_LABELS, format_table, write_report
 from restoration.restore import add_restore_arguments, run_restore
-from restoration.config import validate_options
 from restoration.train import (PRIOR_CACHE_NAME, RECIPE_KEYS, RESULTS_NAME, RUN_KIND, TRAIN_LOG, VAL_LOG,
                                RestorationTrainer, check_data, check_options, check_options_agree, load_options)
 from robustprior.data.scenes import SceneConfig, write_gopro_dataset, write_sots_dataset
 from robustprior.io.allocator import keep_freed_memory
-from robustprior.io.atomic import write_text_atomically
+from robustprior.io.atomic import is_temporary, write_text_atomically
 from robustprior.load import BUNDLED
-from robustprior.io.atomic import is_temporary
 from robustprior.training import merge_config
 from robustprior.training.checkpoints import CHECKPOINT_FOLDER
 from robustprior.training.config import REQUIRED, Field, Section, validate_config
@@ -330,12 +329,20 @@ def foreign_entries(folder: Path, entries: Sequence[Path]) -> list[Path]:
                 if item.is_file() and not item.is_symlink() and re.fullmatch(r"seed\d+\.(yaml|log)", item.name):
                     continue
                 if not (re.fullmatch(r"seed\d+", item.name) and item.is_dir() and not item.is_symlink()
-                        and (item / RUN_MARKER).is_file()):
+                        and _is_training_run(item)):
                     foreign.append(item)
                     continue
                 foreign += [path for path in sorted(item.iterdir())
                             if path.name not in RUN_OUTPUTS and not is_temporary(path.name)]
     return foreign
+
+
+def _is_training_run(folder: Path) -> bool:
+    """Whether ``folder`` carries the marker of a :mod:`restoration.train` run."""
+    try:
+        return json.loads((folder / RUN_MARKER).read_text()).get("kind") == RUN_KIND
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def open_output(output: Path, task: str, resume: bool, overwrite: bool):
