@@ -206,8 +206,11 @@ def command_cache(args: argparse.Namespace) -> int:
 def command_eval(args: argparse.Namespace) -> int:
     """Evaluate SAM vs RobustSAM per degradation (the paper's Table 2 layout)."""
     from robustprior.evaluation.evaluate import load_eval_config, run_evaluation
+    from .training.run_folder import check_output_folder
 
-    result = run_evaluation(load_eval_config(args.config), args.checkpoint, Path(args.output), overwrite=args.overwrite)
+    config = load_eval_config(args.config)
+    check_output_folder(args.output, "--output")  # a file or a read-only folder: an error before the model runs
+    result = run_evaluation(config, args.checkpoint, Path(args.output), overwrite=args.overwrite)
     print(result.to_markdown())
     print(f"report written to {args.output}")
     return 0

@@ -168,6 +168,14 @@ def test_an_output_that_is_a_file_or_unwritable_is_refused_before_the_model_load
             error = capsys.readouterr().err
             assert error.startswith("error: --output") and error.count("\n") == 1 and message in error, error
     assert (tmp_path / "a_file").read_text() == "mine"
+    from robustprior.evaluation import evaluate  # robustprior eval: the same check before its model loads
+
+    monkeypatch.setattr(evaluate, "_load_model", lambda *a, **k: pytest.fail("the model was loaded before the check"))
+    config = Path(evaluate.__file__).parents[1] / "configs" / "eval_tiny.yaml"
+    for output, message in cases[:2]:
+        assert main(["eval", str(config), "--output", str(output)]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: --output") and error.count("\n") == 1 and message in error, error
 
 
 @pytest.mark.parametrize(("values", "message"), [
