@@ -76,7 +76,6 @@ def command_segment(args: argparse.Namespace) -> int:
     from robustprior.data.image_io import load_image
     from .load import load_model
     from .predictor import check_box_prompt, check_point_prompt
-
     from .training.run_folder import check_output_folder
 
     if args.labels is not None and args.points is None:
