@@ -371,7 +371,8 @@ def foreign_entries(folder: Path, entries: Sequence[Path]) -> list[Path]:
     their ``seed<k>.yaml`` / ``seed<k>.log``. Temporary files of interrupted writes count as the recipe's."""
     foreign: list[Path] = []
     for entry in entries:
-        if entry.name in (*REPORT_FILES, CONFIG_CHANGES_NAME) and entry.is_file() and not entry.is_symlink():
+        if is_temporary(entry.name) or (entry.name in (*REPORT_FILES, CONFIG_CHANGES_NAME) and entry.is_file()
+                                        and not entry.is_symlink()):
             continue
         if entry.name != "runs" or not entry.is_dir() or entry.is_symlink():
             foreign.append(entry)

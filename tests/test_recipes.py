@@ -183,7 +183,7 @@ def _fake_recipe_folder(output: Path) -> None:
     for name in ("config.yaml", "train_log.csv", "results.json"):
         (run / name).write_text("x")
     for name in ("runs/sam/seed0.yaml", "runs/sam/seed0.log", "report.md", "report.json", "grid.png",
-                 "recipe_config.yaml", "restored/photo.png"):
+                 "recipe_config.yaml", "restored/photo.png", ".report.md.a1b2c3d4.partial"):  # a killed write's
         (output / name).write_text("x")
 
 
