@@ -155,21 +155,19 @@ def small_config(folder: Path, rows: list[str], parallel: int = 1, **prior: floa
     return path
 
 
-def run_script(*arguments: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "recipes" / "dehaze.py"), *arguments],
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def test_overwrite_refuses_a_folder_the_recipe_did_not_make(tmp_path: Path) -> None:
-    """The data-loss case: --overwrite on a folder without the recipe's marker deletes nothing."""
+def test_overwrite_refuses_a_folder_the_recipe_did_not_make(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The data-loss case, the issue's command line (run_recipe is what recipes/dehaze.py runs with its
+    arguments; the script itself runs in the interrupt test): a folder without the marker loses nothing."""
     output = tmp_path / "U"
     (output / "runs").mkdir(parents=True)
     (output / "runs" / "mystuff.txt").write_text("mine")
     (output / "report.md").write_text("r")
-    completed = run_script("--output", str(output), "--overwrite", "--iterations", "3", "--seeds", "0")
-    assert completed.returncode == 2
-    assert completed.stderr.count("\n") == 1 and completed.stderr.startswith("error: ")
-    assert str(output) in completed.stderr and "not a robustprior run folder" in completed.stderr
+    assert run_recipe("dehaze", "dehaze", ["--output", str(output), "--overwrite", "--iterations", "3",
+                                           "--seeds", "0"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: ")
+    assert str(output) in error and "not a robustprior run folder" in error
     assert (output / "runs" / "mystuff.txt").read_text() == "mine" and (output / "report.md").read_text() == "r"
     assert sorted(path.name for path in output.iterdir()) == ["report.md", "runs"]  # nothing added either
 
