@@ -27,6 +27,7 @@ side fills the square, so the feature map covers the image-plane square ``[0, S)
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,8 @@ def _check_grey_scale(value: int | str) -> None:
     if isinstance(value, int) and value < 1:
         raise ValueError(f"must be >= 1, got {value}")
 
+
+NO_MASKS_WARNING = r".*: no masks for "  # robustprior.priors' warning for images that got no mask
 
 PRIOR_SCHEMA = Section({
     "kind": Field(str, "none", choices=PRIOR_KINDS),
@@ -204,7 +207,9 @@ def prepare_priors(
     extractor.precompute(LazyImages(unique_paths[rank::world_size]), progress=progress)
     if distributed:
         dist.barrier()
-    files = extractor.precompute(LazyImages(unique_paths), progress=False)
+    with warnings.catch_warnings():  # every image's "no masks" was told above (by the rank that computed it)
+        warnings.filterwarnings("ignore", message=NO_MASKS_WARNING, category=RuntimeWarning)
+        files = extractor.precompute(LazyImages(unique_paths), progress=False)
     description = {
         "kind": options["kind"],
         "model": describe_prior_model(options["kind"], options["checkpoint"]),

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from robustprior.data.image_io import read_native_rgb, read_rgb_image
+from robustprior.data.image_io import check_float_samples, read_native_rgb, read_rgb_image
 from robustprior.training.errors import RunSetupError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -41,15 +41,17 @@ class DataLayoutError(RunSetupError, ValueError):
 # ----------------------------------------------------------------------------- reading
 def read_rgb(path: str | Path) -> np.ndarray:
     """H x W x 3 uint8 RGB. 16-bit samples become ``round(v / 257)`` (the inverse of the usual 8->16 ``v * 257``);
-    float samples are clipped to [0, 1] and scaled by 255."""
+    float samples (in [0, 1], else a ``ValueError``) are scaled by 255."""
     return read_rgb_image(path)
 
 
 def read_rgb_float(path: str | Path) -> np.ndarray:
-    """H x W x 3 float32 RGB in [0, 1] at full precision (8-bit / 255, 16-bit / 65535, float clipped)."""
+    """H x W x 3 float32 RGB in [0, 1] at full precision (8-bit / 255, 16-bit / 65535, float as it is: NaN / Inf
+    or values outside [0, 1] are a one-line ``ValueError``, :func:`robustprior.data.image_io.check_float_samples`)."""
     image = read_native_rgb(path)
     if image.dtype == np.float32:
-        return np.clip(image, 0.0, 1.0)
+        check_float_samples(image, str(path))
+        return image
     return (image.astype(np.float32) / float(np.iinfo(image.dtype).max)).astype(np.float32)
 
 

@@ -37,9 +37,11 @@ generated scene (:meth:`robustprior.load.ModelSource.warn_outside_domain`).
 
 Every problem is one :class:`RestoreError` line (exit status 2 from :func:`run_restore`), found before
 any output is written where it can be: a missing run folder, a folder that is not a restoration run,
-a run without its final checkpoint, a missing input, a file that is not a readable image, a folder
-without images, two inputs writing the same output, an existing output (unless ``overwrite``), a
-tile size off the network's grid, an image with more regions than the run's grey-level scale.
+a run without its final checkpoint, a missing input, a file that is not a readable image, a float
+image with NaN / Inf or samples outside [0, 1], a folder without images, two inputs writing the same
+output, an existing output (unless ``overwrite``), a ``--restored`` that is a file or cannot be
+written to (checked before any model runs), a tile size off the network's grid, an image with more
+regions than the run's grey-level scale.
 """
 from __future__ import annotations
 
@@ -57,9 +59,10 @@ import numpy as np
 from restoration.datasets import PRIOR_CLASSES, PriorIndex
 from restoration.paired_data import IMAGE_EXTENSIONS
 from restoration.train import PRIOR_CACHE_NAME, RUN_KIND, TrainedRun, load_trained_run, size_multiple
+from robustprior.data.image_io import check_float_samples
 from robustprior.io.atomic import atomic_path
 from robustprior.training.errors import RunSetupError
-from robustprior.training.run_folder import RUN_MARKER
+from robustprior.training.run_folder import RUN_MARKER, check_output_folder
 
 __all__ = ["AUTO_TILE", "TILED_TOLERANCE", "RestoreError", "InputImage", "add_restore_arguments", "default_run_dir",
            "list_inputs", "restore_paths", "run_restore"]
@@ -111,7 +114,11 @@ def inspect_image(path: Path) -> InputImage:
     if image.dtype == np.uint16:
         notes.append("16-bit: the network reads all 16 bits, the prior model 8, the PNG is 8-bit")
     if image.dtype == np.float32:
-        notes.append("float samples clipped to [0, 1]; the PNG is 8-bit")
+        try:
+            check_float_samples(image, str(path))
+        except ValueError as error:
+            raise RestoreError(str(error)) from None
+        notes.append("float samples in [0, 1]; the PNG is 8-bit")
     return InputImage(path, (int(image.shape[0]), int(image.shape[1])), notes)
 
 
@@ -272,6 +279,7 @@ def restore_paths(
     check_run_folder(run_dir)
     images = [inspect_image(path) for path in list_inputs(inputs)]
     outputs = output_paths([image.path for image in images], output_dir, overwrite)
+    check_output_folder(output_dir, "--restored")  # a read-only folder: an error before any model runs
     trained = load_final_run(run_dir, device)
     tile, overlap = choose_tiling(trained, tile, overlap)
     trained_for = trained.options["name"].split("_")[0]

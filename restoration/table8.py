@@ -20,10 +20,27 @@ the prior rows' ``prior``, ``datasets``, ``train``, ``val``, ``prior`` with the 
 shared by the prior rows) plus the keys of :data:`RECIPE_SCHEMA`: ``task``, ``threads`` and ``recipe``
 (``roots``, ``generate``, ``checkpoints``, ``grid_images``, ``rows``, ``seeds``, ``seeded_rows``, ``parallel``).
 
-Output folder: ``data/`` (generated; reused while its settings match), ``prior_cache/`` (content keyed,
-reused), ``runs/<row>/seed<k>/`` (:mod:`restoration.train` run folders; ``seed<k>.yaml`` and ``.log``
-beside them), ``recipe_config.yaml``, ``report.md``, ``report.json``, ``grid.png``; ``restored/`` for
-``--restore``.
+Output folder: a run folder of the run engine (:mod:`robustprior.training.run_folder`, kind
+``<task>_recipe``): ``.robustprior-run`` (the marker, locked while a recipe works in the folder: a
+second recipe on it is refused before any work), ``data/`` (generated; reused while its settings
+match), ``prior_cache/`` (content keyed, reused), ``runs/<row>/seed<k>/`` (:mod:`restoration.train` run
+folders; ``seed<k>.yaml`` and ``.log`` beside them), ``recipe_config.yaml`` (the settings the runs were
+made with), ``config_changes.yaml``, ``report.md``, ``report.json``, ``grid.png``; ``restored/`` for
+``--restore``. A folder without the marker (and not empty) is never used; ``--overwrite`` deletes the
+runs, the report and the change record only, and refuses (deleting nothing) when they hold anything the
+recipe did not write (:func:`foreign_entries`); ``data/``, ``prior_cache/`` and ``restored/`` are kept.
+
+Before anything is written: the config with its command-line overrides (every row's training
+options, the data layout of real data), the output folder (a file or a folder that cannot be written
+is a one-line error). ``--resume`` compares the settings with ``recipe_config.yaml`` and refuses a
+difference unless ``--allow-config-change`` (recorded in ``config_changes.yaml``; every run then
+continues with the new settings, so the recorded config always describes the runs); ``threads``,
+``recipe.parallel`` and ``recipe.grid_images`` change no run and are only recorded.
+
+Jobs run as child processes, each in its own process group, and die with the recipe: SIGINT (Ctrl-C)
+or SIGTERM stops every job (each writes a checkpoint on the way out: :mod:`restoration.train`), the
+recipe prints ``interrupted; resume with --resume`` and exits with 130 / 143; a recipe killed outright
+takes its jobs with it (``PR_SET_PDEATHSIG`` on Linux).
 """
 from __future__ import annotations
 
@@ -31,11 +48,13 @@ import argparse
 import copy
 import json
 import os
+import re
 import resource
-import shutil
+import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,23 +62,29 @@ from typing import Any
 import torch
 import yaml
 
+from restoration.config import validate_options
 from restoration.control_priors import CONTROL_PRIOR_KINDS, has_instance_maps
-from restoration.datasets import PriorPairedDataset, describe_prior_model, prepare_priors
+from restoration.datasets import NO_MASKS_WARNING, PriorPairedDataset, describe_prior_model, prepare_priors
 from restoration.operating_point import OPERATING_POINTS, choose_operating_points
 from restoration.prior_quality import prior_quality
 from restoration.prior_reliance import prior_reliance
 from restoration.prior_swap import prior_swap
 from restoration.report import ROW_LABELS, format_table, write_report
 from restoration.restore import add_restore_arguments, run_restore
-from restoration.train import RECIPE_KEYS, RESULTS_NAME, RestorationTrainer, check_options, load_options
+from restoration.train import (PRIOR_CACHE_NAME, RECIPE_KEYS, RESULTS_NAME, RUN_KIND, TRAIN_LOG, VAL_LOG,
+                               RestorationTrainer, check_data, check_options, check_options_agree, load_options)
 from robustprior.data.scenes import SceneConfig, write_gopro_dataset, write_sots_dataset
 from robustprior.io.allocator import keep_freed_memory
-from robustprior.io.atomic import write_text_atomically
+from robustprior.io.atomic import is_temporary, write_text_atomically
 from robustprior.load import BUNDLED
 from robustprior.training import merge_config
+from robustprior.training.checkpoints import CHECKPOINT_FOLDER
 from robustprior.training.config import REQUIRED, Field, Section, validate_config
 from robustprior.training.distributed import setup_distributed
-from robustprior.training.errors import RunExistsError, RunSetupError
+from robustprior.training.errors import ConfigError, RunSetupError
+from robustprior.training.interrupt import PARENT_VARIABLE, Interrupted, stop_on_signals
+from robustprior.training.run_folder import (CONFIG_CHANGES_NAME, CONFIG_NAME, RUN_MARKER, check_output_folder,
+                                             config_change_error, prepare_run_folder, record_config_changes)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "recipes" / "configs"
@@ -67,6 +92,12 @@ ROWS: tuple[str, ...] = ("none", "sam", "robustsam", *CONTROL_PRIOR_KINDS)
 PRESETS: tuple[str, ...] = ("default", "evidence")  # recipes/configs/<task>_<preset>.yaml
 DATA_MARKER = "recipe_data.json"
 REPORT_FILES = ("report.md", "report.json", "grid.png")
+RECIPE_CONFIG = "recipe_config.yaml"
+KEPT_BY_OVERWRITE = ("data", PRIOR_CACHE_NAME, "restored", RECIPE_CONFIG)  # RECIPE_CONFIG: rewritten at once
+RUN_OUTPUTS = frozenset({RUN_MARKER, CONFIG_NAME, CONFIG_CHANGES_NAME, CHECKPOINT_FOLDER, TRAIN_LOG, VAL_LOG,
+                         RESULTS_NAME, "images", PRIOR_CACHE_NAME})  # what restoration.train writes in a run folder
+UNCHANGING_KEYS = ("threads", "recipe.parallel", "recipe.grid_images")  # settings that change no run
+STOP_GRACE_SECONDS = 60.0  # how long an interrupted job may take to write its checkpoint before it is killed
 DATA_DESCRIPTIONS = {"dehaze": "RESIDE OTS/ITS-style hazy/ + gt|clear/ under DATA_ROOT/train, SOTS under DATA_ROOT/test",
                      "deblur": "GoPro: DATA_ROOT/train/SEQUENCE/{blur,sharp}/ and DATA_ROOT/test/SEQUENCE/{blur,sharp}/"}
 
@@ -119,6 +150,8 @@ RECIPE_SCHEMA = Section({
     "threads": Field((int, str), "auto", check=_check_threads, nullable=True,
                      doc="torch threads per job: auto = the idle cores (1-minute load) shared by the parallel jobs"),
     "recipe": Section({
+        "data_root": Field(str, None, doc="real data (--data-root), filling the roots' {data_root}; null: the "
+                                          "generated data, else the datasets' own dataroot"),
         "roots": Section({"train": Field(str, "{data_root}/train"), "test": Field(str, "{data_root}/test")}),
         "generate": Field(dict, None, doc="the generated data set (null: --data-root is required)"),
         "checkpoints": Section({"sam": Field(str, "tiny"), "robustsam": Field(str, "tiny")}),
@@ -298,7 +331,11 @@ def build_parser(task: str, description: str) -> argparse.ArgumentParser:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the runs in the output folder")
     group.add_argument("--overwrite", action="store_true",
-                       help="replace the runs and report in the output folder (generated data and prior cache are kept)")
+                       help="replace the runs and report in the output folder (generated data and prior cache are kept; "
+                            "only a folder this recipe made, holding nothing else)")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="with --resume: continue with settings that differ from the recorded ones (every run "
+                             "continues with them; recorded in OUTPUT/config_changes.yaml)")
     parser.add_argument("--iterations", type=int, help="override train.total_iter (e.g. 3 for a smoke test)")
     parser.add_argument("--seeds", help="override recipe.seeds, e.g. 0,1,2,3,4")
     parser.add_argument("--parallel", type=int, help="override recipe.parallel (row jobs at a time)")
@@ -326,68 +363,195 @@ def resolve_threads(setting: int | str | None, parallel: int = 1) -> int | None:
     return max(1, (cores - busy) // max(1, parallel))
 
 
-def check_output(output: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse an output folder that holds a previous run unless resuming or overwriting; clear it for overwrite."""
-    previous = [output / name for name in ("runs", *REPORT_FILES) if (output / name).exists()]
-    if previous and not (resume or overwrite):
-        raise RunExistsError(f"{output} already holds a previous run ({', '.join(p.name for p in previous)}); "
-                             "pass --resume to continue it or --overwrite to replace it")
-    if overwrite:
-        for path in previous:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+def foreign_entries(folder: Path, entries: Sequence[Path]) -> list[Path]:
+    """Of the top-level ``entries`` of a recipe output folder that ``--overwrite`` would delete, every
+    path the recipe did not write (at any depth it looks): anything but ``runs/``, the report files,
+    ``config_changes.yaml``; inside ``runs/``: a row folder (a name of :data:`ROWS`) holding only
+    ``seed<k>/`` run folders of :mod:`restoration.train` (with its marker and only its outputs) and
+    their ``seed<k>.yaml`` / ``seed<k>.log``. Temporary files of interrupted writes count as the recipe's."""
+    foreign: list[Path] = []
+    for entry in entries:
+        if is_temporary(entry.name) or (entry.name in (*REPORT_FILES, CONFIG_CHANGES_NAME) and entry.is_file()
+                                        and not entry.is_symlink()):
+            continue
+        if entry.name != "runs" or not entry.is_dir() or entry.is_symlink():
+            foreign.append(entry)
+            continue
+        for row in sorted(entry.iterdir()):
+            if row.name not in ROWS or not row.is_dir() or row.is_symlink():
+                foreign.append(row)
+                continue
+            for item in sorted(row.iterdir()):
+                if is_temporary(item.name):
+                    continue
+                if item.is_file() and not item.is_symlink() and re.fullmatch(r"seed\d+\.(yaml|log)", item.name):
+                    continue
+                if not (re.fullmatch(r"seed\d+", item.name) and item.is_dir() and not item.is_symlink()
+                        and _is_training_run(item)):
+                    foreign.append(item)
+                    continue
+                foreign += [path for path in sorted(item.iterdir())
+                            if path.name not in RUN_OUTPUTS and not is_temporary(path.name)]
+    return foreign
 
 
-def _run_jobs_in_processes(jobs: list[tuple[str, int, Path, Path]], parallel: int, threads: int | None,
-                           device: str, resume: bool) -> None:
-    """Run ``(row, seed, options file, run folder)`` jobs as ``python -m restoration.train`` processes,
-    ``parallel`` at a time; a failed job stops the recipe, naming its log."""
+def _is_training_run(folder: Path) -> bool:
+    """Whether ``folder`` carries the marker of a :mod:`restoration.train` run."""
+    try:
+        return json.loads((folder / RUN_MARKER).read_text()).get("kind") == RUN_KIND
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def open_output(output: Path, task: str, resume: bool, overwrite: bool):
+    """Open the recipe output folder as a run folder of kind ``<task>_recipe`` (module docstring):
+    created, resumed, or cleared for ``overwrite`` (keeping :data:`KEPT_BY_OVERWRITE`, refusing
+    :func:`foreign_entries`); returns the handle holding its lock (close it when the recipe ends).
+    Every refusal is a one-line :class:`~robustprior.training.RunSetupError`; nothing is changed then."""
+    check_output_folder(output, "--output")
+    return prepare_run_folder(output, f"{task}_recipe", resume, overwrite, keep=KEPT_BY_OVERWRITE,
+                              foreign=foreign_entries)
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (old, new)}`` of every leaf value that differs between two nested mappings
+    (a key missing on one side: None there)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return {} if old == new else {prefix.rstrip("."): (old, new)}
+    found: dict[str, tuple[Any, Any]] = {}
+    for key in list(old) + [key for key in new if key not in old]:
+        found.update(_differences(old.get(key), new.get(key), f"{prefix}{key}."))
+    return found
+
+
+def record_settings(output: Path, config: dict[str, Any], resume: bool, allow_change: bool) -> bool:
+    """Write ``recipe_config.yaml``; with ``resume``, first compare ``config`` with the recorded one: a
+    difference in a setting that changes the runs is a :class:`~robustprior.training.ConfigChangeError`
+    unless ``allow_change``; accepted differences go to ``config_changes.yaml``. Returns whether the
+    runs' settings changed (every run must then continue with the new ones)."""
+    path = output / RECIPE_CONFIG
+    changed = False
+    if resume and path.is_file():
+        recorded = yaml.safe_load(path.read_text()) or {}
+        differences = _differences(recorded, config)
+        changes_runs = {key: values for key, values in differences.items() if key not in UNCHANGING_KEYS}
+        if changes_runs and not allow_change:
+            raise config_change_error(changes_runs, "resume with the recorded settings (see "
+                                      f"{path}; drop the options that differ)")
+        if differences:
+            record_config_changes(output, differences, "--allow-config-change" if changes_runs else
+                                  "command line (settings that change no run)")
+        changed = bool(changes_runs)
+    write_text_atomically(path, yaml.safe_dump(config, sort_keys=False))
+    return changed
+
+
+# ----------------------------------------------------------------------------- jobs
+def _job_environment(threads: int | None) -> dict[str, str]:
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     if threads is not None:
         environment.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    pending, running, done = list(jobs), [], 0
-    while pending or running:
-        while pending and len(running) < parallel:
-            row, seed, options_file, run_dir = pending.pop(0)
-            command = [sys.executable, "-m", "restoration.train", "--opt", str(options_file), "--output", str(run_dir),
-                       "--device", device, "--no-progress"] + (["--resume"] if resume else [])
-            log = run_dir.parent / f"seed{seed}.log"
-            handle = open(log, "w")
-            running.append((row, seed, log, handle, time.perf_counter(),
-                            subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment)))
-        time.sleep(1.0)
-        for entry in list(running):
-            row, seed, log, handle, started, process = entry
+    environment[PARENT_VARIABLE] = str(os.getpid())  # restoration.train stops when this process dies
+    return environment
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a job's whole process group (the job and its data-loader workers); the job must not
+    have been reaped yet (its id then still names its group)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_jobs(processes: Sequence[subprocess.Popen], grace: float = STOP_GRACE_SECONDS) -> None:
+    """Stop running jobs: SIGTERM to each (a job writes a checkpoint and exits), then SIGKILL to the
+    process group of any job still running after ``grace`` seconds (or at a second stop signal)."""
+    running = [process for process in processes if process.poll() is None]
+    for process in running:
+        try:
+            process.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    try:
+        for process in running:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _kill_group(process)
+    except Interrupted:  # a second Ctrl-C: no more waiting
+        for process in running:
             if process.poll() is None:
-                continue
-            handle.close()
-            running.remove(entry)
-            done += 1
-            if process.returncode != 0:
-                for _, _, _, other_handle, _, other in running:
-                    other.terminate()
-                    other.wait()
-                    other_handle.close()
-                tail = log.read_text().strip().splitlines()[-1:] or ["(empty log)"]
-                raise RunSetupError(f"job {row} seed {seed} failed (exit {process.returncode}): {tail[0]}; log {log}")
-            print(f"[{done}/{len(jobs)}] {ROW_LABELS[row]}, seed {seed}: done in "
-                  f"{(time.perf_counter() - started) / 60:.1f} min", flush=True)
+                _kill_group(process)
+    for process in running:
+        process.wait()
 
 
+def _run_jobs_in_processes(jobs: list[tuple[str, int, Path, Path]], parallel: int, threads: int | None,
+                           device: str, resume: bool, allow_config_change: bool = False) -> None:
+    """Run ``(row, seed, options file, run folder)`` jobs as ``python -m restoration.train`` processes,
+    ``parallel`` at a time, each in its own process group; a failed job stops the recipe, naming its log;
+    any exception here (a stop signal: :class:`~robustprior.training.interrupt.Interrupted`) stops
+    every running job first (:func:`stop_jobs`)."""
+    environment = _job_environment(threads)
+    pending, running, done = list(jobs), [], 0
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                row, seed, options_file, run_dir = pending.pop(0)
+                command = [sys.executable, "-m", "restoration.train", "--opt", str(options_file), "--output",
+                           str(run_dir), "--device", device, "--no-progress"]
+                command += (["--resume"] if resume else []) + (["--allow-config-change"] if allow_config_change else [])
+                log = run_dir.parent / f"seed{seed}.log"
+                with open(log, "w") as handle:  # the child holds its own copy
+                    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment,
+                                               start_new_session=True)
+                running.append((row, seed, log, time.perf_counter(), process))
+            time.sleep(0.2)
+            for entry in list(running):
+                row, seed, log, started, process = entry
+                if process.poll() is None:
+                    continue
+                running.remove(entry)
+                done += 1
+                if process.returncode != 0:
+                    stop_jobs([other for *_, other in running])
+                    running = []
+                    tail = log.read_text().strip().splitlines()[-1:] or ["(empty log)"]
+                    raise RunSetupError(f"job {row} seed {seed} failed (exit {process.returncode}): {tail[0]}; log {log}")
+                print(f"[{done}/{len(jobs)}] {ROW_LABELS[row]}, seed {seed}: done in "
+                      f"{(time.perf_counter() - started) / 60:.1f} min", flush=True)
+    except BaseException:
+        stop_jobs([process for *_, process in running])
+        raise
+
+
+# ----------------------------------------------------------------------------- the recipe
 def run_recipe(task: str, description: str, argv: Sequence[str] | None = None) -> int:
-    """The whole recipe (module docstring); returns the process exit status."""
-    args = build_parser(task, description).parse_args(argv)
+    """The whole recipe (module docstring); returns the process exit status: 0, 2 after a one-line
+    ``error: ...``, 130 / 143 after SIGINT / SIGTERM (``interrupted; resume with --resume``)."""
+    parser = build_parser(task, description)
+    args = parser.parse_args(argv)
+    if args.allow_config_change and not args.resume:
+        parser.error("--allow-config-change goes with --resume")
     keep_freed_memory()  # robustprior.io.allocator: freed tensors stay in the process
     if args.restore:
         return run_restore(args, task)
-    try:
-        return _run_recipe(task, args)
-    except RunSetupError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    with stop_on_signals():
+        try:
+            return _run_recipe(task, args)
+        except RunSetupError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except Interrupted as stop:
+            print("interrupted; resume with --resume", file=sys.stderr, flush=True)
+            return stop.exit_status
 
 
-def _run_recipe(task: str, args: argparse.Namespace) -> int:
-    started, cpu_started, load_start = time.perf_counter(), time.process_time(), _load_average()
+def requested_config(task: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe config (``--config``, or the ``--preset``) with the command line's overrides, its recipe
+    keys validated (defaults filled)."""
     if args.preset and args.preset != "default":
         args.config = str(CONFIG_DIR / f"{task}_{args.preset}.yaml")
     config = load_recipe_config(task, args.config)
@@ -395,26 +559,92 @@ def _run_recipe(task: str, args: argparse.Namespace) -> int:
     for row in ("sam", "robustsam"):
         if getattr(args, f"{row}_checkpoint"):
             overrides["recipe"]["checkpoints"][row] = getattr(args, f"{row}_checkpoint")
+    if args.data_root:
+        overrides["recipe"]["data_root"] = args.data_root
     if args.iterations is not None:
         overrides["train"] = {"total_iter": args.iterations}
     if args.seeds:
-        overrides["recipe"]["seeds"] = [int(value) for value in args.seeds.split(",")]
-    if args.parallel:
+        try:
+            overrides["recipe"]["seeds"] = [int(value) for value in args.seeds.split(",")]
+        except ValueError:
+            raise ConfigError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {args.seeds!r}") from None
+    if args.parallel is not None:
         overrides["recipe"]["parallel"] = args.parallel
     config = merge_config(config, overrides)
-    validate_config({key: config[key] for key in RECIPE_KEYS}, RECIPE_SCHEMA, source="the recipe with its overrides")
+    recipe_part = validate_config({key: config[key] for key in RECIPE_KEYS if key in config}, RECIPE_SCHEMA,
+                                  source="the recipe with its overrides")
+    return {**config, **recipe_part}
+
+
+def data_roots(config: dict[str, Any], output: Path) -> tuple[Path | None, dict[str, str] | None]:
+    """``(generated data folder or None, the train / test roots or None: the datasets' own dataroot)``."""
+    recipe = config["recipe"]
+    if recipe["data_root"]:
+        data_root, generated = Path(recipe["data_root"]), None
+    elif recipe.get("generate"):
+        data_root = generated = output / "data"
+    else:
+        return None, None
+    return generated, {phase: template.format(data_root=data_root) for phase, template in recipe["roots"].items()}
+
+
+def check_recipe(config: dict[str, Any], roots: dict[str, str] | None, prior_cache: Path, data_exists: bool) -> None:
+    """Every row's training options, validated before anything is written (one
+    :class:`~robustprior.training.ConfigError` naming the first problem); the data layout too when the
+    data already exists (real data)."""
+    base = {key: copy.deepcopy(value) for key, value in config.items() if key not in RECIPE_KEYS}
+    for phase, root in (roots or {}).items():
+        if isinstance(base.get("datasets"), dict) and isinstance(base["datasets"].get(phase), dict):
+            base["datasets"][phase]["dataroot"] = root
+    validate_options(base, source="the training options of the recipe config")
+    for index, (row, seed) in enumerate(job_list(config, config["recipe"]["rows"])):
+        options = validate_options(row_options(config, row, seed, roots, prior_cache),
+                                   source=f"the training options of row {row}, seed {seed}")
+        check_options_agree(options)
+        if data_exists and index == 0:
+            check_data(options)
+
+
+def prior_models(config: dict[str, Any]) -> dict[str, str]:
+    """The description of each prior row's model (nothing is built); an unknown name or an unreadable
+    checkpoint file is one :class:`~robustprior.training.ConfigError` line naming the setting."""
+    models = {}
+    for row, checkpoint in config["recipe"]["checkpoints"].items():
+        if row in config["recipe"]["rows"]:
+            try:
+                models[row] = describe_prior_model(row, checkpoint)
+            except (ValueError, OSError) as error:
+                option = f"--{row}-checkpoint / recipe.checkpoints.{row}"
+                raise ConfigError(f"{option}: {str(error).splitlines()[0]}") from None
+    return models
+
+
+def _run_recipe(task: str, args: argparse.Namespace) -> int:
+    started, cpu_started, load_start = time.perf_counter(), time.process_time(), _load_average()
+    config = requested_config(task, args)
     output = Path(args.output)
     context = setup_distributed(args.device)  # under torchrun: rank 0 prepares folders and data, the others wait
     progress = not args.no_progress and context.is_main
-    refusal = None
-    if context.is_main:
-        try:
-            check_output(output, args.resume, args.overwrite)
-        except RunExistsError as error:
-            refusal = str(error)
-    refusal = context.all_gather(refusal)[0]
-    if refusal is not None:
-        raise RunExistsError(refusal)
+    generated, roots = data_roots(config, output)
+    prior_cache = output / PRIOR_CACHE_NAME
+    check_recipe(config, roots, prior_cache, data_exists=generated is None)
+    models = prior_models(config)
+    lock = context.run_on_main(open_output, output, task, args.resume, args.overwrite)  # before any work
+    try:
+        return _run_in_folder(task, args, config, output, context, progress, generated, roots, prior_cache, models,
+                              (started, cpu_started, load_start))
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _run_in_folder(task: str, args: argparse.Namespace, config: dict[str, Any], output: Path, context, progress: bool,
+                   generated: Path | None, roots: dict[str, str] | None, prior_cache: Path, models: dict[str, str],
+                   clock: tuple[float, float, float | None]) -> int:
+    """The recipe inside its locked output folder (:func:`_run_recipe` checked everything before)."""
+    started, cpu_started, load_start = clock
+    changed = context.run_on_main(record_settings, output, config, args.resume, args.allow_config_change)
+    changed = context.all_gather(changed)[0]
     in_processes = context.world_size == 1 and config["recipe"]["parallel"] > 1
     threads = resolve_threads(config.get("threads"), config["recipe"]["parallel"] if in_processes else 1)
     if threads is not None:
@@ -425,25 +655,20 @@ def _run_recipe(task: str, args: argparse.Namespace) -> int:
         print(f"Using the embedded defaults: bundled tiny SAM/RobustSAM models ({BUNDLED['tiny'].name}) on generated "
               f"{'SOTS' if task == 'dehaze' else 'GoPro'}-like data (recipes/configs/{task}_default.yaml); "
               "see --help for real data, real models and the full-scale config.")
-    for row, checkpoint in config["recipe"]["checkpoints"].items():
-        model = describe_prior_model(row, checkpoint)
-        if context.is_main and row in config["recipe"]["rows"] and ("RANDOMLY INITIALISED" in model or "UNTRAINED" in model):
+    for row, model in models.items():
+        if context.is_main and ("RANDOMLY INITIALISED" in model or "UNTRAINED" in model):
             print(f"warning: {ROW_LABELS[row]}: {model} (the report says so)", file=sys.stderr)
 
-    roots: dict[str, str] | None = None
-    if args.data_root or config["recipe"].get("generate"):
-        if args.data_root:
-            data_root, data_description = Path(args.data_root), f"real data at {args.data_root}"
-        else:
-            data_root, data_description = output / "data", "generated data"
-            if context.is_main:
-                data_description = ensure_generated_data(task, data_root, config["recipe"]["generate"], progress)
-        roots = {phase: template.format(data_root=data_root) for phase, template in config["recipe"]["roots"].items()}
+    if generated is not None:
+        data_description = "generated data"
+        if context.is_main:
+            data_description = ensure_generated_data(task, generated, config["recipe"]["generate"], progress)
+    elif roots is not None:
+        data_description = f"real data at {config['recipe']['data_root']}"
     else:
         datasets = config["datasets"]
         data_description = f"real data: train {datasets['train'].get('dataroot')}, test {datasets['test'].get('dataroot')}"
     context.barrier()
-    prior_cache = output / "prior_cache"
     first_seed = config["recipe"]["seeds"][0]
     reference = check_options(row_options(config, "none", first_seed, roots, prior_cache))
     rows, dropped = list(config["recipe"]["rows"]), {}
@@ -456,8 +681,6 @@ def _run_recipe(task: str, args: argparse.Namespace) -> int:
     options = {(row, seed): check_options(row_options(config, row, seed, roots, prior_cache)) for row, seed in jobs}
     operating_point = apply_operating_points(config, rows, options, lq_paths(reference, ("train",)))
     if context.is_main:
-        output.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(output / "recipe_config.yaml", yaml.safe_dump(config, sort_keys=False))
         for row in rows:  # priors once, before the jobs: parallel jobs then only read the cache
             if row != "none":
                 prior_options = options[(row, first_seed)]["prior"]
@@ -466,9 +689,10 @@ def _run_recipe(task: str, args: argparse.Namespace) -> int:
     context.barrier()
 
     run_dirs = {(row, seed): output / "runs" / row / f"seed{seed}" for row, seed in jobs}
-    todo = [job for job in jobs if not (args.resume and (run_dirs[job] / RESULTS_NAME).is_file())]
+    finished = [job for job in jobs if args.resume and not changed and (run_dirs[job] / RESULTS_NAME).is_file()]
+    todo = [job for job in jobs if job not in finished]
     if context.is_main:
-        print(f"{len(jobs)} training jobs ({len(jobs) - len(todo)} already finished), "
+        print(f"{len(jobs)} training jobs ({len(finished)} already finished), "
               f"{config['recipe']['parallel'] if in_processes else 1} at a time, {threads or 'default'} torch threads each",
               flush=True)
     if in_processes:
@@ -478,26 +702,30 @@ def _run_recipe(task: str, args: argparse.Namespace) -> int:
             options_file = run_dirs[(row, seed)].parent / f"seed{seed}.yaml"
             write_text_atomically(options_file, yaml.safe_dump(options[(row, seed)], sort_keys=False))
             files.append((row, seed, options_file, run_dirs[(row, seed)]))
-        _run_jobs_in_processes(files, config["recipe"]["parallel"], threads, args.device, args.resume)
+        _run_jobs_in_processes(files, config["recipe"]["parallel"], threads, args.device, args.resume, changed)
     else:
         for row, seed in todo:
             if context.is_main:
                 print(f"== {ROW_LABELS[row]}, seed {seed} ==", flush=True)
-            trainer = RestorationTrainer(options[(row, seed)], run_dirs[(row, seed)], resume=args.resume,
-                                         device=args.device, progress=progress)
+            with warnings.catch_warnings():  # "no masks" was told when the priors were computed (above)
+                warnings.filterwarnings("ignore", message=NO_MASKS_WARNING, category=RuntimeWarning)
+                trainer = RestorationTrainer(options[(row, seed)], run_dirs[(row, seed)], resume=args.resume,
+                                             device=args.device, progress=progress, allow_config_change=changed)
             trainer.run()
             del trainer
     if not context.is_main:
         return 0
     test_paths = lq_paths(reference, ("test",))
     quality, reliance = {}, {}
-    for row in rows:
-        if row == "none":
-            continue
-        index = prepare_priors(options[(row, first_seed)]["prior"], test_paths, prior_cache, progress=False)
-        quality[row] = prior_quality(index, test_paths)
-        reliance[row] = prior_reliance(run_dirs[(row, first_seed)], device="cpu")
-    swap = swap_verdicts(config, rows, run_dirs, options, prior_cache)
+    with warnings.catch_warnings():  # "no masks" was told when the priors were computed (above)
+        warnings.filterwarnings("ignore", message=NO_MASKS_WARNING, category=RuntimeWarning)
+        for row in rows:
+            if row == "none":
+                continue
+            index = prepare_priors(options[(row, first_seed)]["prior"], test_paths, prior_cache, progress=False)
+            quality[row] = prior_quality(index, test_paths)
+            reliance[row] = prior_reliance(run_dirs[(row, first_seed)], device="cpu")
+        swap = swap_verdicts(config, rows, run_dirs, options, prior_cache)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_seconds = time.process_time() - cpu_started + children.ru_utime + children.ru_stime
     wall = time.perf_counter() - started

@@ -31,6 +31,8 @@ with options that differ from the run's is refused unless ``--allow-config-chang
 is an allowed, recorded override); checkpoints are safetensors weights plus a ``weights_only`` state
 file (optimizer, schedule, every rank's RNG states: a resumed run continues exactly); the CSV logs
 are cut back to the checkpoint on resume. The data layout is checked before the folder is touched.
+SIGINT / SIGTERM during training (:mod:`robustprior.training.interrupt`) finish the current step, write
+a checkpoint and stop with one line and exit status 130 / 143; ``--resume`` continues from there.
 Outputs: ``config.yaml``, ``checkpoints/``, ``train_log.csv``, ``val_log.csv``, ``results.json`` and
 ``images/`` (restored test images). Command line::
 
@@ -40,6 +42,7 @@ Outputs: ``config.yaml``, ``checkpoints/``, ``train_log.csv``, ``val_log.csv``, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import inspect
 import json
@@ -71,6 +74,8 @@ from robustprior.training.checkpoints import load_training_checkpoint
 from robustprior.training.distributed import DistributedContext, resolve_device, setup_distributed
 from robustprior.training.errors import (CheckpointError, ConfigError, RunExistsError,
                                          exit_on_setup_error)
+from robustprior.training.interrupt import (Interrupted, deferred_stop, interruption, stop_on_signals, stop_requested,
+                                            stop_with_parent)
 
 from robustprior.training.rng import seed_everything
 from robustprior.training.run_folder import RUN_MARKER, Run
@@ -455,6 +460,15 @@ class RestorationTrainer:
         self.network.train()
         bar = tqdm(total=stop, initial=self.iteration, desc=f"train {self.options['name']}", unit="it",
                    disable=not self.progress, dynamic_ncols=True)
+        # one process: a stop signal ends the step, a checkpoint is written, then Interrupted (several ranks
+        # would have to agree on the step: there the signal interrupts at once, as without the engine)
+        with deferred_stop() if self.context.world_size == 1 else contextlib.nullcontext():
+            self._fit_loop(stop, batches_per_epoch, log_freq, save_freq, val_freq, losses, bar)
+        bar.close()
+
+    def _fit_loop(self, stop: int, batches_per_epoch: int, log_freq: int, save_freq: int, val_freq: int | None,
+                  losses: list[float], bar: tqdm) -> None:
+        """The steps of :meth:`fit`; after a step, a recorded stop signal writes a checkpoint and stops."""
         while self.iteration < stop:
             epoch, first = divmod(self.iteration, batches_per_epoch)
             self.train_set.set_epoch(epoch)
@@ -481,9 +495,14 @@ class RestorationTrainer:
                             "loss": mean_loss, "train_seconds": round(self.train_seconds, 3)}])
                 if val_freq and self.iteration % val_freq == 0 and self.iteration != stop:
                     self._validate()
-                if self.iteration % save_freq == 0 or self.iteration == stop:
+                saved = self.iteration % save_freq == 0 or self.iteration == stop
+                if saved:
                     self.save_checkpoint()
-        bar.close()
+                if stop_requested() is not None:
+                    if not saved:
+                        self.save_checkpoint()
+                    bar.close()
+                    raise interruption()
 
     def _validate(self) -> None:
         """Periodic evaluation on (the first ``val.max_images`` of) the test set, logged to ``val_log.csv``."""
@@ -676,10 +695,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()  # robustprior.io.allocator: freed tensors stay in the process
     options = {key: value for key, value in load_options(args.opt).items() if key not in RECIPE_KEYS}
     run_dir = Path(args.output or Path("runs") / str(options.get("name", SCHEMA.fields["name"].default)))
-    trainer = RestorationTrainer(options, run_dir, resume=args.resume, overwrite=args.overwrite, device=args.device,
-                                 progress=not args.no_progress, allow_config_change=args.allow_config_change,
-                                 iterations=args.iterations)
-    results = trainer.run()
+    with stop_on_signals():
+        try:
+            stop_with_parent()  # started by a recipe: stop (with a checkpoint) when it dies
+            trainer = RestorationTrainer(options, run_dir, resume=args.resume, overwrite=args.overwrite,
+                                         device=args.device, progress=not args.no_progress,
+                                         allow_config_change=args.allow_config_change, iterations=args.iterations)
+            results = trainer.run()
+        except Interrupted as stop:
+            print(f"[restoration] interrupted ({stop.name}); resume with --resume", file=sys.stderr, flush=True)
+            return stop.exit_status
     if results is not None:
         metrics = results["metrics"]
         print(f"{results['name']}: PSNR {metrics['psnr']:.3f} dB, SSIM ({results['ssim_kind']}) {metrics['ssim']:.4f} "

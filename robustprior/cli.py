@@ -76,7 +76,11 @@ def command_segment(args: argparse.Namespace) -> int:
     from robustprior.data.image_io import load_image
     from .load import load_model
     from .predictor import check_box_prompt, check_point_prompt
+    from .training.run_folder import check_output_folder
 
+    if args.labels is not None and args.points is None:
+        raise ValueError("--labels go with --points (one label per point); without --points nothing is prompted "
+                         "and automatic masks would be made instead")
     automatic = args.points is None and args.box is None
     inputs = _input_images(args.image)
     if not automatic and len(inputs) > 1:
@@ -95,10 +99,9 @@ def command_segment(args: argparse.Namespace) -> int:
             if len(labels) != len(args.points):
                 raise ValueError(f"{len(args.points)} points but {len(labels)} labels")
             check_point_prompt(args.points, labels, image.shape[:2])
-        elif args.labels is not None:
-            raise ValueError("--labels belong to --points")
         if args.box is not None:
             check_box_prompt(args.box, image.shape[:2])
+    check_output_folder(args.output, "--output")  # a file or a read-only folder: an error before the model runs
     existing = [path for path in _planned_outputs(args, stems, automatic) if path.exists()]
     if existing and not args.overwrite:
         shown = ", ".join(map(str, existing[:4])) + (f" and {len(existing) - 4} more" if len(existing) > 4 else "")
@@ -202,8 +205,11 @@ def command_cache(args: argparse.Namespace) -> int:
 def command_eval(args: argparse.Namespace) -> int:
     """Evaluate SAM vs RobustSAM per degradation (the paper's Table 2 layout)."""
     from robustprior.evaluation.evaluate import load_eval_config, run_evaluation
+    from .training.run_folder import check_output_folder
 
-    result = run_evaluation(load_eval_config(args.config), args.checkpoint, Path(args.output), overwrite=args.overwrite)
+    config = load_eval_config(args.config)
+    check_output_folder(args.output, "--output")  # a file or a read-only folder: an error before the model runs
+    result = run_evaluation(config, args.checkpoint, Path(args.output), overwrite=args.overwrite)
     print(result.to_markdown())
     print(f"report written to {args.output}")
     return 0

@@ -46,3 +46,24 @@ def _flip_tensor_bytes(path: Path, count: int = 8) -> None:
 def flip_tensor_bytes():
     """:func:`_flip_tensor_bytes`: corrupt a safetensors file's tensors in place, same length."""
     return _flip_tensor_bytes
+
+
+@pytest.fixture()
+def unwritable_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A folder this process may not write into (mode 0555). Root ignores modes, so under root
+    ``os.access`` is made to answer for this folder as the kernel answers everyone else (not writable);
+    the checks under test ask ``os.access``."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        real_access = os.access
+
+        def access(path, mode, *args, **kwargs):
+            if mode & os.W_OK and Path(path).resolve() == folder.resolve():
+                return False
+            return real_access(path, mode, *args, **kwargs)
+
+        monkeypatch.setattr(os, "access", access)
+    yield folder
+    folder.chmod(0o755)

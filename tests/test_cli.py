@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,7 @@ def test_prompts_and_settings_are_checked_before_the_model_loads(tmp_path: Path,
         ([str(broken), "--points", "1,1"], "corrupt"),
         (["skimage:coffee", "--points", "9999,1"], "outside"),
         (["skimage:coffee", "--points", "1,1;2,2", "--labels", "1"], "labels"),
+        (["skimage:coffee", "--labels", "1"], "--labels go with --points"),  # not automatic masks in silence
         (["skimage:coffee", "--points", "1,1", "--labels", "3"], "1 (foreground) or 0"),
         (["skimage:coffee", "--box", "50,50,10,10"], "x1 < x0"),
         (["skimage:coffee", "--stability-thresh", "2"], "stability_score_thresh"),
@@ -152,3 +154,64 @@ def test_model_traps(tmp_path: Path, capsys) -> None:
     captured = capsys.readouterr()
     assert "RobustSAM" not in captured.err and "SAM-tiny" in captured.err and "(SAM-tiny" in captured.out
     assert str(load.BUNDLED["sam_tiny"]) in captured.err
+
+
+def test_an_output_that_is_a_file_or_unwritable_is_refused_before_the_model_loads(
+        tmp_path: Path, unwritable_folder: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(load, "load_model", lambda *a, **k: pytest.fail("the model was loaded before the check"))
+    (tmp_path / "a_file").write_text("mine")
+    cases = [(tmp_path / "a_file", "is a file, not a folder"), (unwritable_folder, "is not writable"),
+             (unwritable_folder / "new", "is not writable"), (tmp_path / "a_file" / "new", "a_file is a file")]
+    for output, message in cases:
+        for prompt in (["--points", "200,200"], []):  # prompted and automatic
+            assert main(["segment", "skimage:coffee", *prompt, "--output", str(output)]) == 2, output
+            error = capsys.readouterr().err
+            assert error.startswith("error: --output") and error.count("\n") == 1 and message in error, error
+    assert (tmp_path / "a_file").read_text() == "mine"
+    from robustprior.evaluation import evaluate  # robustprior eval: the same check before its model loads
+
+    monkeypatch.setattr(evaluate, "_load_model", lambda *a, **k: pytest.fail("the model was loaded before the check"))
+    config = Path(evaluate.__file__).parents[1] / "configs" / "eval_tiny.yaml"
+    for output, message in cases[:2]:
+        assert main(["eval", str(config), "--output", str(output)]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: --output") and error.count("\n") == 1 and message in error, error
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ([0.5, np.nan], "1 NaN or infinite float sample(s)"),
+    ([0.5, np.inf], "NaN or infinite"),
+    ([0.0, 1.5], "float samples in [0, 1.5], outside [0, 1]"),
+    ([-0.25, 1.0], "float samples in [-0.25, 1], outside [0, 1]"),
+])
+def test_float_images_with_bad_samples_are_refused(tmp_path: Path, monkeypatch, capsys, values, message) -> None:
+    import cv2
+
+    from restoration.paired_data import read_rgb_float
+
+    image = np.full((8, 8, 3), 0.25, np.float32)
+    image[0, 0, 0], image[1, 1, 1] = values
+    path = tmp_path / "float.tiff"
+    assert cv2.imwrite(str(path), image)
+    for reader in (read_rgb_image, read_rgb_float):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            reader(path)
+    monkeypatch.setattr(load, "load_model", lambda *a, **k: pytest.fail("the model was loaded before the check"))
+    assert main(["segment", str(path), "--points", "2,2", "--output", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and str(path) in error and message in error
+
+
+def test_float_images_in_range_read_as_their_8_and_32_bit_values(tmp_path: Path) -> None:
+    import cv2
+
+    from restoration.paired_data import read_rgb_float
+
+    rng = np.random.default_rng(0)
+    image = rng.random((6, 5, 3), dtype=np.float32)
+    image[0, 0] = (0.0, 1.0, 0.5)
+    path = tmp_path / "float.tiff"
+    assert cv2.imwrite(str(path), image)
+    rgb = image[..., ::-1]  # cv2 writes BGR
+    np.testing.assert_array_equal(read_rgb_float(path), rgb)
+    np.testing.assert_array_equal(read_rgb_image(path), np.rint(rgb * 255.0).astype(np.uint8))

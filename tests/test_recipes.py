@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,9 +16,9 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from restoration.table8 import check_output, job_list, load_recipe_config, run_recipe  # noqa: E402
+from restoration.table8 import job_list, load_recipe_config, open_output, run_recipe  # noqa: E402
 from restoration.train import RunExistsError  # noqa: E402
-from robustprior.training import ConfigError  # noqa: E402
+from robustprior.training import RUN_MARKER, ConfigError, RunFolderError  # noqa: E402
 
 TOY_DATA = {
     "dehaze": {"image_size": [48, 48], "train_images": 4, "test_images": 2, "seed": 5},
@@ -142,23 +144,164 @@ def test_recipe_config_schema_and_jobs(tmp_path: Path) -> None:
         load_recipe_config("dehaze", REPO_ROOT / "recipes" / "configs" / "deblur_default.yaml")
 
 
-def test_the_script_exits_nonzero_on_an_occupied_output(tmp_path: Path) -> None:
-    output = tmp_path / "out"
+def small_config(folder: Path, rows: list[str], parallel: int = 1, **prior: float) -> Path:
+    """:func:`toy_config` (dehaze) with only ``rows``, one seed and ``parallel`` jobs at a time."""
+    config = yaml.safe_load(toy_config("dehaze", folder).read_text())
+    config["recipe"].update(rows=rows, seeds=[0], parallel=parallel)
+    config["train"].update(log_freq=1)
+    config["prior"].update(prior)
+    path = folder / f"small_{'_'.join(rows)}_{parallel}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_overwrite_refuses_a_folder_the_recipe_did_not_make(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The data-loss case, the issue's command line (run_recipe is what recipes/dehaze.py runs with its
+    arguments; the script itself runs in the interrupt test): a folder without the marker loses nothing."""
+    output = tmp_path / "U"
     (output / "runs").mkdir(parents=True)
-    completed = subprocess.run([sys.executable, str(REPO_ROOT / "recipes" / "dehaze.py"), "--output", str(output)],
-                               capture_output=True, text=True, timeout=120)
-    assert completed.returncode != 0
-    assert str(output) in completed.stderr and "--overwrite" in completed.stderr
+    (output / "runs" / "mystuff.txt").write_text("mine")
+    (output / "report.md").write_text("r")
+    assert run_recipe("dehaze", "dehaze", ["--output", str(output), "--overwrite", "--iterations", "3",
+                                           "--seeds", "0"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: ")
+    assert str(output) in error and "not a robustprior run folder" in error
+    assert (output / "runs" / "mystuff.txt").read_text() == "mine" and (output / "report.md").read_text() == "r"
+    assert sorted(path.name for path in output.iterdir()) == ["report.md", "runs"]  # nothing added either
 
 
-def test_overwrite_clears_runs_and_report_but_keeps_data(tmp_path: Path) -> None:
-    for name in ("runs/sam", "data/train", "prior_cache/abc"):
-        (tmp_path / name).mkdir(parents=True)
-    (tmp_path / "report.md").write_text("old")
-    with pytest.raises(RunExistsError, match=str(tmp_path)):
-        check_output(tmp_path, resume=False, overwrite=False)
-    check_output(tmp_path, resume=False, overwrite=True)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "prior_cache"]
+def _fake_recipe_folder(output: Path) -> None:
+    """What a finished recipe leaves: data, priors, a run of restoration.train with its logs, the report."""
+    run = output / "runs" / "sam" / "seed0"
+    for folder in ("data/train", "prior_cache/abc", "restored", run / "checkpoints", run / "images"):
+        (output / folder).mkdir(parents=True, exist_ok=True)
+    (run / RUN_MARKER).write_text(json.dumps({"kind": "restoration"}))
+    for name in ("config.yaml", "train_log.csv", "results.json"):
+        (run / name).write_text("x")
+    for name in ("runs/sam/seed0.yaml", "runs/sam/seed0.log", "report.md", "report.json", "grid.png",
+                 "recipe_config.yaml", "restored/photo.png", ".report.md.a1b2c3d4.partial"):  # a killed write's
+        (output / name).write_text("x")
+
+
+def test_overwrite_deletes_only_what_the_recipe_wrote(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    open_output(output, "dehaze", resume=False, overwrite=False).close()  # a new recipe folder: its marker
+    _fake_recipe_folder(output)
+    with pytest.raises(RunExistsError, match="pass --resume to continue it or --overwrite"):
+        open_output(output, "dehaze", resume=False, overwrite=False)
+    with pytest.raises(RunFolderError, match="holds a dehaze_recipe run, not a deblur_recipe run"):
+        open_output(output, "deblur", resume=False, overwrite=True)
+    planted = [output / "notes.txt", output / "runs" / "mine.txt", output / "runs" / "sam" / "todo.md",
+               output / "runs" / "sam" / "seed0" / "plot.png"]
+    for path in planted:
+        path.write_text("mine")
+    before = sorted(path.relative_to(output) for path in output.rglob("*"))
+    with pytest.raises(RunFolderError) as refusal:
+        open_output(output, "dehaze", resume=False, overwrite=True)
+    message = str(refusal.value)
+    assert "\n" not in message and "nothing was changed or deleted" in message
+    assert all(str(path.relative_to(output)) in message for path in planted)
+    assert sorted(path.relative_to(output) for path in output.rglob("*")) == before
+    for path in planted:
+        path.unlink()
+    open_output(output, "dehaze", resume=False, overwrite=True).close()
+    assert sorted(path.name for path in output.iterdir()) == [RUN_MARKER, "data", "prior_cache", "recipe_config.yaml",
+                                                              "restored"]
+    assert (output / "restored" / "photo.png").is_file() and (output / "prior_cache" / "abc").is_dir()
+
+
+def test_resume_refuses_changed_settings_unless_allowed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "C"
+    argv = ["--config", str(small_config(tmp_path, ["none"])), "--output", str(output), "--seeds", "0", "--no-progress"]
+    assert run_recipe("dehaze", "dehaze", [*argv, "--iterations", "2"]) == 0
+    capsys.readouterr()
+    assert run_recipe("dehaze", "dehaze", [*argv, "--iterations", "3", "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert "train.total_iter: 2 -> 3" in error and "--allow-config-change" in error
+    assert yaml.safe_load((output / "recipe_config.yaml").read_text())["train"]["total_iter"] == 2
+    assert not (output / "config_changes.yaml").exists()
+    assert run_recipe("dehaze", "dehaze", [*argv, "--iterations", "2", "--resume"]) == 0  # the same settings
+    assert "1 training jobs (1 already finished)" in capsys.readouterr().out
+    assert run_recipe("dehaze", "dehaze", [*argv, "--iterations", "3", "--resume", "--allow-config-change"]) == 0
+    assert "1 training jobs (0 already finished)" in capsys.readouterr().out
+    assert yaml.safe_load((output / "recipe_config.yaml").read_text())["train"]["total_iter"] == 3
+    changes = yaml.safe_load((output / "config_changes.yaml").read_text())
+    assert len(changes) == 1 and changes[0]["allowed_by"] == "--allow-config-change"
+    assert changes[0]["changes"] == {"train.total_iter": {"from": 2, "to": 3}}
+    run = output / "runs" / "none" / "seed0"
+    assert json.loads((run / "results.json").read_text())["iterations"] == 3  # the runs did what the config says
+    assert json.loads((output / "report.json").read_text())["rows"]["none"]["iterations"] == 3
+
+
+def test_interrupted_recipe_stops_every_job_with_a_checkpoint_and_holds_its_lock(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "S"
+    config = small_config(tmp_path, ["none", "gt_masks"], parallel=2)
+    arguments = ["--config", str(config), "--output", str(output), "--iterations", "100000", "--no-progress"]
+    recipe = subprocess.Popen([sys.executable, str(REPO_ROOT / "recipes" / "dehaze.py"), *arguments],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = [output / "runs" / row / "seed0" / "train_log.csv" for row in ("none", "gt_masks")]
+    try:
+        deadline = time.monotonic() + 150  # a bound for a crowded CPU; about 25 s on 2 idle cores
+        while not all(log.is_file() for log in logs) and recipe.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(log.is_file() for log in logs), "the jobs did not start training"
+        children = [int(pid) for pid in Path(f"/proc/{recipe.pid}/task/{recipe.pid}/children").read_text().split()]
+        assert len(children) == 2
+        # a second recipe on the folder is refused before any work: the lock is taken first
+        assert run_recipe("dehaze", "dehaze", [*arguments, "--resume"]) == 2
+        assert "another process is using" in capsys.readouterr().err
+        recipe.send_signal(signal.SIGTERM)
+        _, stderr = recipe.communicate(timeout=120)
+    finally:
+        if recipe.poll() is None:
+            recipe.kill()
+    assert recipe.returncode == 143
+    assert stderr.strip().splitlines()[-1] == "interrupted; resume with --resume" and "Traceback" not in stderr
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]  # no job outlived its recipe
+    for row in ("none", "gt_masks"):
+        run = output / "runs" / row / "seed0"
+        pointer = json.loads((run / "checkpoints" / "latest.json").read_text())  # written on the way out
+        assert pointer["iteration"] > 0
+        assert "interrupted (SIGTERM); resume with --resume" in (output / "runs" / row / "seed0.log").read_text()
+
+
+def test_output_file_unwritable_folder_and_bad_config_fail_before_any_work(
+        tmp_path: Path, unwritable_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = small_config(tmp_path, ["none"])
+    (tmp_path / "a_file").write_text("mine")
+    cases = [(tmp_path / "a_file", "is a file, not a folder"), (unwritable_folder / "out", "is not writable"),
+             (unwritable_folder, "is not writable")]
+    for output, message in cases:
+        for extra in ([], ["--overwrite"]):
+            assert run_recipe("dehaze", "dehaze", ["--config", str(config), "--output", str(output), *extra]) == 2
+            error = capsys.readouterr().err
+            assert error.startswith("error: ") and error.count("\n") == 1 and message in error, error
+    assert (tmp_path / "a_file").read_text() == "mine" and not list(unwritable_folder.iterdir())
+    bad = yaml.safe_load(config.read_text())
+    bad["train"]["optim_g"]["lr"] = -1.0  # only the training options' schema knows this is wrong
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    assert run_recipe("dehaze", "dehaze", ["--config", str(tmp_path / "bad.yaml"), "--output", str(tmp_path / "new")]) == 2
+    assert "train.optim_g.lr" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # no data/ written before the config error
+    assert run_recipe("dehaze", "dehaze", ["--config", str(config), "--output", str(tmp_path / "new"),
+                                           "--seeds", "0,x"]) == 2
+    assert "--seeds must be comma-separated integers" in capsys.readouterr().err
+    assert run_recipe("dehaze", "dehaze", ["--config", str(small_config(tmp_path, ["none", "sam"])), "--output",
+                                           str(tmp_path / "new"), "--sam-checkpoint", "nonsense"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--sam-checkpoint / recipe.checkpoints.sam: unknown checkpoint name" in error
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_no_masks_warning_is_given_once_per_prior(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    config = small_config(tmp_path, ["none", "sam"], pred_iou_thresh=0.999, stability_score_thresh=0.999)
+    assert run_recipe("dehaze", "dehaze", ["--config", str(config), "--output", str(tmp_path / "out"),
+                                           "--iterations", "1", "--no-progress"]) == 0
+    no_masks = [str(warning.message) for warning in recwarn if "no masks" in str(warning.message)]
+    assert len(no_masks) == 1 and no_masks[0].startswith("SAMPrior: no masks for 6 of 6 images"), no_masks
 
 
 def test_a_failing_parallel_job_stops_the_recipe_naming_its_log(tmp_path: Path) -> None:

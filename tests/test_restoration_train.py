@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from robustprior.data.scenes import SceneConfig, write_gopro_dataset
 from robustprior.training import (CheckpointError, ConfigChangeError, ConfigError, RunFolderError,
                                   load_training_checkpoint)
 from robustprior.training.checkpoints import CHECKPOINT_FOLDER, POINTER_NAME
+from robustprior.training.interrupt import Interrupted, stop_on_signals
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,6 +155,33 @@ def test_resume_continues_exactly(uninterrupted: tuple[RestorationTrainer, Path]
     assert torch.equal(*final_rng)  # mask dropout drew the same random numbers
     rows = (run_dir / "train_log.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3"]  # no duplicated rows after the resume
+    resumed.close()
+
+
+def test_a_stop_signal_checkpoints_the_step_and_resume_continues_exactly(
+        uninterrupted: tuple[RestorationTrainer, Path], gopro_root: Path, tmp_path: Path) -> None:
+    whole, cache_dir = uninterrupted
+    options = tiny_options(gopro_root, cache_dir)
+    options["train"]["save_freq"] = 1000  # no checkpoint but the one the signal asks for
+    run_dir = tmp_path / "stopped"
+    trainer = RestorationTrainer(options, run_dir, progress=False)
+    step = trainer._step
+
+    def step_then_signal(batch):
+        loss = step(batch)
+        if trainer.iteration == 1:  # during the second step (iteration counts finished steps)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    trainer._step = step_then_signal
+    with pytest.raises(Interrupted) as stop, stop_on_signals():
+        trainer.run()
+    assert stop.value.exit_status == 143 and trainer.iteration == 2
+    assert load_training_checkpoint(run_dir).iteration == 2  # the step finished, then its checkpoint
+    resumed = RestorationTrainer(options, run_dir, resume=True, progress=False)
+    resumed.fit()
+    expected, found = whole.network.state_dict(), resumed.network.state_dict()
+    assert all(torch.equal(expected[name], found[name]) for name in expected)
     resumed.close()
 
 

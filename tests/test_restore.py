@@ -170,6 +170,26 @@ def test_problems_are_one_line_errors(trained: dict, tmp_path: Path, capsys: pyt
     assert error == f"error: --restored {tmp_path / 'notes.txt'} is a file, not a folder: choose a folder for the restored PNGs\n"
 
 
+def test_an_unwritable_restored_folder_or_a_nan_image_is_refused_before_any_model_runs(
+        trained: dict, tmp_path: Path, unwritable_folder: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(restoration.restore, "load_final_run", lambda *a, **k: pytest.fail("the run was loaded"))
+    image = str(trained["large"])
+    for restored in (unwritable_folder, unwritable_folder / "new"):
+        assert run_restore(parse(["--restore", image, "--run", str(trained["run"]), "--restored", str(restored)]),
+                           "dehaze") == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: --restored") and error.count("\n") == 1 and "is not writable" in error
+    hdr = np.full((16, 16, 3), 0.5, np.float32)
+    hdr[3, 3] = np.nan
+    assert cv2.imwrite(str(tmp_path / "nan.tiff"), hdr)
+    assert run_restore(parse(["--restore", str(tmp_path / "nan.tiff"), "--run", str(trained["run"]),
+                              "--restored", str(tmp_path / "out")]), "dehaze") == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "nan.tiff has 3 NaN or infinite float sample(s)" in error
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_run_without_its_final_checkpoint_is_refused(trained: dict, tmp_path: Path) -> None:
     options = tiny_options(trained["data"], total_iter=2)
     options["prior"]["cache_dir"] = str(trained["run"] / "prior_cache")  # the priors are computed already

@@ -1,4 +1,9 @@
-"""Reading images the way every robustprior command expects them: ``H x W x 3`` uint8 RGB."""
+"""Reading images the way every robustprior command expects them: ``H x W x 3`` uint8 RGB.
+
+Float images (32-bit TIFF, PFM, ...) must hold samples in [0, 1]: NaN / Inf, or values outside
+[0, 1], are refused with one line naming the file and the range found (:func:`check_float_samples`),
+never clipped or cast silently.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,16 +34,33 @@ def read_native_rgb(path: str | Path) -> np.ndarray:
     raise ValueError(f"image file {path} has {channels} channels; expected 1-4")
 
 
+def check_float_samples(image: np.ndarray, source: str = "image") -> None:
+    """A float image must hold finite samples in [0, 1] (the range every reader here maps to 0-255);
+    otherwise a one-line ``ValueError`` naming ``source`` (integer images pass unchecked)."""
+    if not np.issubdtype(image.dtype, np.floating):
+        return
+    finite = np.isfinite(image)
+    if not finite.all():
+        bad = int(image.size - finite.sum())
+        raise ValueError(f"{source} has {bad} NaN or infinite float sample(s); refusing it (fix or re-save the image "
+                         "as 8/16-bit)")
+    low, high = float(image.min(initial=0.0)), float(image.max(initial=0.0))
+    if low < 0.0 or high > 1.0:
+        raise ValueError(f"{source} has float samples in [{low:g}, {high:g}], outside [0, 1]; refusing it rather than "
+                         "clipping (scale it to [0, 1] or save it as 8/16-bit)")
+
+
 def to_rgb_uint8(image: np.ndarray, source: str = "image") -> np.ndarray:
     """Normalise a decoded RGB array to ``H x W x 3`` uint8.
 
     Grayscale is replicated, RGBA loses its alpha, 16-bit becomes ``round(v / 257)`` (the inverse of
-    the usual 8 -> 16 bit ``v * 257``), float samples are clipped to [0, 1] and scaled by 255.
+    the usual 8 -> 16 bit ``v * 257``), float samples (checked: :func:`check_float_samples`) are scaled by 255.
     """
     if image.dtype == np.uint16:
         image = np.rint(image / 257.0).astype(np.uint8)
     elif image.dtype in (np.float32, np.float64):
-        image = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+        check_float_samples(image, source)
+        image = np.rint(image * 255.0).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise ValueError(f"{source}: unsupported pixel type {image.dtype} (expected 8- or 16-bit)")
     if image.ndim == 2:

@@ -22,6 +22,8 @@ module              what it gives
 ``csv_log``         :class:`CsvLog` (first column: iteration)
 ``errors``          :class:`RunSetupError` and its kinds; :func:`exit_on_setup_error` turns them into
                     ``error: MESSAGE`` (exit status 2) in a command line
+``interrupt``       :func:`stop_on_signals`: SIGINT / SIGTERM raise :class:`Interrupted` (exit status 130 /
+                    143); :func:`deferred_stop` lets a training loop checkpoint before it stops
 ``provenance``      :func:`git_commit`
 ``losses``          focal, dice and RobustSAM's consistency / distillation terms (both trainers' losses)
 ``tiny_sam``        the SAM-tiny pretraining recipe, a trainer written on this engine

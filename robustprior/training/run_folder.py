@@ -17,6 +17,12 @@ anything else (a file, a folder  an error; nothing is changed or deleted
 with other content, read-only)
 ===============================  ================================================================
 
+``--overwrite`` deletes only what the run wrote: a caller that knows its run's layout passes
+``foreign``, which names the entries it did not write (a user's files); any such entry refuses the
+overwrite, naming them, before anything is deleted (the recipes of :mod:`restoration.table8` do).
+:func:`check_output_folder` refuses an output that is a file or that cannot be written to, before any
+work, for every command that writes into a folder.
+
 While a run is open, its marker is locked (``flock``): a second process training into the same
 folder is refused. Opening a run also deletes what an earlier process killed mid-write left there
 (temporary files of atomic writes, checkpoint files never committed), and cuts the CSV logs back to
@@ -27,17 +33,18 @@ config it is given with the one the run was trained with; a difference is refuse
 (:class:`ConfigChangeError`) unless ``allow_config_change`` (``--allow-config-change``) is set.
 ``overrides`` (dotted keys set by command-line options such as ``--iterations``) are explicit and
 always allowed. Every accepted change is appended to ``config_changes.yaml`` (iteration, time,
-old and new values). Only training writes a run's config; other commands read it with
-:func:`read_run_config`.
+old and new values; :func:`record_config_changes`, also used by the recipes). Only training writes a
+run's config; other commands read it with :func:`read_run_config`.
 """
 from __future__ import annotations
 
 import datetime
 import fnmatch
 import json
+import os
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +120,40 @@ def _lock(folder: Path):
     return handle
 
 
-def prepare_run_folder(folder: Path, kind: str, resume: bool, overwrite: bool, keep: Sequence[str] = ()):
-    """The folder policy of the module docstring (one process); returns the lock handle."""
+def check_output_folder(folder: str | Path, option: str = "--output") -> None:
+    """Refuse, before any work, an output ``folder`` that is a file, lies below a file, or cannot be
+    written to (the folder, or the nearest existing folder above it when it does not exist yet): a
+    one-line :class:`RunFolderError` naming ``option``. Nothing is created."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"{option} {folder} is a file, not a folder; choose another {option}")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunFolderError(f"{option} {folder} cannot be made: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == folder else f" ({existing}, where it would be made)"
+        raise RunFolderError(f"{option} {folder} is not writable{where}; choose a folder you can write to")
+
+
+ForeignEntries = Callable[[Path, Sequence[Path]], Sequence[Path]]
+
+
+def _refuse_foreign(folder: Path, kind: str, unknown: Sequence[Path]) -> None:
+    if unknown:
+        listed = ", ".join(str(path.relative_to(folder)) for path in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise RunFolderError(f"--overwrite would delete what the {kind} run did not write in {folder}: {listed}{more}; "
+                             "nothing was changed or deleted: move them out or choose another --output")
+
+
+def prepare_run_folder(folder: Path, kind: str, resume: bool, overwrite: bool, keep: Sequence[str] = (),
+                       foreign: ForeignEntries | None = None):
+    """The folder policy of the module docstring (one process); returns the lock handle.
+
+    ``foreign(folder, entries)``: of the top-level ``entries`` about to be deleted, the paths (at any
+    depth) the run did not write; any refuses the deletion (None: the whole folder is the run's)."""
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     if folder.exists() and not folder.is_dir():
@@ -141,6 +180,8 @@ def prepare_run_folder(folder: Path, kind: str, resume: bool, overwrite: bool, k
                 raise RunExistsError(f"{folder} already holds a {kind} run; pass --resume to continue it or "
                                      "--overwrite to start it again")
             if not resume:  # --overwrite, or a run that stopped before its first step: start again
+                if foreign is not None:
+                    _refuse_foreign(folder, kind, list(foreign(folder, contents)))
                 for path in contents:
                     shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
             removed = remove_temporaries(folder) + remove_unreferenced(folder)
@@ -159,6 +200,29 @@ def prepare_run_folder(folder: Path, kind: str, resume: bool, overwrite: bool, k
         if isinstance(error, (RunFolderError, RunExistsError)):
             raise
         raise RunFolderError(f"cannot use {folder} as a run folder: {error}") from None
+
+
+def config_change_error(differences: Mapping[str, tuple[Any, Any]], advice: str) -> ConfigChangeError:
+    """The refusal of a resume with other settings: every ``{key: (old, new)}`` on its own line, then
+    ``advice`` (how to keep the run's settings) and how to change them anyway."""
+    listed = "\n  ".join(f"{key}: {format_value(old)} -> {format_value(new)}" for key, (old, new) in differences.items())
+    return ConfigChangeError(f"the config given differs from the run's own config:\n  {listed}\n{advice}, or pass "
+                             f"--allow-config-change to continue with the new values (the change is recorded in "
+                             f"{CONFIG_CHANGES_NAME})")
+
+
+def record_config_changes(folder: Path, changes: Mapping[str, tuple[Any, Any]], allowed_by: str,
+                          **where: Any) -> None:
+    """Append one entry to ``folder / config_changes.yaml``: ``where`` (e.g. ``iteration``), the time,
+    ``allowed_by`` and every ``{key: (old, new)}``; and say so on stderr in one line."""
+    path = folder / CONFIG_CHANGES_NAME
+    history = yaml.safe_load(path.read_text()) if path.is_file() else None
+    entry = {**where, "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+             "allowed_by": allowed_by,
+             "changes": {key: {"from": old, "to": new} for key, (old, new) in changes.items()}}
+    write_text_atomically(path, yaml.safe_dump((history or []) + [entry], sort_keys=False))
+    _note(f"resuming {folder} with a changed config (recorded in {CONFIG_CHANGES_NAME}): "
+          + ", ".join(f"{key} {format_value(old)} -> {format_value(new)}" for key, (old, new) in changes.items()))
 
 
 def read_run_config(folder: str | Path, schema: Section | Mapping) -> dict:
@@ -240,12 +304,7 @@ class Run:
         base = validate_config(base, schema)
         differences = config_differences(saved, base, schema)
         if differences and not allow_change:
-            listed = "\n  ".join(f"{key}: {format_value(old)} -> {format_value(new)}"
-                                 for key, (old, new) in differences.items())
-            raise ConfigChangeError(
-                f"the config given differs from the run's own config:\n  {listed}\nresume without giving a config to "
-                "continue with the run's config, or pass --allow-config-change to continue with the new values "
-                f"(the change is recorded in {CONFIG_CHANGES_NAME})")
+            raise config_change_error(differences, "resume without giving a config to continue with the run's config")
         effective = apply_overrides(base, overrides, schema)
         return effective, config_differences(saved, effective, schema)
 
@@ -271,16 +330,9 @@ class Run:
             write_text_atomically(self.folder / CONFIG_NAME, yaml.safe_dump(self.config, sort_keys=False))
 
     def _record_changes(self, changes: Mapping[str, tuple[Any, Any]], from_config: bool) -> None:
-        path = self.folder / CONFIG_CHANGES_NAME
-        history = yaml.safe_load(path.read_text()) if path.is_file() else None
-        entry = {"iteration": self.start_iteration,
-                 "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                 "allowed_by": "--allow-config-change" if from_config else "command line",
-                 "changes": {key: {"from": old, "to": new} for key, (old, new) in changes.items()}}
-        write_text_atomically(path, yaml.safe_dump((history or []) + [entry], sort_keys=False))
         if self.context.is_main:
-            _note(f"resuming {self.folder} with a changed config (recorded in {CONFIG_CHANGES_NAME}): "
-                  + ", ".join(f"{key} {format_value(old)} -> {format_value(new)}" for key, (old, new) in changes.items()))
+            record_config_changes(self.folder, changes, "--allow-config-change" if from_config else "command line",
+                                  iteration=self.start_iteration)
 
     def save_checkpoint(self, iteration: int, weights: Mapping[str, torch.Tensor], state: Mapping[str, Any],
                         rng: bool = True) -> None:
