@@ -45,7 +45,9 @@ from restoration.prior_quality import prior_quality
 from restoration.prior_reliance import prior_reliance
 from restoration.report import ROW_LABELS, format_table, write_report
 from restoration.restore import add_restore_arguments, run_restore
-from restoration.train import RECIPE_KEYS, RESULTS_NAME, RestorationTrainer, check_options, load_options
+from restoration.config import RECIPE_KEYS
+from restoration.paired_data import locate_dataset
+from restoration.train import RESULTS_NAME, RestorationTrainer, check_options, dataset_options, load_options
 from robustprior.data.scenes import SceneConfig, write_gopro_dataset, write_sots_dataset
 from robustprior.io.allocator import keep_freed_memory
 from robustprior.io.atomic import write_text_atomically
@@ -55,8 +57,8 @@ from robustprior.training.config import REQUIRED, Field, Section, validate_confi
 from robustprior.training.distributed import setup_distributed
 from robustprior.training.errors import RunExistsError, RunSetupError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "recipes" / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "options"  # recipe configs ship inside the package
+PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # the folder holding the restoration package (jobs import it)
 ROWS: tuple[str, ...] = ("none", "sam", "robustsam", *CONTROL_PRIOR_KINDS)
 DATA_MARKER = "recipe_data.json"
 REPORT_FILES = ("report.md", "report.json", "grid.png")
@@ -167,7 +169,7 @@ def ensure_generated_data(task: str, root: Path, spec: dict[str, Any], progress:
 
 # ----------------------------------------------------------------------------- config
 def load_recipe_config(task: str, path: str | Path | None) -> dict[str, Any]:
-    """The recipe config (``path``, or the embedded ``recipes/configs/<task>_default.yaml``), its recipe keys
+    """The recipe config (``path``, or the embedded ``restoration/options/<task>_default.yaml``), its recipe keys
     validated against :data:`RECIPE_SCHEMA` (defaults filled in; the training options are checked per row
     by :func:`restoration.train.check_options`)."""
     source = Path(path or CONFIG_DIR / f"{task}_default.yaml")
@@ -192,16 +194,21 @@ def job_list(config: dict[str, Any], rows: Sequence[str]) -> list[tuple[str, int
 
 def row_options(config: dict[str, Any], row: str, seed: int, roots: dict[str, str] | None,
                 prior_cache: Path) -> dict[str, Any]:
-    """The :mod:`restoration.train` options of one job (``roots``: the train / test ``dataroot``, None: keep
-    the config's own)."""
+    """The :mod:`restoration.train` options of one job (``roots``: the train / test dataset folders, found
+    in their release layout by :func:`restoration.paired_data.locate_dataset`; None: keep the config's
+    ``dataroot_lq`` / ``dataroot_gt``)."""
     options = {key: copy.deepcopy(value) for key, value in config.items() if key not in RECIPE_KEYS}
     options["name"] = f"{config['task']}_{row}_seed{seed}"
     options["manual_seed"] = seed
-    for phase in ("train", "test"):
+    datasets = options["datasets"]
+    if "test" in datasets and "val" not in datasets:
+        datasets["val"] = datasets.pop("test")
+    for phase, root_name in (("train", "train"), ("val", "test")):
         if roots is not None:
-            options["datasets"][phase]["dataroot"] = roots[phase]
-        if not options["datasets"][phase].get("dataroot"):
-            raise RunSetupError(f"datasets.{phase}.dataroot is not set: pass --data-root")
+            datasets[phase].update(locate_dataset(datasets[phase].get("layout", "folders"), roots[root_name],
+                                                  blur_dir=datasets[phase].get("blur_dir", "blur")))
+        if not (datasets[phase].get("dataroot_lq") and datasets[phase].get("dataroot_gt")):
+            raise RunSetupError(f"datasets.{phase}.dataroot_lq / dataroot_gt are not set: pass --data-root")
     prior = {**options.get("prior", {}), "kind": row, "cache_dir": str(prior_cache)}
     if row == "none":
         options["network_g"]["prior"] = "none"
@@ -218,14 +225,9 @@ def row_options(config: dict[str, Any], row: str, seed: int, roots: dict[str, st
     return options
 
 
-def lq_paths(options: dict[str, Any], phases: Sequence[str] = ("train", "test")) -> list[str]:
-    """The degraded inputs of the options' data sections, as :class:`PriorPairedDataset` pairs them."""
-    paths = []
-    for phase in phases:
-        section = {"seed": 0, **options["datasets"][phase], "phase": phase}
-        section.pop("num_workers", None)
-        paths += [str(lq) for lq, _ in PriorPairedDataset(section).pairs]
-    return paths
+def lq_paths(options: dict[str, Any], phases: Sequence[str] = ("train", "val")) -> list[str]:
+    """The degraded inputs of the (validated) options' data sections, as :class:`PriorPairedDataset` pairs them."""
+    return [str(lq) for phase in phases for lq, _ in PriorPairedDataset(dataset_options(options, phase)).pairs]
 
 
 # ----------------------------------------------------------------------------- command line
@@ -235,7 +237,7 @@ def build_parser(task: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--sam-checkpoint", help="SAM prior model: a file or a name (sam_vit_h, ...); default: bundled tiny")
     parser.add_argument("--robustsam-checkpoint",
                         help="RobustSAM prior model: a file or a name (robustsam_vit_h, ...); default: bundled tiny")
-    parser.add_argument("--config", help=f"recipe config YAML (default: the embedded recipes/configs/{task}_default.yaml; "
+    parser.add_argument("--config", help=f"recipe config YAML (default: the embedded restoration/options/{task}_default.yaml; "
                                          f"full scale: restoration/options/{'dehaze_sots' if task == 'dehaze' else 'deblur_gopro'}.yaml)")
     parser.add_argument("--output", default=f"outputs/{task}", help="output folder (default: %(default)s)")
     group = parser.add_mutually_exclusive_group()
@@ -284,7 +286,7 @@ def _run_jobs_in_processes(jobs: list[tuple[str, int, Path, Path]], parallel: in
                            device: str, resume: bool) -> None:
     """Run ``(row, seed, options file, run folder)`` jobs as ``python -m restoration.train`` processes,
     ``parallel`` at a time; a failed job stops the recipe, naming its log."""
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))}
     if threads is not None:
         environment.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     pending, running, done = list(jobs), [], 0
@@ -364,7 +366,7 @@ def _run_recipe(task: str, args: argparse.Namespace) -> int:
     embedded = args.config is None and args.data_root is None and not (args.sam_checkpoint or args.robustsam_checkpoint)
     if embedded and context.is_main:
         print(f"Using the embedded defaults: bundled tiny SAM/RobustSAM models ({BUNDLED['tiny'].name}) on generated "
-              f"{'SOTS' if task == 'dehaze' else 'GoPro'}-like data (recipes/configs/{task}_default.yaml); "
+              f"{'SOTS' if task == 'dehaze' else 'GoPro'}-like data (restoration/options/{task}_default.yaml); "
               "see --help for real data, real models and the full-scale config.")
     for row, checkpoint in config["recipe"]["checkpoints"].items():
         model = describe_prior_model(row, checkpoint)
@@ -382,7 +384,8 @@ def _run_recipe(task: str, args: argparse.Namespace) -> int:
         roots = {phase: template.format(data_root=data_root) for phase, template in config["recipe"]["roots"].items()}
     else:
         datasets = config["datasets"]
-        data_description = f"real data: train {datasets['train'].get('dataroot')}, test {datasets['test'].get('dataroot')}"
+        evaluation = datasets.get("val", datasets.get("test", {}))
+        data_description = f"real data: train {datasets['train'].get('dataroot_lq')}, test {evaluation.get('dataroot_lq')}"
     context.barrier()
     prior_cache = output / "prior_cache"
     first_seed = config["recipe"]["seeds"][0]
@@ -429,7 +432,7 @@ def _run_recipe(task: str, args: argparse.Namespace) -> int:
             del trainer
     if not context.is_main:
         return 0
-    test_paths = lq_paths(reference, ("test",))
+    test_paths = lq_paths(reference, ("val",))
     quality, reliance = {}, {}
     for row in rows:
         if row == "none":
