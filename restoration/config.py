@@ -122,7 +122,11 @@ def _data_section(nullable: bool, train: bool) -> Section:
             "batch_size_per_gpu": Field(int, 8, at_least=1, doc="per process (DDP rank): the total is this x ranks"),
             "num_worker_per_gpu": Field(int, 0, at_least=0),
         })
-    return Section(fields, nullable=nullable)
+    return Section(fields, nullable=nullable, renamed={
+        "dataroot": "dataroot_lq and dataroot_gt (the folders themselves; a dataset root: restoration.paired_data.locate_dataset)",
+        "split": "dataroot_lq / dataroot_gt pointing into the split",
+        "crop_size": "'gt_size'" if train else "nothing: the evaluation set is not cropped",
+        "num_workers": "'num_worker_per_gpu'" if train else "nothing: one image at a time"})
 
 
 def _check_betas(betas: list[float]) -> None:
@@ -169,7 +173,7 @@ SCHEMA = Section({
         "train": _data_section(nullable=True, train=True),
         "val": _data_section(nullable=False, train=False),
     }, aliases={"test": "val"}),
-    "train": {
+    "train": Section({
         "total_iter": Field(int, 1000, at_least=1),
         "warmup_iter": Field(int, -1, check=_check_warmup, doc="-1: none (NAFNet's setting)"),
         "optim_g": {
@@ -191,7 +195,9 @@ SCHEMA = Section({
         },
         "grad_clip": Field(float, None, above=0, doc="gradient-norm clip (NAFNet's fork: 0.01); null: none"),
         "use_grad_clip": Ignored("set grad_clip (a norm) instead"),
-    },
+    }, renamed={"batch_size": "'datasets.train.batch_size_per_gpu' (per process, not the total)",
+                "loss": "'train.pixel_opt.type' (PSNRLoss or L1Loss)", "log_freq": "'logger.print_freq'",
+                "save_freq": "'logger.save_checkpoint_freq'"}),
     "val": Section({
         "val_freq": Field(int, None, at_least=1, doc="evaluate every N iterations; null: only at the end"),
         "save_img": Field(bool, True, doc="write the restored test images"),
@@ -202,7 +208,7 @@ SCHEMA = Section({
         "metrics": Ignored("PSNR and SSIM (val.ssim) are always computed, on RGB without a border crop"),
         "grids": Ignored("images are restored whole or as val.tile tiles"),
         "rgb2bgr": Ignored("images are read as RGB"),
-    }, check=_check_tiles),
+    }, check=_check_tiles, renamed={"save_images": "'val.save_img'"}),
     "logger": {
         "print_freq": Field(int, 10, at_least=1, doc="train_log.csv row every N iterations"),
         "save_checkpoint_freq": Field(int, 1000, at_least=1, nullable=True,

@@ -202,7 +202,7 @@ def locate_dataset(layout: str, root: str | Path, split: str | None = None, blur
         return {"layout": "sots", "dataroot_lq": str(_child_named(folder, SOTS_HAZY_FOLDERS)),
                 "dataroot_gt": str(_child_named(folder, SOTS_CLEAN_FOLDERS))}
     if layout != "gopro":
-        raise DataLayoutError(f"a dataset root is read as sots or gopro, got {layout!r}")
+        raise DataLayoutError(f"a dataset root's layout is sots or gopro, got {layout!r}")
     flat = (root / blur_dir).is_dir()
     if split is None:
         if flat:

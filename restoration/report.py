@@ -246,7 +246,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += [
         "", "## Our protocol", "",
         f"- **Metrics**: {protocol['metrics']} (SSIM: {protocol['ssim_kind']}).",
-        f"- **Data**: {setup.get('data', protocol['test']['dataroot'])}; {train['num_pairs']} training pairs, "
+        f"- **Data**: {setup.get('data', protocol['test'].get('dataroot_lq'))}; {train['num_pairs']} training pairs, "
         f"{protocol['test']['num_pairs']} test pairs (full images).",
         f"- **Method**: {protocol['method']}; prior rows use `prior: {protocol['network_prior']}`, the no-prior row "
         "the same network without prior input.",

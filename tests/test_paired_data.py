@@ -10,6 +10,7 @@ import pytest
 from restoration.paired_data import (
     DataLayoutError,
     PairedImageDataset,
+    locate_dataset,
     match_clean_size,
     pair_gopro,
     pair_sots,
@@ -65,7 +66,7 @@ def test_dataset_on_the_real_samples(shared_data: Path) -> None:
     sots = PairedImageDataset.from_kwargs(shared_data / "sots-outdoor-sample", "sots")
     item = sots[1]
     assert item["lq"].shape == item["gt"].shape == (3, 413, 550)
-    assert item["key"] == "hazy/0002_0.8_0.08" and item["gt_path"].endswith("gt/0002.png")
+    assert item["key"] == "0002_0.8_0.08" and item["gt_path"].endswith("gt/0002.png")
     gopro = PairedImageDataset.from_kwargs(shared_data / "gopro-style-sample", "gopro", phase="train", crop_size=64, seed=3)
     item = gopro[0]
     assert item["lq"].shape == item["gt"].shape == (3, 64, 64)
@@ -261,7 +262,8 @@ def test_train_crops_are_reproducible_under_the_seed(tmp_path: Path) -> None:
     root = _synthetic_pair_root(tmp_path)
 
     def crops(seed: int, epoch: int) -> list[np.ndarray]:
-        dataset = PairedImageDataset({"layout": "sots", "dataroot": str(root), "phase": "train", "crop_size": 24, "use_flip": True, "use_rot": True, "seed": seed})
+        dataset = PairedImageDataset({**locate_dataset("sots", root), "phase": "train", "gt_size": 24, "use_flip": True,
+                                      "use_rot": True, "seed": seed})
         dataset.set_epoch(epoch)
         return [dataset[0]["lq"].numpy() for _ in range(2)]
 
@@ -282,10 +284,10 @@ def test_small_images_are_padded_to_the_crop(tmp_path: Path) -> None:
 
 def test_test_phase_returns_full_images(tmp_path: Path) -> None:
     root = _synthetic_pair_root(tmp_path)
-    dataset = PairedImageDataset({"layout": "sots", "dataroot": str(root), "phase": "val", "crop_size": 16})
+    dataset = PairedImageDataset({**locate_dataset("sots", root), "phase": "val", "gt_size": 16})
     assert len(dataset) == 1
     item = dataset[0]
-    assert item["lq"].shape == (3, 70, 90) and item["key"] == "hazy/0001_0.9_0.1"
+    assert item["lq"].shape == (3, 70, 90) and item["key"] == "0001_0.9_0.1"
     np.testing.assert_array_equal(_as_image(item["lq"]), _coordinate_image(70, 90)[..., ::-1])
     with pytest.raises(ValueError, match="layout"):
         PairedImageDataset.from_kwargs(root, "rain")

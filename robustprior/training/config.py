@@ -129,6 +129,7 @@ class Section:
     check: Callable[[dict], None] | None = None
     nullable: bool = False
     aliases: Mapping[str, str] | None = None
+    renamed: Mapping[str, str] | None = None  # a former key -> where its value goes now (error messages)
 
     def entries(self) -> Iterator[tuple[str, Field | Section | Ignored]]:
         for name, entry in self.fields.items():
@@ -164,7 +165,10 @@ def _all_paths(section: Section, prefix: str = "") -> list[str]:
 
 def _suggestion(key: str, section: Section, prefix: str, root: Section) -> str:
     """`` (did you mean 'x.y'?)`` for an unknown ``key``: a close key in the same section, else a
-    key of that (or a close) name elsewhere in the schema; else the section's valid keys."""
+    key of that (or a close) name elsewhere in the schema; else the section's valid keys. A key the
+    section's ``renamed`` lists names its replacement."""
+    if section.renamed and key in section.renamed:
+        return f" (renamed: use {section.renamed[key]})"
     local = [name for name, entry in section.entries() if not isinstance(entry, Ignored)]
     close = difflib.get_close_matches(key, local, n=1, cutoff=0.6)
     if close:
