@@ -302,7 +302,7 @@ def render_grid(task: str, results: Mapping[str, Mapping[str, Any]], run_dirs: M
     ``results`` / ``run_dirs``: one run per row."""
     names = _grid_names(results, count)
     if not names:
-        raise ValueError("no restored test images were saved (val.save_images: false?)")
+        raise ValueError("no restored test images were saved (val.save_img: false?)")
     records = {row: {record["name"]: record for record in result["metrics"]["per_image"]} for row, result in results.items()}
     first = records[next(iter(records))]
     columns = ["input", *[row for row, _ in ROWS if row in results], "gt"]

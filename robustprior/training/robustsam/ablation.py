@@ -3,7 +3,7 @@
     python recipes/robustsam_tiny_ablation.py --output runs/ablation [--parallel 2] [--threads 1]
         [--variants baseline,all] [--iterations N] [--report docs/results/ablation_tiny]
 
-Every variant of ``recipes/configs/robustsam_tiny_ablation.yaml`` is trained (``robustprior train``,
+Every variant of ``robustprior/configs/robustsam_tiny_ablation.yaml`` is trained (``robustprior train``,
 one process per variant, ``--parallel`` at a time, resumed when its run folder exists) and its best
 validation checkpoint evaluated (``robustprior eval``) on the held-out scene sets with the release's
 raw pixel sizes and with sizes scaled to the image. The report gives, per variant, Degrade and Clear
@@ -27,9 +27,11 @@ import yaml
 from robustprior.training import RUN_MARKER, merge_config, validate_config
 from robustprior.training.robustsam.config import SCHEMA, load_config
 
-REPO_ROOT = Path(__file__).resolve().parents[3]  # the checkout: configs are named relative to it
+# The folder holding the robustprior package (a checkout's root, or site-packages when installed): the
+# ablation config names its base config and weights relative to it (robustprior/configs/..., robustprior/weights/...).
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
-DEFAULT_CONFIG = REPO_ROOT / "recipes" / "configs" / "robustsam_tiny_ablation.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "robustsam_tiny_ablation.yaml"  # ships in the package
 PREVIOUS_BUNDLE = "previous_bundle"
 TARGET = {"degrade_gain": 0.04, "degrade_low": 0.02, "clear_loss": 0.005}
 
