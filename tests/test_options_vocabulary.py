@@ -100,8 +100,8 @@ def test_every_config_kind_names_the_closest_key(kind: str, tmp_path: Path) -> N
                                load_robustsam_config, "seed"),
         "tiny-SAM training": (REPO_ROOT / "robustprior" / "configs" / "tiny_sam.yaml", "seed", "sed",
                               load_tiny_sam_config, "seed"),
-        "segmentation evaluation": (REPO_ROOT / "robustprior" / "configs" / "eval_tiny.yaml", "seed", "sed",
-                                    load_eval_config, "seed"),
+        "segmentation evaluation": (REPO_ROOT / "robustprior" / "configs" / "eval_tiny.yaml", "severity", "severty",
+                                    load_eval_config, "eval.severity"),
     }
     source, key, typo, load, suggestion = cases[kind]
     load(source)  # the shipped file is valid
@@ -124,7 +124,7 @@ def test_nafnet_and_sam_deblur_network_names_translate() -> None:
 
 
 def test_the_shipped_sam_deblur_file_reads_as_sam_deblur_trains() -> None:
-    with pytest.warns(UnusedKeysWarning, match=r"model_type, num_gpu, grouped_masks, path.strict_load_g, dist_params, "
+    with pytest.warns(UnusedKeysWarning, match=r"model_type, num_gpu, grouped_masks, dist_params, path.strict_load_g, "
                                                r"datasets.train.dataroot_mask, .*train.scheduler.T_max, val.metrics, "
                                                r"logger.use_tb_logger, logger.wandb$"):
         options = load_options_file(SAM_DEBLUR_OPTIONS)
