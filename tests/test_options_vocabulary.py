@@ -64,7 +64,7 @@ def test_aliases_renamed_keys_and_whole_floats() -> None:
 
 def test_one_reader_for_every_config_file(tmp_path: Path) -> None:
     (tmp_path / "list.yml").write_text("- a\n- b\n")
-    with pytest.raises(ConfigError, match="must hold a mapping of keys, got a list"):
+    with pytest.raises(ConfigError, match="must be a mapping of keys, got a list"):
         read_config_file(tmp_path / "list.yml")
     (tmp_path / "bad.yml").write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yml is not valid YAML"):

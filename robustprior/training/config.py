@@ -365,7 +365,7 @@ def read_config_file(path: str | Path) -> dict:
     if values is None:
         return {}
     if not isinstance(values, Mapping):
-        raise ConfigError(f"{path} must hold a mapping of keys, got {_kind_of(values)}")
+        raise ConfigError(f"{path} must be a mapping of keys, got {_kind_of(values)}")
     return dict(values)
 
 
