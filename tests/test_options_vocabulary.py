@@ -82,12 +82,14 @@ def _typo(source: Path, target: Path, key: str, typo: str) -> Path:
     return target
 
 
-@pytest.mark.parametrize("kind", ["restoration options", "recipe config", "RobustSAM training", "tiny-SAM training",
-                                  "segmentation evaluation"])
+@pytest.mark.parametrize("kind", ["restoration options", "recipe config", "RobustSAM training", "RobustSAM ablation",
+                                  "tiny-SAM training", "segmentation evaluation"])
 def test_every_config_kind_names_the_closest_key(kind: str, tmp_path: Path) -> None:
     """Each kind of config goes through the one checker: a misspelt key is refused, naming the valid one."""
     from restoration.table8 import load_recipe_config
     from robustprior.evaluation.evaluate import load_eval_config
+    from robustprior.training.config import load_config
+    from robustprior.training.robustsam.ablation import ABLATION_SCHEMA
     from robustprior.training.robustsam import load_config as load_robustsam_config
     from robustprior.training.tiny_sam import load_config as load_tiny_sam_config
 
@@ -98,6 +100,8 @@ def test_every_config_kind_names_the_closest_key(kind: str, tmp_path: Path) -> N
                           lambda path: load_recipe_config("dehaze", path), "recipe.grid_images"),
         "RobustSAM training": (REPO_ROOT / "robustprior" / "configs" / "robustsam_tiny.yaml", "seed", "sed",
                                load_robustsam_config, "seed"),
+        "RobustSAM ablation": (REPO_ROOT / "robustprior" / "configs" / "robustsam_tiny_ablation.yaml", "ablation_sets",
+                               "ablation_set", lambda path: load_config(path, ABLATION_SCHEMA), "evaluation.ablation_sets"),
         "tiny-SAM training": (REPO_ROOT / "robustprior" / "configs" / "tiny_sam.yaml", "seed", "sed",
                               load_tiny_sam_config, "seed"),
         "segmentation evaluation": (REPO_ROOT / "robustprior" / "configs" / "eval_tiny.yaml", "severity", "severty",
