@@ -44,11 +44,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import inspect
 import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +62,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from restoration.archs import NETWORKS, PriorBatch, build_network, prior_to
+from restoration.archs import PriorBatch, build_network, prior_to
 from restoration.config import SCHEMA, network_prior, split_recipe_keys, validate_options
 from restoration.datasets import PriorIndex, PriorPairedDataset, image_covering_features, prepare_priors
 from restoration.metrics import MetricAccumulator, psnr, tensor_to_uint8
@@ -71,7 +71,7 @@ from restoration.tiling import tiled_forward
 from robustprior.io.allocator import keep_freed_memory
 from robustprior.io.atomic import write_text_atomically
 from robustprior.training.checkpoints import load_training_checkpoint
-from robustprior.training.config import merge_config, read_config_file
+from robustprior.training.config import UnusedKeysWarning, merge_config, read_config_file
 from robustprior.training.distributed import DistributedContext, resolve_device, setup_distributed
 from robustprior.training.errors import (CheckpointError, ConfigError, RunExistsError,
                                          exit_on_setup_error)
@@ -689,7 +689,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     keep_freed_memory()  # robustprior.io.allocator: freed tensors stay in the process
     options, _ = split_recipe_keys(load_options(args.opt))
-    options = validate_options(merge_config(options, parse_forced_options(args.force_yml)), source=str(args.opt))
+    with warnings.catch_warnings(record=True) as caught:  # unused keys: one line on stderr, not a traceback-like warning
+        warnings.simplefilter("always", UnusedKeysWarning)
+        options = validate_options(merge_config(options, parse_forced_options(args.force_yml)), source=str(args.opt))
+    for warning in caught:
+        if issubclass(warning.category, UnusedKeysWarning):
+            print(f"warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     run_dir = Path(args.output or Path("runs") / str(options.get("name", SCHEMA.fields["name"].default)))
     trainer = RestorationTrainer(options, run_dir, resume=args.resume, overwrite=args.overwrite, device=args.device,
                                  progress=not args.no_progress, allow_config_change=args.allow_config_change,
