@@ -11,7 +11,20 @@ python="$(command -v python)"
 work="$(mktemp -d)"
 if [[ "${WHEEL_SMOKE_KEEP:-0}" == 1 ]]; then echo "work folder: $work"; else trap 'rm -rf "$work"' EXIT; fi
 
-"$python" -m pip wheel -q --no-deps --no-build-isolation --wheel-dir "$work/dist" "$checkout"
+# Build from a copy of the source files (tracked and untracked-but-not-ignored): an in-tree build would leave
+# build/ and *.egg-info in the checkout, and a stale build/lib could carry deleted modules into the wheel.
+"$python" - "$checkout" "$work/src" <<'PY'
+import shutil, subprocess, sys
+from pathlib import Path
+checkout, source = Path(sys.argv[1]), Path(sys.argv[2])
+listed = subprocess.run(["git", "-C", str(checkout), "ls-files", "-co", "--exclude-standard", "-z"],
+                        capture_output=True, check=True).stdout.decode().split("\0")
+for name in filter(None, listed):
+    if (checkout / name).is_file():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(checkout / name, source / name)
+PY
+"$python" -m pip wheel -q --no-deps --no-build-isolation --wheel-dir "$work/dist" "$work/src"
 "$python" -m pip install -q --no-deps --no-compile --target "$work/site" "$work"/dist/robustprior-*.whl
 cd "$work"
 export PYTHONPATH="$work/site" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
