@@ -291,3 +291,32 @@ def test_test_phase_returns_full_images(tmp_path: Path) -> None:
     np.testing.assert_array_equal(_as_image(item["lq"]), _coordinate_image(70, 90)[..., ::-1])
     with pytest.raises(ValueError, match="layout"):
         PairedImageDataset.from_kwargs(root, "rain")
+
+
+def test_basicsr_paired_folders_and_dataset_roots(tmp_path: Path) -> None:
+    """layout folders: BasicSR's dataroot_lq / dataroot_gt with filename_tmpl; locate_dataset finds the
+    folders of a GoPro split folder and of a flat one."""
+    from restoration.paired_data import list_pairs
+
+    image = np.zeros((4, 4, 3), np.uint8)
+    for folder, names in (("input", ["a_blur", "b_blur"]), ("target", ["a", "b"])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            cv2.imwrite(str(tmp_path / folder / f"{name}.png"), image)
+    pairs = list_pairs("folders", tmp_path / "input", tmp_path / "target", filename_tmpl="{}_blur")
+    assert [(lq.name, gt.name) for lq, gt in pairs] == [("a_blur.png", "a.png"), ("b_blur.png", "b.png")]
+    with pytest.raises(DataLayoutError, match="2 input image\\(s\\) have no clean partner"):
+        list_pairs("folders", tmp_path / "input", tmp_path / "target")  # the default template '{}'
+    with pytest.raises(DataLayoutError, match="dataroot_gt .*missing is not a folder"):
+        list_pairs("folders", tmp_path / "input", tmp_path / "missing")
+    for split in ("train", "test"):
+        for folder in ("blur", "sharp"):
+            (tmp_path / "GoPro" / split / "GOPR0001_11_00" / folder).mkdir(parents=True)
+            cv2.imwrite(str(tmp_path / "GoPro" / split / "GOPR0001_11_00" / folder / "000001.png"), image)
+    split_folder = str(tmp_path / "GoPro" / "train")
+    assert locate_dataset("gopro", tmp_path / "GoPro", "train") == locate_dataset("gopro", split_folder) == {
+        "layout": "gopro", "dataroot_lq": split_folder, "dataroot_gt": split_folder}
+    sequence = tmp_path / "GoPro" / "test" / "GOPR0001_11_00"
+    assert locate_dataset("gopro", sequence) == {"layout": "folders", "dataroot_lq": str(sequence / "blur"),
+                                                 "dataroot_gt": str(sequence / "sharp")}
+    assert len(list_pairs(**locate_dataset("gopro", split_folder))) == 1
