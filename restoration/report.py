@@ -23,7 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from restoration.paired_data import read_rgb  # noqa: E402
 from restoration.train import RESULTS_NAME, write_json  # noqa: E402
-from restoration.verdict import paired_seed_verdict, verdict_sentence  # noqa: E402
+from restoration.verdict import (MDD_FORMULA, paired_image_verdict, paired_seed_verdict, power_sentence,  # noqa: E402
+                                 verdict_sentence)
 from robustprior.io.atomic import atomic_path, write_text_atomically  # noqa: E402
 
 ROW_LABELS: dict[str, str] = {"none": "No prior", "sam": "SAM prior", "robustsam": "RobustSAM prior",
@@ -90,14 +91,38 @@ def _difference_to_none(results: Mapping[str, Mapping[int, Any]], row: str) -> f
                                {seed: _per_image_psnr(results[row][seed]) for seed in seeds})["mean"]
 
 
+def ceiling_verdict(results: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, Any] | None:
+    """Ground-truth masks minus SAM prior, the ceiling of what a better mask prior can give (retrain
+    design): paired over seeds when both rows have at least 2 seeds in common, else over the test
+    images of their first common seed (images as replicates: seed noise not included, said in
+    ``method``). None without both rows or a common seed."""
+    if "gt_masks" not in results or "sam" not in results:
+        return None
+    seeds = sorted(set(results["gt_masks"]) & set(results["sam"]))
+    if not seeds:
+        return None
+    if len(seeds) >= 2:
+        ceiling = paired_seed_verdict({seed: _per_image_psnr(results["sam"][seed]) for seed in seeds},
+                                      {seed: _per_image_psnr(results["gt_masks"][seed]) for seed in seeds})
+        ceiling["per_seed"] = {str(seed): value for seed, value in ceiling["per_seed"].items()}
+        return ceiling
+    ceiling = paired_image_verdict(_per_image_psnr(results["sam"][seeds[0]]),
+                                   _per_image_psnr(results["gt_masks"][seeds[0]]), design="retrain")
+    ceiling["method"] += f" (one training seed, {seeds[0]}: the seed-to-seed noise is not in this interval)"
+    ceiling.pop("per_image")
+    return ceiling
+
+
 def build_report(task: str, results: Mapping[str, Mapping[int, Mapping[str, Any]]], setup: Mapping[str, Any],
                  quality: Mapping[str, Mapping[str, Any]] | None = None,
-                 reliance: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+                 reliance: Mapping[str, Mapping[str, Any]] | None = None,
+                 swap: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """The content of ``report.json``.
 
     ``results``: ``{row: {seed: results.json}}``; ``setup``: recipe facts copied into the report;
     ``quality``: :func:`restoration.prior_quality.prior_quality` per prior row; ``reliance``:
-    :func:`restoration.prior_reliance.prior_reliance` per prior row.
+    :func:`restoration.prior_reliance.prior_reliance` per prior row; ``swap``:
+    :func:`restoration.prior_swap.prior_swap` per source row (the test-time prior swap design).
     """
     quality, reliance = quality or {}, reliance or {}
     paper = PAPER_TABLE8[task]
@@ -136,6 +161,8 @@ def build_report(task: str, results: Mapping[str, Mapping[int, Mapping[str, Any]
             "train": reference["train"],
             "test": reference["test"],
             "prior_settings": prior_reference.get("prior", {}).get("settings"),
+            "prior_settings_per_row": {row: next(iter(results[row].values())).get("prior", {}).get("settings")
+                                       for row in ("sam", "robustsam") if row in results},
             "num_segments": {row: next(iter(results[row].values())).get("num_segments") for row in results},
             "device": reference["device"],
             "world_size": reference["world_size"],
@@ -153,6 +180,9 @@ def build_report(task: str, results: Mapping[str, Mapping[int, Mapping[str, Any]
         report["verdict"] = paired_seed_verdict({seed: _per_image_psnr(results["sam"][seed]) for seed in seeds},
                                                 {seed: _per_image_psnr(results["robustsam"][seed]) for seed in seeds})
         report["verdict"]["per_seed"] = {str(seed): value for seed, value in report["verdict"]["per_seed"].items()}
+    report["power"] = {"formula": MDD_FORMULA, "ceiling": ceiling_verdict(results),
+                       "seed_sd": {row: rows[row]["psnr_sd"] for row in ("sam", "robustsam", "gt_masks") if row in rows}}
+    report["swap"] = {row: dict(value) for row, value in (swap or {}).items()}
     targets: dict[str, Any] = {}
     if "none" in rows and task in TARGETS["no_prior_gain_db"]:
         gain = rows["none"]["psnr"] - degraded["psnr"]
@@ -186,12 +216,66 @@ def _verdict_section(report: Mapping[str, Any]) -> list[str]:
     if verdict is None:
         return ["The SAM / RobustSAM comparison cannot be made: a row is missing."]
     models = " ".join(row["prior_model"] for row in report["rows"].values())
-    lines = [verdict_sentence({**verdict, "per_seed": {int(seed): value for seed, value in verdict["per_seed"].items()}}),
+    power = report.get("power") or {}
+    lines = ["**Design: retrain per prior** (the paper's: one network trained per prior and seed).", "",
+             verdict_sentence({**verdict, "per_seed": {int(seed): value for seed, value in verdict["per_seed"].items()}}),
              "", f"Method: {verdict['method']}. The paper's ordering (RobustSAM prior > SAM prior) counts as held only "
                  "when the interval lies above 0."]
+    if "mdd" in verdict:
+        lines += ["", power_sentence(verdict, power.get("ceiling")) + _seed_sd_text(power)]
     if "UNTRAINED" in models or "RANDOMLY INITIALISED" in models:
         lines += ["", "This is not a test of the paper's claim: a prior model was untrained or random (see the warnings)."]
     return lines
+
+
+def _seed_sd_text(power: Mapping[str, Any]) -> str:
+    """`` Seed sd of each row's mean PSNR: ...`` (rows with at least 2 seeds)."""
+    known = {row: sd for row, sd in (power.get("seed_sd") or {}).items() if sd is not None}
+    if not known:
+        return ""
+    return " Seed sd of each row's mean PSNR: " + ", ".join(f"{ROW_LABELS[row]} {sd:.3f} dB" for row, sd in known.items()) + "."
+
+
+def _swap_section(report: Mapping[str, Any]) -> list[str]:
+    """The test-time prior swap design (:mod:`restoration.prior_swap`), one paragraph per source row."""
+    swaps = report.get("swap") or {}
+    if not swaps:
+        return []
+    lines = ["## Verdict: RobustSAM prior vs SAM prior, test-time prior swap", "",
+             "**Design: test-time prior swap** (ours): a network trained once with one prior is evaluated on the "
+             "degraded test inputs with SAM's and with RobustSAM's masks; the paired per-image difference has no "
+             "training-seed noise (the images are the replicates).", ""]
+    for row, swap in swaps.items():
+        psnr = swap["psnr"]
+        seeds = ", ".join(map(str, swap["seeds"]))
+        lines += [f"Network trained with: {ROW_LABELS.get(row, row).replace(' (control)', '')} (seed(s) {seeds}; "
+                  f"per-image PSNR averaged over these networks): {psnr['own']:.3f} dB with its own prior, "
+                  f"{psnr['sam']:.3f} dB with SAM's, {psnr['robustsam']:.3f} dB with RobustSAM's.", "",
+                  verdict_sentence(swap["verdict"]), "",
+                  power_sentence(swap["verdict"], swap.get("ceiling")), ""]
+        if swap.get("ceiling") is None:
+            lines += ["(No swap ceiling: the network was not trained with ground-truth masks; the retrain "
+                      "design's ceiling is in the section above.)", ""]
+    return lines
+
+
+def _settings_text(protocol: Mapping[str, Any]) -> str:
+    """The automatic-mask settings of the prior rows: one for both when they agree, else per row."""
+    per_row = protocol.get("prior_settings_per_row") or {}
+    if len(per_row) == 2 and per_row["sam"] != per_row["robustsam"]:
+        return "; ".join(f"{ROW_LABELS[row]} {settings}" for row, settings in per_row.items())
+    return f"(SAM and RobustSAM) {protocol['prior_settings']}"
+
+
+def _operating_point_text(setup: Mapping[str, Any]) -> str:
+    """How the per-row thresholds were chosen (``recipe.amg_operating_point: per_path``), with the chosen
+    pairs' F1 and masks per calibration image; empty when both rows used the config's thresholds."""
+    chosen = setup.get("amg_operating_point")
+    if not chosen:
+        return " (the recipe's prior section, the same thresholds for both rows)"
+    scores = "; ".join(f"{ROW_LABELS[row]} F1 {score['f1']:.2f}, {score['mean_masks']:.1f} masks / image, mean best "
+                       f"IoU {score['mean_best_iou']:.3f}" for row, score in chosen["scores"].items())
+    return f"; thresholds chosen per row: {chosen['rule']}; on those images: {scores}"
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -217,7 +301,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"{_with_sd(row['ssim'], row['ssim_sd'], 4)} | {paper} | {_number(quality.get('masks_per_image'), 1)} | "
             f"{_number(quality.get('mean_best_iou'), 3)} | "
             f"{'' if not reliance else _number(reliance['cost_db'], 3) + ' dB'} |")
-    lines += ["", "## Verdict: RobustSAM prior vs SAM prior", "", *_verdict_section(report), ""]
+    lines += ["", "## Verdict: RobustSAM prior vs SAM prior", "", *_verdict_section(report), "",
+              *_swap_section(report)]
     controls = report.get("controls") or {}
     if controls:
         lines += ["## Reading the rows against no prior", "",
@@ -257,7 +342,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"x {protocol['world_size']}. Seeds: {', '.join(map(str, setup.get('seeds', seeds)))} for the SAM and RobustSAM "
         "rows, the first seed for the others.",
         f"- **Priors** (computed once on the degraded inputs, cached): {models}. Automatic mask generator "
-        f"settings (SAM and RobustSAM): {protocol['prior_settings']}.",
+        f"settings: {_settings_text(protocol)}{_operating_point_text(setup)}.",
         f"- **Grey-level coding scale** (`num_segments`): {protocol['num_segments']}.",
         "- **Paper columns**: RobustSAM (CVPR 2024) Table 8, for reference only; another protocol (full-size SAM / "
         "RobustSAM, the real dataset, full-length training), not comparable to ours.",
@@ -342,14 +427,15 @@ def write_report(
     quality: Mapping[str, Mapping[str, Any]] | None = None,
     reliance: Mapping[str, Mapping[str, Any]] | None = None,
     grid_images: int = 4,
+    swap: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.json`` and ``grid.png`` into ``output_dir`` from the runs
-    ``{(row, seed): folder}``."""
+    ``{(row, seed): folder}`` (``swap``: see :func:`build_report`)."""
     if task not in PAPER_TABLE8:
         raise ValueError(f"task must be one of {sorted(PAPER_TABLE8)}, got {task!r}")
     output_dir = Path(output_dir)
     results = load_results(run_dirs)
-    report = build_report(task, results, setup or {}, quality, reliance)
+    report = build_report(task, results, setup or {}, quality, reliance, swap)
     paths = {"report.md": output_dir / "report.md", "report.json": output_dir / "report.json",
              "grid.png": output_dir / "grid.png"}
     write_json(paths["report.json"], report)
@@ -370,10 +456,18 @@ def format_table(report: Mapping[str, Any]) -> str:
         lines.append(f"{row['label']:<30}{_with_sd(row['psnr'], row['psnr_sd'], 3):>16}"
                      f"{_with_sd(row['ssim'], row['ssim_sd'], 4):>18}{_number(quality.get('masks_per_image'), 1):>7}"
                      f"{_number(quality.get('mean_best_iou'), 3):>10}")
-    verdict = report.get("verdict")
-    if verdict is not None:
+    verdicts = [("retrain per prior", report.get("verdict"))]
+    verdicts += [(f"swap, trained with {row}", swap["verdict"]) for row, swap in (report.get("swap") or {}).items()]
+    ceiling = (report.get("power") or {}).get("ceiling")
+    if ceiling is not None:
+        verdicts.append(("ceiling: ground-truth masks - SAM", ceiling))
+    for design, verdict in verdicts:
+        if verdict is None:
+            continue
         interval = verdict["interval"]
-        lines.append(f"RobustSAM - SAM: {verdict['mean']:+.3f} dB, 95 % interval "
-                     f"{'none (one seed)' if interval is None else f'[{interval[0]:+.3f}, {interval[1]:+.3f}]'}: "
-                     f"{verdict['verdict']}")
+        mdd = verdict.get("mdd")
+        name = "RobustSAM - SAM" if not design.startswith("ceiling") else ""
+        lines.append(f"{name + ' ' if name else ''}({design}): {verdict['mean']:+.3f} dB, 95 % interval "
+                     f"{'none' if interval is None else f'[{interval[0]:+.3f}, {interval[1]:+.3f}]'}, "
+                     f"MDD {'—' if mdd is None else f'{mdd:.3f}'} dB: {verdict['verdict']}")
     return "\n".join(lines)

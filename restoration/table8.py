@@ -10,6 +10,10 @@ at a time (each with ``threads`` torch threads); priors are computed once, befor
 The report (:mod:`restoration.report`) gives per-seed numbers, the RobustSAM-vs-SAM verdict
 (:mod:`restoration.verdict`), the priors' quality (:mod:`restoration.prior_quality`) and how much each
 trained network relies on its prior (:mod:`restoration.prior_reliance`).
+Beside the paper's retrain-per-prior verdict, the networks of ``recipe.swap_rows`` are evaluated with SAM's
+and with RobustSAM's test priors (:mod:`restoration.prior_swap`), every verdict with its power (ceiling, seed
+sd, MDD); ``recipe.amg_operating_point: per_path`` gives each prior row its own automatic-mask thresholds
+(:mod:`restoration.operating_point`). ``--preset evidence`` is the powered design (docs/results/table8_design.md).
 
 Recipe config (YAML): the :mod:`restoration.train` options (``name``, ``manual_seed``, ``network_g`` with
 the prior rows' ``prior``, ``datasets``, ``train``, ``val``, ``prior`` with the automatic-mask settings
@@ -41,8 +45,10 @@ import yaml
 
 from restoration.control_priors import CONTROL_PRIOR_KINDS, has_instance_maps
 from restoration.datasets import PriorPairedDataset, describe_prior_model, prepare_priors
+from restoration.operating_point import OPERATING_POINTS, choose_operating_points
 from restoration.prior_quality import prior_quality
 from restoration.prior_reliance import prior_reliance
+from restoration.prior_swap import prior_swap
 from restoration.report import ROW_LABELS, format_table, write_report
 from restoration.restore import add_restore_arguments, run_restore
 from restoration.config import RECIPE_KEYS
@@ -60,6 +66,7 @@ from robustprior.training.errors import RunExistsError, RunSetupError
 CONFIG_DIR = Path(__file__).resolve().parent / "options"  # recipe configs ship inside the package
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # the folder holding the restoration package (jobs import it)
 ROWS: tuple[str, ...] = ("none", "sam", "robustsam", *CONTROL_PRIOR_KINDS)
+PRESETS: tuple[str, ...] = ("default", "evidence")  # restoration/options/<task>_<preset>.yaml
 DATA_MARKER = "recipe_data.json"
 REPORT_FILES = ("report.md", "report.json", "grid.png")
 DATA_DESCRIPTIONS = {"dehaze": "RESIDE OTS/ITS-style hazy/ + gt|clear/ under DATA_ROOT/train, SOTS under DATA_ROOT/test",
@@ -78,6 +85,12 @@ def _check_rows(rows: list[str]) -> None:
     unknown = [row for row in rows if row not in ROWS]
     if unknown or len(set(rows)) != len(rows):
         raise ValueError(f"rows must be distinct names among {list(ROWS)}, got {rows}")
+
+
+def _check_swap_rows(rows: list[str]) -> None:
+    _check_rows(rows)
+    if "none" in rows:
+        raise ValueError("the no-prior row has no prior to swap")
 
 
 def _check_seeds(seeds: list[int]) -> None:
@@ -116,6 +129,12 @@ RECIPE_SCHEMA = Section({
         "seeds": Field(list, [0, 1, 2], items=int, check=_check_seeds),
         "seeded_rows": Field(list, ["sam", "robustsam"], items=str, check=_check_rows),
         "parallel": Field(int, 2, at_least=1, doc="row jobs at a time (separate processes)"),
+        "amg_operating_point": Field(str, "config", choices=OPERATING_POINTS,
+                                     doc="config: the prior section's thresholds for both prior rows; per_path: "
+                                         "each row's own, chosen on degraded training images (restoration.operating_point)"),
+        "swap_rows": Field(list, ["gt_masks"], items=str, check=_check_swap_rows,
+                           doc="rows whose trained networks are also evaluated with SAM's and RobustSAM's test "
+                               "priors (restoration.prior_swap)"),
     }),
 })
 
@@ -230,6 +249,41 @@ def lq_paths(options: dict[str, Any], phases: Sequence[str] = ("train", "val")) 
     return [str(lq) for phase in phases for lq, _ in PriorPairedDataset(dataset_options(options, phase)).pairs]
 
 
+def apply_operating_points(config: dict[str, Any], rows: Sequence[str], options: dict[tuple[str, int], dict[str, Any]],
+                           train_paths: Sequence[str]) -> dict[str, Any] | None:
+    """With ``recipe.amg_operating_point: per_path``, each prior row's thresholds chosen on the degraded
+    training images (:func:`restoration.operating_point.choose_operating_points`) and written into its jobs'
+    prior options; returns the choice for the report (None: the prior section's thresholds for both rows)."""
+    if config["recipe"]["amg_operating_point"] != "per_path":
+        return None
+    prior_rows = [row for row in ("sam", "robustsam") if row in rows]
+    if not prior_rows:
+        return None
+    first_seed = config["recipe"]["seeds"][0]
+    print("== automatic-mask operating point per prior row (degraded training images) ==", flush=True)
+    chosen = choose_operating_points({row: options[(row, first_seed)]["prior"] for row in prior_rows}, train_paths)
+    for (row, _), job_options in options.items():
+        if row in chosen["settings"]:
+            job_options["prior"].update(chosen["settings"][row])
+    return chosen
+
+
+def swap_verdicts(config: dict[str, Any], rows: Sequence[str], run_dirs: dict[tuple[str, int], Path],
+                  options: dict[tuple[str, int], dict[str, Any]], prior_cache: Path) -> dict[str, dict[str, Any]]:
+    """The test-time prior swap (:func:`restoration.prior_swap.prior_swap`) of each ``recipe.swap_rows`` row
+    that ran, over all its seeds, between the SAM and RobustSAM rows' priors (both rows must have run)."""
+    if "sam" not in rows or "robustsam" not in rows:
+        return {}
+    first_seed = config["recipe"]["seeds"][0]
+    priors = {kind: options[(kind, first_seed)]["prior"] for kind in ("sam", "robustsam")}
+    swaps = {}
+    for row in config["recipe"]["swap_rows"]:
+        folders = [folder for (job_row, _), folder in sorted(run_dirs.items()) if job_row == row]
+        if folders:
+            swaps[row] = prior_swap(folders, priors, prior_cache)
+    return swaps
+
+
 # ----------------------------------------------------------------------------- command line
 def build_parser(task: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -237,8 +291,11 @@ def build_parser(task: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--sam-checkpoint", help="SAM prior model: a file or a name (sam_vit_h, ...); default: bundled tiny")
     parser.add_argument("--robustsam-checkpoint",
                         help="RobustSAM prior model: a file or a name (robustsam_vit_h, ...); default: bundled tiny")
-    parser.add_argument("--config", help=f"recipe config YAML (default: the embedded restoration/options/{task}_default.yaml; "
-                                         f"full scale: restoration/options/{'dehaze_sots' if task == 'dehaze' else 'deblur_gopro'}.yaml)")
+    configs = parser.add_mutually_exclusive_group()
+    configs.add_argument("--config", help=f"recipe config YAML (default: the embedded restoration/options/{task}_default.yaml; "
+                                          f"full scale: restoration/options/{'dehaze_sots' if task == 'dehaze' else 'deblur_gopro'}.yaml)")
+    configs.add_argument("--preset", choices=PRESETS, help=f"an embedded config: restoration/options/{task}_PRESET.yaml "
+                                                           "(evidence: the powered design, docs/results/table8_design.md)")
     parser.add_argument("--output", default=f"outputs/{task}", help="output folder (default: %(default)s)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the runs in the output folder")
@@ -333,6 +390,8 @@ def run_recipe(task: str, description: str, argv: Sequence[str] | None = None) -
 
 def _run_recipe(task: str, args: argparse.Namespace) -> int:
     started, cpu_started, load_start = time.perf_counter(), time.process_time(), _load_average()
+    if args.preset and args.preset != "default":
+        args.config = str(CONFIG_DIR / f"{task}_{args.preset}.yaml")
     config = load_recipe_config(task, args.config)
     overrides: dict[str, Any] = {"recipe": {"checkpoints": {}}}
     for row in ("sam", "robustsam"):
@@ -398,6 +457,7 @@ def _run_recipe(task: str, args: argparse.Namespace) -> int:
                 dropped[row] = "the data has no ground-truth instance maps (real data): control rows need generated data"
     jobs = job_list(config, rows)
     options = {(row, seed): check_options(row_options(config, row, seed, roots, prior_cache)) for row, seed in jobs}
+    operating_point = apply_operating_points(config, rows, options, lq_paths(reference, ("train",)))
     if context.is_main:
         output.mkdir(parents=True, exist_ok=True)
         write_text_atomically(output / "recipe_config.yaml", yaml.safe_dump(config, sort_keys=False))
@@ -440,6 +500,7 @@ def _run_recipe(task: str, args: argparse.Namespace) -> int:
         index = prepare_priors(options[(row, first_seed)]["prior"], test_paths, prior_cache, progress=False)
         quality[row] = prior_quality(index, test_paths)
         reliance[row] = prior_reliance(run_dirs[(row, first_seed)], device="cpu")
+    swap = swap_verdicts(config, rows, run_dirs, options, prior_cache)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_seconds = time.process_time() - cpu_started + children.ru_utime + children.ru_stime
     wall = time.perf_counter() - started
@@ -448,8 +509,9 @@ def _run_recipe(task: str, args: argparse.Namespace) -> int:
              "cpu_seconds": round(cpu_seconds, 1), "idle_two_core_estimate_seconds": round(cpu_seconds / 2, 1),
              "command": " ".join(sys.argv), "load_average": {"start": load_start, "end": _load_average()},
              "dropped_rows": dropped, "seeds": config["recipe"]["seeds"],
-             "augment": {key: bool(reference["datasets"]["train"].get(key)) for key in ("use_flip", "use_rot")}}
-    paths = write_report(task, output, run_dirs, setup, quality, reliance, int(config["recipe"]["grid_images"]))
+             "augment": {key: bool(reference["datasets"]["train"].get(key)) for key in ("use_flip", "use_rot")},
+             "amg_operating_point": operating_point}
+    paths = write_report(task, output, run_dirs, setup, quality, reliance, int(config["recipe"]["grid_images"]), swap)
     report = json.loads(paths["report.json"].read_text())
     print(format_table(report))
     print(f"Outputs: {', '.join(str(path) for path in paths.values())} (runs in {output / 'runs'}); "

@@ -32,7 +32,8 @@ def toy_config(task: str, folder: Path) -> Path:
     """The embedded default shrunk to seconds: toy data, a 4-wide two-level network, 4 point prompts."""
     config = load_recipe_config(task, None)
     config["threads"] = 1
-    config["recipe"].update(generate=TOY_DATA[task], grid_images=2, seeds=[0, 1], parallel=1)
+    config["recipe"].update(generate=TOY_DATA[task], grid_images=2, seeds=[0, 1], parallel=1,
+                            swap_rows=["gt_masks", "sam"])
     config["network_g"].update(width=4, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
     config["datasets"]["train"].update(gt_size=32, batch_size_per_gpu=2)
     config["prior"].update(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0)  # some masks even untrained
@@ -65,6 +66,21 @@ def test_recipe_smoke_run_and_refusal(task: str, tmp_path: Path, capsys: pytest.
     assert f"Verdict: **{verdict['verdict']}**" in text and "Our protocol" in text and "Smoke scale" in text
     assert "gt_masks_zeroing_cost_db" in report["targets"]
     assert ("no_prior_gain_db" in report["targets"]) == (task == "deblur")
+    # power: the ceiling (one gt_masks seed: images as replicates) and the retrain verdict's MDD
+    ceiling = report["power"]["ceiling"]
+    gt, sam = ({r["name"]: r["psnr"] for r in json.loads((output / "runs" / row / "seed0" / "results.json").read_text())
+                ["metrics"]["per_image"]} for row in ("gt_masks", "sam"))
+    assert ceiling["mean"] == pytest.approx(sum(gt[name] - sam[name] for name in gt) / len(gt))
+    assert ceiling["replicates"] == len(gt) >= 2 and ceiling["mdd"] is not None and verdict["mdd"] is not None
+    assert "minimal detectable difference (MDD)" in text and "MDD = (t(1 - alpha/2, n - 1)" in text
+    # the test-time swap: the SAM-trained networks swapped to SAM's priors score what the trainer measured
+    swap = report["swap"]
+    assert set(swap) == {"gt_masks", "sam"} and swap["sam"]["seeds"] == [0, 1] and swap["gt_masks"]["seeds"] == [0]
+    assert swap["sam"]["psnr"]["sam"] == pytest.approx(swap["sam"]["psnr"]["own"], abs=0.05)
+    assert swap["sam"]["ceiling"] is None and swap["gt_masks"]["ceiling"]["design"] == "swap"
+    assert swap["gt_masks"]["verdict"]["mean"] == pytest.approx(
+        swap["gt_masks"]["psnr"]["robustsam"] - swap["gt_masks"]["psnr"]["sam"])
+    assert "Design: test-time prior swap" in text and "Design: retrain per prior" in text
     assert f"Outputs: {output / 'report.md'}" in capsys.readouterr().out
 
     assert run_recipe(task, task, argv) != 0  # a second run into the same folder is refused
@@ -172,3 +188,55 @@ def test_deblur_generate_settings_reach_the_generator(tmp_path: Path) -> None:
     assert scene.object_count == 3 and not scene.motion.any() and scene.camera_motion == (0.0, 0.0)
     default = load_recipe_config("deblur", None)["recipe"]["generate"]
     assert default["camera_pan"] > 0 and default["camera_shake"] == 0  # the learnable default blur: a steady pan
+
+
+def test_per_path_operating_point_is_the_generator_at_each_rows_own_thresholds(tmp_path: Path) -> None:
+    """recipe.amg_operating_point: per_path: each prior row gets the thresholds chosen on degraded training
+    images (never a test image), its runs use them, the report states the rule, and a generator run at the
+    chosen thresholds keeps exactly the masks the choice scored."""
+    from restoration.control_priors import instance_map_path, instance_masks, read_instance_map
+    from restoration.paired_data import read_rgb
+    from robustprior.automatic_mask_generator import RobustSAMAutomaticMaskGenerator
+    from robustprior.evaluation.amg_settings import score_setting
+    from robustprior.load import load_model
+
+    config_path = toy_config("dehaze", tmp_path)
+    config = yaml.safe_load(config_path.read_text())
+    config["recipe"].update(rows=["sam", "robustsam"], seeds=[0], amg_operating_point="per_path", swap_rows=[])
+    config_path.write_text(yaml.safe_dump(config))
+    output = tmp_path / "out"
+    assert run_recipe("dehaze", "dehaze", ["--config", str(config_path), "--output", str(output), "--iterations", "1",
+                                           "--no-progress"]) == 0
+    report = json.loads((output / "report.json").read_text())
+    chosen = report["setup"]["amg_operating_point"]
+    assert chosen["images"] and all("/train/" in path for path in chosen["images"])
+    for row, path in (("sam", "sam"), ("robustsam", "robust")):
+        settings = report["protocol"]["prior_settings_per_row"][row]
+        assert {key: settings[key] for key in chosen["settings"][row]} == chosen["settings"][row]
+        model, _ = load_model("tiny", decoder_path=path)
+        generator = RobustSAMAutomaticMaskGenerator(model, path=path, points_per_side=settings["points_per_side"],
+                                                    box_nms_thresh=settings["box_nms_thresh"], **chosen["settings"][row])
+        images = [read_rgb(file) for file in chosen["images"]]
+        kept = [[record["segmentation"] for record in generator.generate(image)] for image in images]
+        objects = [instance_masks(read_instance_map(instance_map_path(file))) for file in chosen["images"]]
+        score = chosen["scores"][row]
+        assert [len(masks) for masks in kept] == list(score["counts"]) and min(score["counts"]) > 0
+        again = score_setting(kept, objects, settings["points_per_side"], **chosen["settings"][row])
+        assert again.f1 == pytest.approx(score["f1"]) and again.mean_best_iou == pytest.approx(score["mean_best_iou"])
+    assert "thresholds chosen per row" in (output / "report.md").read_text()
+
+
+@pytest.mark.parametrize("task", ["dehaze", "deblur"])
+def test_the_evidence_preset_is_the_powered_design(task: str) -> None:
+    """docs/results/table8_design.md: >= 64 test images, >= 5 seeds for the rows that enter a verdict or the
+    ceiling, each prior row at its own operating point, the swap on the ground-truth-mask networks."""
+    from restoration.table8 import CONFIG_DIR, build_parser
+
+    config = load_recipe_config(task, CONFIG_DIR / f"{task}_evidence.yaml")
+    generate, recipe = config["recipe"]["generate"], config["recipe"]
+    tests = generate["test_images"] if task == "dehaze" else generate["test_sequences"] * generate["test_frames"]
+    assert tests >= 64 and len(recipe["seeds"]) >= 5
+    assert {"sam", "robustsam", "gt_masks"} <= set(recipe["seeded_rows"])
+    assert recipe["amg_operating_point"] == "per_path" and recipe["swap_rows"] == ["gt_masks"]
+    assert len(job_list(config, recipe["rows"])) == 17
+    assert build_parser(task, task).parse_args(["--preset", "evidence"]).preset == "evidence"

@@ -66,6 +66,7 @@ snow layers, zoom and resampling factors) or per pixel (noise, colour, JPEG qual
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Sequence
 
 import cv2
@@ -641,3 +642,10 @@ class RandomDegradation:
         for kind, op_severity, op_seed in operations:
             degraded = _apply(kind, degraded, np.random.default_rng(op_seed), op_severity, scale)
         return degraded, "+".join(kind for kind, _, _ in operations)
+
+
+def degradation_seed(seed: int, name: str, kind: str) -> int:
+    """The evaluation protocol's ``degrade`` seed of image ``name`` under ``kind``: independent of which
+    kinds / images are evaluated (Table 2 evaluation and the training's learning curve share it)."""
+    name_key = zlib.crc32(name.encode("utf-8"))
+    return int(np.random.SeedSequence([seed, name_key, DEGRADATIONS.index(kind)]).generate_state(1)[0])

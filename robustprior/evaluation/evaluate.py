@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ from tqdm import tqdm
 from robustprior.modeling.build import MODEL_CONFIGS
 from robustprior.data.sources import build_instance_source, check_source_config
 from robustprior.data.datasets import CLEAR_KIND, InstanceSource
-from robustprior.data.degrade import DEGRADATIONS, degrade
+from robustprior.data.degrade import DEGRADATIONS, degradation_seed, degrade
 from robustprior.load import ModelSource, load_model
 from robustprior.evaluation.metrics import ImagePredictions, SegmentationMeter, box_prompt_ap, paired_bootstrap_interval
 from robustprior.modeling.fourier_degradation_suppression import FOURIER_MODES
@@ -78,12 +77,6 @@ PROMPT_DESCRIPTIONS = {
     "point": "one positive point at the instance's interior centre (farthest from its boundary)",
     "box": "the instance's tight ground-truth box",
 }
-
-
-def degradation_seed(seed: int, name: str, kind: str) -> int:
-    """The ``degrade`` seed of image ``name`` under ``kind``: independent of which kinds/images are evaluated."""
-    name_key = zlib.crc32(name.encode("utf-8"))
-    return int(np.random.SeedSequence([seed, name_key, DEGRADATIONS.index(kind)]).generate_state(1)[0])
 
 
 @torch.no_grad()

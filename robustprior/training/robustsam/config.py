@@ -109,6 +109,10 @@ SCHEMA = Section({
         "warmup": Field(int, 0, at_least=0, doc="linear warmup iterations"),
         "grad_clip": Field(float, 1.0, at_least=0, doc="gradient-norm clip; 0 or null: none"),
         "amp": Field(bool, True, doc="bfloat16 autocast on GPUs"),
+        "cpu_amp": Field(bool, False, doc="bfloat16 autocast on CPUs too (fast where the CPU has bf16 instructions)"),
+        "image_stage_iterations": Field(int, 0, at_least=0,
+                                        doc="first N iterations train only the per-image AMFGs towards the clear "
+                                            "image's encoder features (paper consistency; no decoder pass)"),
         "consistency": Field(str, "paper", choices=CONSISTENCY_MODES),
         "loss_weights": {name: Field(float, default, at_least=0) for name, default in
                          (("mask_feature", 1.0), ("token", 1.0), ("dice", 1.0), ("focal", 20.0), ("distill", 0.0))},
@@ -117,6 +121,16 @@ SCHEMA = Section({
         "val_every": Field(int, 200, at_least=1),
         "checkpoint_every": Field(int, 100, at_least=1),
     },
+    "curve": Section({  # the learning curve (robustprior.training.robustsam.curve), measured on rank 0
+        "every": Field(int, 0, at_least=0, doc="measure every N iterations, at the start and at the end; 0: never"),
+        "data": Field(dict, {"format": "scenes", "n_images": 8, "seed": 7000}, check=_check_data_source,
+                      doc="held-out images (seed 7000: neither training, validation nor evaluation use it)"),
+        "kinds": Field((str, list), "all", items=str, check=_check_kinds, doc="all, or a list with identity"),
+        "seed": Field(int, 0, at_least=0, doc="degradation seeds derive from (seed, image name, kind)"),
+        "severity": Field(float, 1.0, above=0),
+        "reference_size": Field(float, None, above=0, doc="null: raw pixel sizes, as Table 2's evaluation"),
+        "min_area": Field(int, 64, at_least=1),
+    }),
 })
 
 

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from ...modeling.robust_sam import ImageFeatures, RobustSAM
-from ..losses import (CONSISTENCY_MODES, LossWeights, distillation_loss, paper_consistency, release_consistency,
-                      segmentation_losses, weighted_total)
+from ..losses import (CONSISTENCY_MODES, LossWeights, distillation_loss, paper_consistency, relative_mse,
+                      release_consistency, segmentation_losses, weighted_total)
 from .samples import PromptBatch
 
 
@@ -26,7 +26,25 @@ class RobustTrainingStep(nn.Module):
         self.weights = weights
         self.consistency = consistency
 
-    def forward(self, clear: ImageFeatures, degraded: ImageFeatures, groups: list[PromptBatch]) -> dict[str, torch.Tensor]:
+    def image_stage(self, clear: ImageFeatures, degraded: ImageFeatures) -> dict[str, torch.Tensor]:
+        """The cheap first stage: the per-image AMFGs of the degraded image's ``B x D x h x w`` embedding
+        and ``B x C x h x w`` early feature towards the clear image's frozen-SAM features (the two
+        per-image terms of Eq. 1, relative MSE), with no prompt and no decoder pass."""
+        embedding, complementary = self.model.robust.fusion.refine_image_features(degraded.embedding,
+                                                                                 degraded.complementary)
+        parts = {"mfc_embedding": relative_mse(embedding.float(), clear.embedding.float()),
+                 "mfc_complementary": relative_mse(complementary.float(), clear.complementary.float())}
+        terms = {"mask_feature": sum(parts.values()), **parts}
+        terms["total"] = weighted_total(terms, self.weights)
+        return terms
+
+    def forward(self, clear: ImageFeatures, degraded: ImageFeatures, groups: list[PromptBatch],
+                image_stage: bool = False) -> dict[str, torch.Tensor]:
+        """All loss terms of one batch (``image_stage``: only :meth:`image_stage`'s)."""
+        if image_stage:
+            if self.consistency != "paper":
+                raise ValueError("train.image_stage_iterations needs train.consistency: paper (the per-image terms)")
+            return self.image_stage(clear, degraded)
         model, paper = self.model, self.consistency == "paper"
         fusion = model.robust.fusion
         image_part, refined_images = None, {}

@@ -29,6 +29,7 @@ from ..run_folder import RUN_MARKER, Run, prepare_run_folder, read_run_config
 from ..schedules import LearningRateSchedule
 from .batches import TrainingData, TrainingState, feature_cache_dir
 from .config import FEATURE_CACHE_FOLDER, RUN_KIND, SCHEMA, schedule_spec
+from .curve import CURVE_COLUMNS, CURVE_LOG, CURVE_PLOT, LearningCurve, plot_curve
 from .model import load_base_model
 from .objective import RobustTrainingStep
 
@@ -67,7 +68,7 @@ class RobustSAMTrainer:
         self.run = Run.open(self.output_dir, kind=RUN_KIND, schema=SCHEMA, config=given, resume=resume,
                             overwrite=overwrite, allow_config_change=allow_config_change,
                             overrides={} if iterations is None else {"train.iterations": iterations},
-                            keep=(FEATURE_CACHE_FOLDER,), logs={TRAIN_LOG: None, VAL_LOG: VAL_COLUMNS},
+                            keep=(FEATURE_CACHE_FOLDER,), logs={TRAIN_LOG: None, VAL_LOG: VAL_COLUMNS, CURVE_LOG: CURVE_COLUMNS},
                             context=self.context)
         try:
             self._build()
@@ -84,7 +85,9 @@ class RobustSAMTrainer:
         self.data = TrainingData(self.config, self.model, feature_cache_dir(self.config, self.output_dir), self.context)
         self.weights = LossWeights(**train_config["loss_weights"])
         self.step_module = RobustTrainingStep(self.model, self.weights, train_config["consistency"])
-        self.wrapped = self.context.wrap(self.step_module)
+        # the image stage leaves the decoder-side parameters without gradients
+        self.wrapped = self.context.wrap(self.step_module,
+                                         **({"find_unused_parameters": True} if train_config["image_stage_iterations"] else {}))
         trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
         self.optimizer = OPTIMIZER_CLASSES[train_config["optimizer"]](trainable, lr=train_config["lr"],
                                                                       weight_decay=train_config["weight_decay"])
@@ -95,6 +98,9 @@ class RobustSAMTrainer:
         self._last_gradient_norms: dict[str, float | str] = (
             {f"{prefix}_{name}": "" for prefix in ("grad", "share") for name in weighted}
             if train_config["grad_share_every"] else {})
+        self.curve = None
+        if self.config["curve"]["every"] and self.context.is_main:
+            self.curve = LearningCurve(self.model, self.config["curve"])
         if self.run.resumed:
             self._restore()
 
@@ -150,9 +156,28 @@ class RobustSAMTrainer:
         return self.data.fill_cache(progress)
 
     def _autocast(self):
-        if self.device.type == "cuda" and self.config["train"]["amp"]:
+        train = self.config["train"]
+        if self.device.type == "cuda" and train["amp"]:
             return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.device.type == "cpu" and train["cpu_amp"]:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
         return nullcontext()
+
+    def measure_curve(self) -> dict[str, Any] | None:
+        """One learning-curve point at the current iteration (rank 0; ``curve.csv`` and ``curve.png``);
+        None when the curve is off or this rank does not measure it."""
+        if self.curve is None:
+            return None
+        row = self.curve.measure(self.state.iteration)
+        log = self.run.log(CURVE_LOG)
+        log.append([row])
+        rows = log.rows()
+        plot_curve(rows, self.output_dir / CURVE_PLOT,
+                   f"{self.output_dir.name}: {len(self.curve.images)} held-out images, {self.curve.instance_count} "
+                   f"instances, {len(self.curve.kinds)} kinds")
+        tqdm.write(f"[robustprior] curve at {row['iteration']}: robust - SAM degrade {row['gain_degrade']:+.2f} "
+                   f"[{row['gain_degrade_low']:+.2f}, {row['gain_degrade_high']:+.2f}], clear {row['gain_clear']:+.2f}")
+        return row
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -199,12 +224,17 @@ class RobustSAMTrainer:
         progress = tqdm(total=total, initial=self.state.iteration, disable=not self.context.is_main, desc="train",
                         dynamic_ncols=True)
         started, seconds_before = time.time(), self.state.seconds
+        curve_every = self.config["curve"]["every"]
+        if curve_every and self.state.iteration == 0 and end > 0:
+            self.measure_curve()  # the starting point (robust_init: sam starts at SAM's own scores)
+            self.context.barrier()
         while self.state.iteration < end:
             indices = self.data.rank_indices(self.state)
             self.data.train_set.set_epoch(self.state.epoch)
             clear, degraded, groups, _ = self.data.batch(self.data.train_set, indices, self.state.epoch % variants)
+            image_stage = self.state.iteration < config["image_stage_iterations"]
             with self._autocast():
-                terms = self.wrapped(clear, degraded, groups)
+                terms = self.wrapped(clear, degraded, groups, image_stage=image_stage)
             self.optimizer.zero_grad(set_to_none=True)
             share_every = config["grad_share_every"]
             gradient_norms = {}
@@ -222,8 +252,10 @@ class RobustSAMTrainer:
             self.state.seconds = seconds_before + time.time() - started
             values = {name: float(terms[name].detach()) for name in ("total", *TERM_NAMES) if name in terms}
             values.update({name: float(terms[name].detach()) for name in terms if name.startswith("mfc_")})
+            if image_stage:  # the same log columns as a full step's: the terms it does not compute blank
+                values = {name: values.get(name, "") for name in self._full_step_terms()}
             progress.update(1)
-            progress.set_postfix({key: f"{value:.3g}" for key, value in values.items()})
+            progress.set_postfix({key: f"{value:.3g}" for key, value in values.items() if value != ""})
             if self.state.iteration % config["log_every"] == 0 or self.state.iteration == total:
                 self._log({"iteration": self.state.iteration, "epoch": self.state.epoch,
                            "lr": self.optimizer.param_groups[0]["lr"], **values, **self._last_gradient_norms,
@@ -231,6 +263,9 @@ class RobustSAMTrainer:
             if self.data.val_set is not None and (self.state.iteration % config["val_every"] == 0
                                                   or self.state.iteration == total):
                 self._validate_and_keep_best()
+            if curve_every and (self.state.iteration % curve_every == 0 or self.state.iteration == total):
+                self.measure_curve()
+                self.context.barrier()
             if gradient_norms:
                 self._last_gradient_norms.update(gradient_norms)
             if self.state.iteration % config["checkpoint_every"] == 0 or self.state.iteration == end:
@@ -241,6 +276,13 @@ class RobustSAMTrainer:
         metrics = self._finish()
         self.close()
         return metrics
+
+    def _full_step_terms(self) -> list[str]:
+        """The loss values a full training step logs (``total``, the weighted terms, Eq. 1's parts)."""
+        names = ["total", *(name for name in TERM_NAMES if name != "distill" or self.weights.distill)]
+        if self.config["train"]["consistency"] == "paper":
+            names += ["mfc_mask_feature", "mfc_embedding", "mfc_complementary"]
+        return names
 
     def _gradient_norms(self, terms: dict[str, torch.Tensor], parameters: list[nn.Parameter]) -> dict[str, float]:
         """Gradient norm of each weighted loss term on the trainable parameters (``grad_<term>``), and
