@@ -223,6 +223,8 @@ def row_options(config: dict[str, Any], row: str, seed: int, roots: dict[str, st
     if "test" in datasets and "val" not in datasets:
         datasets["val"] = datasets.pop("test")
     for phase, root_name in (("train", "train"), ("val", "test")):
+        if not isinstance(datasets.get(phase), dict):
+            raise RunSetupError(f"the recipe config has no datasets.{phase} section (layout, and the training options)")
         if roots is not None:
             datasets[phase].update(locate_dataset(datasets[phase].get("layout", "folders"), roots[root_name],
                                                   blur_dir=datasets[phase].get("blur_dir", "blur")))
