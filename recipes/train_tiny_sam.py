@@ -1,6 +1,6 @@
 """Train the tiny SAM base (the SAM parts of ``build_robust_sam("tiny")``) from scratch on the scene world.
 
-    python recipes/train_tiny_sam.py --config recipes/configs/tiny_sam.yaml --output runs/tiny_sam
+    python recipes/train_tiny_sam.py --config robustprior/configs/tiny_sam.yaml --output runs/tiny_sam
         [--resume [--config C --allow-config-change] | --overwrite] [--iterations N] [--stop-after N]
         [--threads T] [--device auto|cpu|cuda] [--workers W] [--fit-minutes M] [--no-export]
         [--export-only [--reevaluate]]

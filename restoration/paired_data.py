@@ -1,7 +1,9 @@
 """Paired (degraded, clean) image data for restoration: SOTS/RESIDE dehazing and GoPro deblurring.
 
-* ``pair_sots`` / ``pair_gopro`` list ``(degraded, clean)`` file pairs from the datasets' on-disk
-  layouts and fail loudly on files without a partner.
+* ``list_pairs`` lists the ``(degraded, clean)`` file pairs of a data section (BasicSR's
+  ``dataroot_lq`` / ``dataroot_gt`` in one of :data:`LAYOUTS`) and fails loudly on files without a
+  partner; ``locate_dataset`` finds those folders in a SOTS/RESIDE or GoPro dataset root as released
+  (``pair_sots`` / ``pair_gopro``: both at once).
 * ``read_rgb`` / ``read_rgb_float`` decode any 8/16-bit, grayscale/RGB/RGBA image to RGB.
 * ``match_clean_size`` is the one rule for a ground truth larger than its input (centre crop);
   :func:`read_pair` applies it, and so does everything that scores an input or a restored image.
@@ -29,7 +31,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", "
 SOTS_HAZY_FOLDERS: tuple[str, ...] = ("hazy",)
 SOTS_CLEAN_FOLDERS: tuple[str, ...] = ("gt", "GT", "clear", "clean")
 GOPRO_SHARP_FOLDER = "sharp"
-LAYOUTS: tuple[str, ...] = ("sots", "gopro")
+LAYOUTS: tuple[str, ...] = ("folders", "sots", "gopro")
 PHASES: tuple[str, ...] = ("train", "val", "test")
 LISTED_UNMATCHED = 5  # how many unmatched file names an error message spells out
 
@@ -88,13 +90,16 @@ def _index_by_stem(folder: Path) -> dict[str, Path]:
 
 
 def _pair_by_key(
-    degraded_folder: Path, clean_folder: Path, key_of: Callable[[str], str], what: str
+    degraded_folder: Path, clean_folder: Path, key_of: Callable[[str], str], what: str,
+    clean: dict[str, Path] | None = None,
 ) -> list[tuple[Path, Path]]:
-    """Pair each degraded image with the clean image whose stem is ``key_of(degraded_stem)``."""
+    """Pair each degraded image with the clean image whose stem is ``key_of(degraded_stem)`` (in
+    ``clean``, default the clean folder's images by stem)."""
     degraded = _image_files(degraded_folder)
     if not degraded:
         raise DataLayoutError(f"no {what} images found in {degraded_folder}")
-    clean = _index_by_stem(clean_folder) if clean_folder.is_dir() else {}
+    if clean is None:
+        clean = _index_by_stem(clean_folder) if clean_folder.is_dir() else {}
     unmatched = [path for path in degraded if key_of(path.stem) not in clean]
     if unmatched:
         raise DataLayoutError(_describe_unmatched(unmatched, f"{what} image(s) have no clean partner in {clean_folder}"))
@@ -129,40 +134,83 @@ def _find_sots_folder(base: Path) -> Path:
     return found[0]
 
 
-def pair_sots(root: str | Path, split: str | None = None) -> list[tuple[Path, Path]]:
-    """(hazy, gt) pairs of a RESIDE/SOTS dataset, naturally sorted by hazy path.
+def _pair_folders(lq_folder: Path, gt_folder: Path, filename_tmpl: str) -> list[tuple[Path, Path]]:
+    """BasicSR's paired folders: each ground truth ``NAME.*`` of ``gt_folder`` pairs with the input
+    ``filename_tmpl.format(NAME).*`` of ``lq_folder``; inputs without a partner are an error."""
+    for folder, what in ((lq_folder, "dataroot_lq"), (gt_folder, "dataroot_gt")):
+        if not folder.is_dir():
+            raise DataLayoutError(f"{what} {folder} is not a folder")
+    clean = _index_by_stem(gt_folder)
+    try:
+        by_input = {filename_tmpl.format(stem): path for stem, path in clean.items()}
+    except (IndexError, KeyError, ValueError) as error:
+        raise DataLayoutError(f"filename_tmpl {filename_tmpl!r} is not a format string of one name ({error})") from None
+    return _pair_by_key(lq_folder, gt_folder, lambda stem: stem, "input",
+                        clean=by_input)
 
-    ``root`` is a dataset root (with ``split`` such as ``"outdoor"``/``"indoor"``, or without when it
-    holds one split) or directly a folder with ``hazy/`` and ``gt/`` (also ``clear/``, ``clean/``).
-    A hazy image ``NAME_anything.ext`` pairs with ``gt/NAME.*`` (``1400_1.png`` -> ``1400.png``,
-    ``0001_0.8_0.2.jpg`` -> ``0001.png``, ITS ``1_1_0.90179.png`` -> ``1.png``); many hazy images may
-    share one gt. Unmatched hazy images or an empty hazy folder raise ``ValueError``.
-    """
+
+def _pair_gopro_sequences(lq_root: Path, gt_root: Path, blur_dir: str) -> list[tuple[Path, Path]]:
+    """GoPro's release layout: ``lq_root/SEQUENCE/{blur_dir}/X.png`` with ``gt_root/SEQUENCE/sharp/X.png``."""
+    if not lq_root.is_dir():
+        raise DataLayoutError(f"no GoPro data: {lq_root} is not a folder (expected SEQUENCE/{blur_dir}/ folders in it)")
+    sequences = sorted((p for p in lq_root.iterdir() if p.is_dir()), key=_natural_key)
+    if not sequences:
+        raise DataLayoutError(f"no sequence folders found in {lq_root}")
+    missing = [sequence for sequence in sequences if not (sequence / blur_dir).is_dir()]
+    if missing:
+        raise DataLayoutError(_describe_unmatched(missing, f"sequence folder(s) lack a {blur_dir}/ folder"))
+    return [pair for sequence in sequences
+            for pair in _pair_by_key(sequence / blur_dir, gt_root / sequence.name / GOPRO_SHARP_FOLDER,
+                                     lambda stem: stem, "blurred")]
+
+
+def list_pairs(layout: str, dataroot_lq: str | Path, dataroot_gt: str | Path, blur_dir: str = "blur",
+               filename_tmpl: str = "{}") -> list[tuple[Path, Path]]:
+    """The (degraded, clean) pairs of a data section, naturally sorted by degraded path.
+
+    ``layout``: ``folders`` (BasicSR's paired folders: ``dataroot_lq`` and ``dataroot_gt`` hold the
+    images, ``filename_tmpl`` maps a ground truth's name to its input's), ``sots`` (RESIDE:
+    ``dataroot_lq`` the hazy folder, ``dataroot_gt`` the clear one; ``NAME_anything`` pairs with
+    ``NAME``, many hazy images may share one ground truth) or ``gopro`` (GoPro's release: both roots
+    a split folder of ``SEQUENCE/{blur_dir}/`` and ``SEQUENCE/sharp/``). :class:`DataLayoutError`
+    for a missing folder, no images, or an input without a partner."""
+    if layout not in LAYOUTS:
+        raise DataLayoutError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    lq_root, gt_root = Path(dataroot_lq), Path(dataroot_gt)
+    if not lq_root.is_dir():
+        raise DataLayoutError(f"data folder {lq_root} does not exist")
+    if layout == "folders":
+        return _pair_folders(lq_root, gt_root, filename_tmpl)
+    if layout == "sots":
+        return _pair_by_key(lq_root, gt_root, lambda stem: stem.split("_")[0], "hazy")
+    return _pair_gopro_sequences(lq_root, gt_root, blur_dir)
+
+
+def locate_dataset(layout: str, root: str | Path, split: str | None = None, blur_dir: str = "blur") -> dict[str, str]:
+    """``{"layout", "dataroot_lq", "dataroot_gt"}`` of a dataset root as the datasets are released.
+
+    ``sots``: ``root`` (with ``split`` such as ``"outdoor"``/``"indoor"``, or without when it holds one
+    split) or directly a folder with ``hazy/`` and ``gt/`` (also ``clear/``, ``clean/``; found up to
+    two levels down). ``gopro``: ``root/SPLIT/SEQUENCE/{blur_dir}/`` with ``.../sharp/`` (``split``
+    ``"train"`` or ``"test"``; without a split ``root`` may be such a split folder), or a flat ``root/{blur_dir}/`` with ``root/sharp/`` (``split`` None;
+    the ``folders`` layout). A flat folder given a split is an error: a flat folder has no train /
+    test split, and reading the same files for both would train on the test set."""
     root = Path(root)
-    base = root / split if split is not None else root
-    if not base.is_dir():
-        raise DataLayoutError(f"SOTS folder {base} does not exist")
-    folder = _find_sots_folder(base)
-    hazy_folder = _child_named(folder, SOTS_HAZY_FOLDERS)
-    clean_folder = _child_named(folder, SOTS_CLEAN_FOLDERS)
-    return _pair_by_key(hazy_folder, clean_folder, lambda stem: stem.split("_")[0], "hazy")
-
-
-def pair_gopro(root: str | Path, split: str | None = None, blur_dir: str = "blur") -> list[tuple[Path, Path]]:
-    """(blurred, sharp) pairs of a GoPro dataset, naturally sorted.
-
-    Layout ``root/SPLIT/SEQUENCE/{blur_dir}/000001.png`` with ``.../sharp/000001.png`` (``split``
-    ``"train"`` or ``"test"``; ``blur_dir`` may be ``"blur_gamma"``), or a flat
-    ``root/{blur_dir}/X.png`` with ``root/sharp/X.png`` (``split`` None). Files pair by stem.
-    :class:`DataLayoutError` for unmatched blurred images, sequences without ``blur_dir``, no images,
-    and a flat folder given a split: a flat folder has no train / test split, and reading the same
-    files for both would train on the test set.
-    """
-    root = Path(root)
+    if layout == "sots":
+        base = root / split if split is not None else root
+        if not base.is_dir():
+            raise DataLayoutError(f"SOTS folder {base} does not exist")
+        folder = _find_sots_folder(base)
+        return {"layout": "sots", "dataroot_lq": str(_child_named(folder, SOTS_HAZY_FOLDERS)),
+                "dataroot_gt": str(_child_named(folder, SOTS_CLEAN_FOLDERS))}
+    if layout != "gopro":
+        raise DataLayoutError(f"a dataset root's layout is sots or gopro, got {layout!r}")
     flat = (root / blur_dir).is_dir()
     if split is None:
         if flat:
-            return _pair_by_key(root / blur_dir, root / GOPRO_SHARP_FOLDER, lambda stem: stem, "blurred")
+            return {"layout": "folders", "dataroot_lq": str(root / blur_dir), "dataroot_gt": str(root / GOPRO_SHARP_FOLDER)}
+        if root.is_dir() and any((child / blur_dir).is_dir() for child in root.iterdir() if child.is_dir()):
+            return {"layout": "gopro", "dataroot_lq": str(root), "dataroot_gt": str(root)}  # a split folder itself
         splits = sorted(path.name for path in root.iterdir() if path.is_dir()) if root.is_dir() else []
         raise DataLayoutError(f"no GoPro data in {root}: no {blur_dir}/ folder (a flat layout); for the "
                               f"ROOT/SPLIT/SEQUENCE/{blur_dir}/ layout give split (folders here: {', '.join(splits) or 'none'})")
@@ -174,27 +222,20 @@ def pair_gopro(root: str | Path, split: str | None = None, blur_dir: str = "blur
                                   f"set); use ROOT/train/SEQUENCE/{blur_dir}/ and ROOT/test/SEQUENCE/{blur_dir}/, or "
                                   "split: null for a flat folder used for one purpose")
         raise DataLayoutError(f"no GoPro data: {split_folder} is not a folder (expected {root}/{split}/SEQUENCE/{blur_dir}/)")
-    sequences = sorted((p for p in split_folder.iterdir() if p.is_dir()), key=_natural_key)
-    if not sequences:
-        raise DataLayoutError(f"no sequence folders found in {split_folder}")
-    missing = [sequence for sequence in sequences if not (sequence / blur_dir).is_dir()]
-    if missing:
-        raise DataLayoutError(_describe_unmatched(missing, f"sequence folder(s) lack a {blur_dir}/ folder"))
-    return [
-        pair
-        for sequence in sequences
-        for pair in _pair_by_key(sequence / blur_dir, sequence / GOPRO_SHARP_FOLDER, lambda stem: stem, "blurred")
-    ]
+    return {"layout": "gopro", "dataroot_lq": str(split_folder), "dataroot_gt": str(split_folder)}
 
 
-def list_pairs(layout: str, root: str | Path, split: str | None = None, blur_dir: str = "blur"
-               ) -> list[tuple[Path, Path]]:
-    """The pairs of a ``layout`` ("sots" | "gopro") data folder (:func:`pair_sots` / :func:`pair_gopro`)."""
-    if layout not in LAYOUTS:
-        raise DataLayoutError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    if not Path(root).is_dir():
-        raise DataLayoutError(f"data folder {root} does not exist")
-    return pair_sots(root, split) if layout == "sots" else pair_gopro(root, split, blur_dir)
+def pair_sots(root: str | Path, split: str | None = None) -> list[tuple[Path, Path]]:
+    """(hazy, gt) pairs of a RESIDE/SOTS dataset root (:func:`locate_dataset`), naturally sorted by hazy
+    path: ``1400_1.png`` -> ``1400.png``, ``0001_0.8_0.2.jpg`` -> ``0001.png``, ITS ``1_1_0.90179.png``
+    -> ``1.png``."""
+    return list_pairs(**locate_dataset("sots", root, split))
+
+
+def pair_gopro(root: str | Path, split: str | None = None, blur_dir: str = "blur") -> list[tuple[Path, Path]]:
+    """(blurred, sharp) pairs of a GoPro dataset root (:func:`locate_dataset`), naturally sorted;
+    files pair by stem."""
+    return list_pairs(**locate_dataset("gopro", root, split, blur_dir), blur_dir=blur_dir)
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -232,12 +273,13 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 class PairedImageDataset(Dataset):
-    """(lq, gt) pairs of a SOTS or GoPro dataset as 3 x H x W float32 tensors in [0, 1].
+    """(lq, gt) pairs of a data section as 3 x H x W float32 tensors in [0, 1].
 
-    ``opt``: ``dataroot``, ``layout`` ("sots" | "gopro"), ``split`` (default none: SOTS a single
-    split, GoPro a flat folder), ``phase`` ("train" | "val" | "test"), ``crop_size`` (train only;
-    None = full images), ``use_flip`` (horizontal flips), ``use_rot`` (vertical flips and transposes,
-    together with flips all 8 rotations/reflections), ``seed``, optional ``blur_dir`` (GoPro).
+    ``opt`` (BasicSR's keys): ``dataroot_lq``, ``dataroot_gt``, ``layout`` (:func:`list_pairs`;
+    default ``folders``), ``filename_tmpl`` (folders), ``blur_dir`` (gopro), ``phase`` ("train" |
+    "val" | "test"), ``gt_size`` (training crops; None = full images), ``use_flip`` (horizontal
+    flips), ``use_rot`` (vertical flips and transposes, together with flips all 8
+    rotations/reflections), ``seed``.
 
     Training items are cropped at the same place in lq and gt (images smaller than the crop are
     mirror-padded first) and augmented identically, from a generator seeded with
@@ -247,21 +289,23 @@ class PairedImageDataset(Dataset):
     def __init__(self, opt: dict[str, Any]):
         super().__init__()
         self.opt = dict(opt)
-        self.layout = self.opt.get("layout", "sots")
+        self.layout = self.opt.get("layout", "folders")
         self.phase = self.opt.get("phase", "test")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {self.phase!r}")
-        if "dataroot" not in self.opt:
-            raise ValueError("opt needs a 'dataroot'")
-        self.root = Path(self.opt["dataroot"])
-        self.crop_size: int | None = self.opt.get("crop_size")
+        missing = [key for key in ("dataroot_lq", "dataroot_gt") if not self.opt.get(key)]
+        if missing:
+            raise ValueError(f"opt needs {' and '.join(missing)}")
+        self.root = Path(self.opt["dataroot_lq"])
+        self.crop_size: int | None = self.opt.get("gt_size")
         self.use_flip = bool(self.opt.get("use_flip", False))
         self.use_rot = bool(self.opt.get("use_rot", False))
         self.seed = int(self.opt.get("seed", 0))
         self.epoch = 0
-        self.pairs = list_pairs(self.layout, self.root, self.opt.get("split"), self.opt.get("blur_dir", "blur"))
+        self.pairs = list_pairs(self.layout, self.root, self.opt["dataroot_gt"], self.opt.get("blur_dir", "blur"),
+                                self.opt.get("filename_tmpl", "{}"))
 
     @classmethod
     def from_kwargs(
@@ -276,18 +320,9 @@ class PairedImageDataset(Dataset):
         seed: int = 0,
         blur_dir: str = "blur",
     ) -> PairedImageDataset:
-        """Build from keyword arguments instead of an ``opt`` dict."""
-        opt = {
-            "layout": layout,
-            "dataroot": str(dataroot),
-            "split": split,
-            "phase": phase,
-            "crop_size": crop_size,
-            "use_flip": use_flip,
-            "use_rot": use_rot,
-            "seed": seed,
-            "blur_dir": blur_dir,
-        }
+        """The data of a SOTS or GoPro dataset root as released (:func:`locate_dataset`)."""
+        opt = {**locate_dataset(layout, dataroot, split, blur_dir), "phase": phase, "gt_size": crop_size,
+               "use_flip": use_flip, "use_rot": use_rot, "seed": seed, "blur_dir": blur_dir}
         return cls(opt)
 
     def set_epoch(self, epoch: int) -> None:
@@ -298,7 +333,7 @@ class PairedImageDataset(Dataset):
         return len(self.pairs)
 
     def key(self, index: int) -> str:
-        """Stable id of item ``index``: its degraded path relative to ``dataroot``, without suffix."""
+        """Stable id of item ``index``: its degraded path relative to ``dataroot_lq``, without suffix."""
         lq_path = self.pairs[index][0]
         return lq_path.relative_to(self.root).with_suffix("").as_posix()
 

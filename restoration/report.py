@@ -331,7 +331,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += [
         "", "## Our protocol", "",
         f"- **Metrics**: {protocol['metrics']} (SSIM: {protocol['ssim_kind']}).",
-        f"- **Data**: {setup.get('data', protocol['test']['dataroot'])}; {train['num_pairs']} training pairs, "
+        f"- **Data**: {setup.get('data', protocol['test'].get('dataroot_lq'))}; {train['num_pairs']} training pairs, "
         f"{protocol['test']['num_pairs']} test pairs (full images).",
         f"- **Method**: {protocol['method']}; prior rows use `prior: {protocol['network_prior']}`, the no-prior row "
         "the same network without prior input.",
@@ -387,7 +387,7 @@ def render_grid(task: str, results: Mapping[str, Mapping[str, Any]], run_dirs: M
     ``results`` / ``run_dirs``: one run per row."""
     names = _grid_names(results, count)
     if not names:
-        raise ValueError("no restored test images were saved (val.save_images: false?)")
+        raise ValueError("no restored test images were saved (val.save_img: false?)")
     records = {row: {record["name"]: record for record in result["metrics"]["per_image"]} for row, result in results.items()}
     first = records[next(iter(records))]
     columns = ["input", *[row for row, _ in ROWS if row in results], "gt"]

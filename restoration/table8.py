@@ -71,8 +71,10 @@ from restoration.prior_reliance import prior_reliance
 from restoration.prior_swap import prior_swap
 from restoration.report import ROW_LABELS, format_table, write_report
 from restoration.restore import add_restore_arguments, run_restore
-from restoration.train import (PRIOR_CACHE_NAME, RECIPE_KEYS, RESULTS_NAME, RUN_KIND, TRAIN_LOG, VAL_LOG,
-                               RestorationTrainer, check_data, check_options, check_options_agree, load_options)
+from restoration.config import RECIPE_KEYS
+from restoration.paired_data import locate_dataset
+from restoration.train import (PRIOR_CACHE_NAME, RESULTS_NAME, RUN_KIND, TRAIN_LOG, VAL_LOG, RestorationTrainer,
+                               check_data, check_options, check_options_agree, dataset_options, load_options)
 from robustprior.data.scenes import SceneConfig, write_gopro_dataset, write_sots_dataset
 from robustprior.io.allocator import keep_freed_memory
 from robustprior.io.atomic import is_temporary, write_text_atomically
@@ -86,10 +88,10 @@ from robustprior.training.interrupt import PARENT_VARIABLE, Interrupted, stop_on
 from robustprior.training.run_folder import (CONFIG_CHANGES_NAME, CONFIG_NAME, RUN_MARKER, check_output_folder,
                                              config_change_error, prepare_run_folder, record_config_changes)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "recipes" / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "options"  # recipe configs ship inside the package
+PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # the folder holding the restoration package (jobs import it)
 ROWS: tuple[str, ...] = ("none", "sam", "robustsam", *CONTROL_PRIOR_KINDS)
-PRESETS: tuple[str, ...] = ("default", "evidence")  # recipes/configs/<task>_<preset>.yaml
+PRESETS: tuple[str, ...] = ("default", "evidence")  # restoration/options/<task>_<preset>.yaml
 DATA_MARKER = "recipe_data.json"
 REPORT_FILES = ("report.md", "report.json", "grid.png")
 RECIPE_CONFIG = "recipe_config.yaml"
@@ -219,7 +221,7 @@ def ensure_generated_data(task: str, root: Path, spec: dict[str, Any], progress:
 
 # ----------------------------------------------------------------------------- config
 def load_recipe_config(task: str, path: str | Path | None) -> dict[str, Any]:
-    """The recipe config (``path``, or the embedded ``recipes/configs/<task>_default.yaml``), its recipe keys
+    """The recipe config (``path``, or the embedded ``restoration/options/<task>_default.yaml``), its recipe keys
     validated against :data:`RECIPE_SCHEMA` (defaults filled in; the training options are checked per row
     by :func:`restoration.train.check_options`)."""
     source = Path(path or CONFIG_DIR / f"{task}_default.yaml")
@@ -244,16 +246,23 @@ def job_list(config: dict[str, Any], rows: Sequence[str]) -> list[tuple[str, int
 
 def row_options(config: dict[str, Any], row: str, seed: int, roots: dict[str, str] | None,
                 prior_cache: Path) -> dict[str, Any]:
-    """The :mod:`restoration.train` options of one job (``roots``: the train / test ``dataroot``, None: keep
-    the config's own)."""
+    """The :mod:`restoration.train` options of one job (``roots``: the train / test dataset folders, found
+    in their release layout by :func:`restoration.paired_data.locate_dataset`; None: keep the config's
+    ``dataroot_lq`` / ``dataroot_gt``)."""
     options = {key: copy.deepcopy(value) for key, value in config.items() if key not in RECIPE_KEYS}
     options["name"] = f"{config['task']}_{row}_seed{seed}"
     options["manual_seed"] = seed
-    for phase in ("train", "test"):
+    datasets = options["datasets"]
+    if "test" in datasets and "val" not in datasets:
+        datasets["val"] = datasets.pop("test")
+    for phase, root_name in (("train", "train"), ("val", "test")):
+        if not isinstance(datasets.get(phase), dict):
+            raise RunSetupError(f"the recipe config has no datasets.{phase} section (layout, and the training options)")
         if roots is not None:
-            options["datasets"][phase]["dataroot"] = roots[phase]
-        if not options["datasets"][phase].get("dataroot"):
-            raise RunSetupError(f"datasets.{phase}.dataroot is not set: pass --data-root")
+            datasets[phase].update(locate_dataset(datasets[phase].get("layout", "folders"), roots[root_name],
+                                                  blur_dir=datasets[phase].get("blur_dir", "blur")))
+        if not (datasets[phase].get("dataroot_lq") and datasets[phase].get("dataroot_gt")):
+            raise RunSetupError(f"datasets.{phase}.dataroot_lq / dataroot_gt are not set: pass --data-root")
     prior = {**options.get("prior", {}), "kind": row, "cache_dir": str(prior_cache)}
     if row == "none":
         options["network_g"]["prior"] = "none"
@@ -270,14 +279,9 @@ def row_options(config: dict[str, Any], row: str, seed: int, roots: dict[str, st
     return options
 
 
-def lq_paths(options: dict[str, Any], phases: Sequence[str] = ("train", "test")) -> list[str]:
-    """The degraded inputs of the options' data sections, as :class:`PriorPairedDataset` pairs them."""
-    paths = []
-    for phase in phases:
-        section = {"seed": 0, **options["datasets"][phase], "phase": phase}
-        section.pop("num_workers", None)
-        paths += [str(lq) for lq, _ in PriorPairedDataset(section).pairs]
-    return paths
+def lq_paths(options: dict[str, Any], phases: Sequence[str] = ("train", "val")) -> list[str]:
+    """The degraded inputs of the (validated) options' data sections, as :class:`PriorPairedDataset` pairs them."""
+    return [str(lq) for phase in phases for lq, _ in PriorPairedDataset(dataset_options(options, phase)).pairs]
 
 
 def apply_operating_points(config: dict[str, Any], rows: Sequence[str], options: dict[tuple[str, int], dict[str, Any]],
@@ -323,9 +327,9 @@ def build_parser(task: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--robustsam-checkpoint",
                         help="RobustSAM prior model: a file or a name (robustsam_vit_h, ...); default: bundled tiny")
     configs = parser.add_mutually_exclusive_group()
-    configs.add_argument("--config", help=f"recipe config YAML (default: the embedded recipes/configs/{task}_default.yaml; "
+    configs.add_argument("--config", help=f"recipe config YAML (default: the embedded restoration/options/{task}_default.yaml; "
                                           f"full scale: restoration/options/{'dehaze_sots' if task == 'dehaze' else 'deblur_gopro'}.yaml)")
-    configs.add_argument("--preset", choices=PRESETS, help=f"an embedded config: recipes/configs/{task}_PRESET.yaml "
+    configs.add_argument("--preset", choices=PRESETS, help=f"an embedded config: restoration/options/{task}_PRESET.yaml "
                                                            "(evidence: the powered design, docs/results/table8_design.md)")
     parser.add_argument("--output", default=f"outputs/{task}", help="output folder (default: %(default)s)")
     group = parser.add_mutually_exclusive_group()
@@ -448,7 +452,7 @@ def record_settings(output: Path, config: dict[str, Any], resume: bool, allow_ch
 
 # ----------------------------------------------------------------------------- jobs
 def _job_environment(threads: int | None) -> dict[str, str]:
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))}
     if threads is not None:
         environment.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     environment[PARENT_VARIABLE] = str(os.getpid())  # restoration.train stops when this process dies
@@ -653,7 +657,7 @@ def _run_in_folder(task: str, args: argparse.Namespace, config: dict[str, Any], 
     embedded = args.config is None and args.data_root is None and not (args.sam_checkpoint or args.robustsam_checkpoint)
     if embedded and context.is_main:
         print(f"Using the embedded defaults: bundled tiny SAM/RobustSAM models ({BUNDLED['tiny'].name}) on generated "
-              f"{'SOTS' if task == 'dehaze' else 'GoPro'}-like data (recipes/configs/{task}_default.yaml); "
+              f"{'SOTS' if task == 'dehaze' else 'GoPro'}-like data (restoration/options/{task}_default.yaml); "
               "see --help for real data, real models and the full-scale config.")
     for row, model in models.items():
         if context.is_main and ("RANDOMLY INITIALISED" in model or "UNTRAINED" in model):
@@ -667,7 +671,8 @@ def _run_in_folder(task: str, args: argparse.Namespace, config: dict[str, Any], 
         data_description = f"real data at {config['recipe']['data_root']}"
     else:
         datasets = config["datasets"]
-        data_description = f"real data: train {datasets['train'].get('dataroot')}, test {datasets['test'].get('dataroot')}"
+        evaluation = datasets.get("val", datasets.get("test", {}))
+        data_description = f"real data: train {datasets['train'].get('dataroot_lq')}, test {evaluation.get('dataroot_lq')}"
     context.barrier()
     first_seed = config["recipe"]["seeds"][0]
     reference = check_options(row_options(config, "none", first_seed, roots, prior_cache))
@@ -715,7 +720,7 @@ def _run_in_folder(task: str, args: argparse.Namespace, config: dict[str, Any], 
             del trainer
     if not context.is_main:
         return 0
-    test_paths = lq_paths(reference, ("test",))
+    test_paths = lq_paths(reference, ("val",))
     quality, reliance = {}, {}
     with warnings.catch_warnings():  # "no masks" was told when the priors were computed (above)
         warnings.filterwarnings("ignore", message=NO_MASKS_WARNING, category=RuntimeWarning)

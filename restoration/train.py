@@ -1,23 +1,25 @@
 """Training and evaluation of restoration networks with SAM / RobustSAM structure priors, on the run engine.
 
-Driven by an options dict (YAML) validated against :data:`restoration.config.SCHEMA` before any
-work (an unknown key, a wrong type or an out-of-range value is one error naming the key and the
-closest valid one)::
+Driven by an options dict (YAML, BasicSR's vocabulary) validated against
+:data:`restoration.config.SCHEMA` before any work (an unknown key, a wrong type or an out-of-range
+value is one error naming the key and the closest valid one; keys of BasicSR files that are not
+used are listed in one warning)::
 
     name: deblur_gopro
     manual_seed: 0
-    network_g: {type: SAMDeblurNet, prior: structure, width: 32, ...}   # restoration.archs.NETWORKS
+    network_g: {type: SegNAFNetLocal, width: 32, enc_blk_nums: [1, 1, 1, 28], ...}   # restoration.config
     datasets:
-      train: {layout: gopro, dataroot: data/GoPro, split: train, crop_size: 256, use_flip: true, use_rot: true, num_workers: 4}
-      test:  {layout: gopro, dataroot: data/GoPro, split: test}
+      train: {dataroot_lq: GoPro/train, dataroot_gt: GoPro/train, layout: gopro, gt_size: 256, use_flip: true,
+              use_rot: true, batch_size_per_gpu: 8, num_worker_per_gpu: 4}
+      val:   {dataroot_lq: GoPro/test, dataroot_gt: GoPro/test, layout: gopro}
     train:
       total_iter: 300000
-      batch_size: 8                          # total over all DDP ranks
       optim_g: {type: AdamW, lr: 1.0e-3, weight_decay: 1.0e-3, betas: [0.9, 0.9]}
-      scheduler: {type: CosineAnnealingLR, eta_min: 1.0e-7}
-      loss: psnr                             # psnr (10/ln10 * log(MSE + 1e-8), SAM-Deblur) | l1
+      scheduler: {type: TrueCosineAnnealingLR, eta_min: 1.0e-7}
+      pixel_opt: {type: PSNRLoss}            # 10/ln10 * log(MSE + 1e-8) (NAFNet, SAM-Deblur) | L1Loss
       grad_clip: null
-    val: {val_freq: null, tile: 512, overlap: 32, save_images: true, ssim: basicsr}
+    val: {val_freq: null, save_img: true, tile: 512, overlap: 32, ssim: basicsr}
+    logger: {print_freq: 10, save_checkpoint_freq: 1000}
     prior: {kind: robustsam, checkpoint: robustsam_vit_h, points_per_side: 32, grouping: smallest, ...}
 
 Every network is called as ``network(lq, prior)`` (:mod:`restoration.archs`), the prior batch made
@@ -36,19 +38,20 @@ a checkpoint and stop with one line and exit status 130 / 143; ``--resume`` cont
 Outputs: ``config.yaml``, ``checkpoints/``, ``train_log.csv``, ``val_log.csv``, ``results.json`` and
 ``images/`` (restored test images). Command line::
 
-    python -m restoration.train --opt OPTIONS.yaml [--output DIR] [--resume [--allow-config-change] | --overwrite]
-    torchrun --nproc_per_node 4 -m restoration.train --opt OPTIONS.yaml      # DDP (NCCL on GPU, gloo on CPU)
+    python -m restoration.train -opt OPTIONS.yml [--output DIR] [--resume [--allow-config-change] | --overwrite]
+        [--force_yml train:total_iter=20 datasets:train:batch_size_per_gpu=2 ...]
+    torchrun --nproc_per_node 4 -m restoration.train -opt OPTIONS.yml      # DDP (NCCL on GPU, gloo on CPU)
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import copy
-import inspect
 import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +65,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from restoration.archs import NETWORKS, PriorBatch, build_network, prior_to
-from restoration.config import SCHEMA, validate_options
+from restoration.archs import PriorBatch, build_network, prior_to
+from restoration.config import SCHEMA, network_prior, split_recipe_keys, validate_options
 from restoration.datasets import PriorIndex, PriorPairedDataset, image_covering_features, prepare_priors
 from restoration.metrics import MetricAccumulator, psnr, tensor_to_uint8
 from restoration.paired_data import list_pairs, read_rgb_float
@@ -71,6 +74,7 @@ from restoration.tiling import tiled_forward
 from robustprior.io.allocator import keep_freed_memory
 from robustprior.io.atomic import write_text_atomically
 from robustprior.training.checkpoints import load_training_checkpoint
+from robustprior.training.config import UnusedKeysWarning, merge_config, read_config_file
 from robustprior.training.distributed import DistributedContext, resolve_device, setup_distributed
 from robustprior.training.errors import (CheckpointError, ConfigError, RunExistsError,
                                          exit_on_setup_error)
@@ -82,6 +86,7 @@ from robustprior.training.run_folder import RUN_MARKER, Run
 from robustprior.training.schedules import LearningRateSchedule, ScheduleSpec
 
 __all__ = ["RUN_KIND", "RESULTS_NAME", "RestorationTrainer", "RunExistsError", "TrainedRun", "check_options", "load_options",
+           "dataset_options", "parse_forced_options",
            "load_trained_run", "restore_image", "setup_distributed", "psnr_loss", "l1_loss", "write_json",
            "DistributedContext"]
 
@@ -91,29 +96,48 @@ TRAIN_LOG, VAL_LOG = "train_log.csv", "val_log.csv"
 TRAIN_COLUMNS = ("iteration", "epoch", "lr", "loss", "train_seconds")
 VAL_COLUMNS = ("iteration", "psnr", "ssim")
 PRIOR_CACHE_NAME = "prior_cache"  # default cache folder inside a run folder; kept by --overwrite
-RECIPE_KEYS = ("task", "threads", "recipe")  # keys of restoration/options files that only the recipes read
 PSNR_LOSS_SCALE = 10.0 / math.log(10.0)
 GREY_CODED = {"SAMGuidedDehazeNet": ("grayscale", "features")}  # networks (and priors) that read prior["grey_scale"]
 
 
 # ----------------------------------------------------------------------------- options and helpers
 def load_options(path: str | Path) -> dict[str, Any]:
-    """A YAML options (or recipe config) file as a plain dict; :class:`ConfigError` when it cannot be read.
-    The trainer validates the options it is given (:func:`restoration.config.validate_options`)."""
-    path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"options file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read options file {path}: {error}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold a mapping of options, got {type(values).__name__}")
-    return values
+    """A YAML options (or recipe config) file as written, its recipe keys included
+    (:func:`robustprior.training.config.read_config_file`: the one reader of every config kind);
+    :func:`check_options` validates it."""
+    return read_config_file(path)
+
+
+def dataset_options(options: Mapping[str, Any], phase: str) -> dict[str, Any]:
+    """The :class:`~restoration.datasets.PriorPairedDataset` options of phase ``train`` or ``val`` of
+    validated options (the evaluation set without crops or flips)."""
+    section = dict(options["datasets"][phase])
+    section.update(seed=options["manual_seed"], phase=phase)
+    if phase != "train":
+        section.update(gt_size=None, use_flip=False, use_rot=False)
+    return section
+
+
+def parse_forced_options(assignments: Sequence[str]) -> dict[str, Any]:
+    """BasicSR's ``--force_yml`` assignments (``train:total_iter=20``, ``network_g:enc_blk_nums=[1, 1]``;
+    values read as YAML) as a nested override mapping (:func:`robustprior.training.merge_config`)."""
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        key, separator, text = assignment.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"--force_yml takes KEY:SUBKEY=VALUE, got {assignment!r}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--force_yml {assignment!r}: the value is not YAML ({error})") from None
+        *parents, leaf = key.split(":")
+        target = overrides
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"--force_yml {assignment!r}: {parent} is given a value and keys")
+        target[leaf] = value
+    return overrides
 
 
 def write_json(path: str | Path, content: Any) -> None:
@@ -132,16 +156,7 @@ def l1_loss(restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (restored - target).abs().mean()
 
 
-LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"psnr": psnr_loss, "l1": l1_loss}
-
-
-def network_prior(network_options: Mapping[str, Any]) -> str:
-    """The prior a ``network_g`` section's network reads (its ``prior`` argument or that argument's
-    default; ``"none"`` for networks without one), known before the network is built."""
-    parameters = inspect.signature(NETWORKS[network_options["type"]]).parameters
-    if "prior" not in parameters:
-        return "none"
-    return network_options.get("prior", parameters["prior"].default)
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"PSNRLoss": psnr_loss, "L1Loss": l1_loss}
 
 
 def check_options_agree(options: Mapping[str, Any]) -> None:
@@ -162,10 +177,11 @@ def check_options_agree(options: Mapping[str, Any]) -> None:
 def check_data(options: Mapping[str, Any]) -> None:
     """List the pairs of every data section: a wrong layout or split is a one-line
     :class:`~restoration.paired_data.DataLayoutError` before any run folder is made."""
-    for phase in ("train", "test"):
+    for phase in ("train", "val"):
         section = options["datasets"][phase]
         if section is not None:
-            list_pairs(section["layout"], section["dataroot"], section["split"], section["blur_dir"])
+            list_pairs(section["layout"], section["dataroot_lq"], section["dataroot_gt"], section["blur_dir"],
+                       section["filename_tmpl"])
 
 
 def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -276,9 +292,6 @@ class RestorationTrainer:
         given = check_options(options)
         self.context = setup_distributed(device)
         self.device = self.context.device
-        batch_size = given["train"]["batch_size"]
-        if batch_size % self.context.world_size:
-            raise ConfigError(f"train.batch_size {batch_size} is not divisible by the {self.context.world_size} ranks")
         self.run_dir = Path(run_dir)
         self.progress = progress and self.context.is_main
         started = (self.run_dir / RUN_MARKER).exists() or (self.run_dir.is_dir() and any(self.run_dir.iterdir()))
@@ -314,7 +327,9 @@ class RestorationTrainer:
         seed_everything(seed + self.context.rank)  # per-rank streams for training (mask dropout)
         self.train_set, self.test_set = self._build_datasets()
         train_options = self.options["train"]
-        self.loss_function = LOSSES[train_options["loss"]]
+        pixel_opt = train_options["pixel_opt"]
+        loss, weight = LOSSES[pixel_opt["type"]], pixel_opt["loss_weight"]
+        self.loss_function = loss if weight == 1.0 else (lambda restored, target: weight * loss(restored, target))
         settings = train_options["optim_g"]
         optimizer_class = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam}[settings["type"]]
         self.optimizer = optimizer_class([p for p in self.network.parameters() if p.requires_grad], lr=settings["lr"],
@@ -348,23 +363,19 @@ class RestorationTrainer:
         prior_options = self.options["prior"]
         if prior_options["kind"] == "none":
             return None
-        lq_paths = [lq for phase in ("train", "test") if self.options["datasets"][phase]
+        lq_paths = [lq for phase in ("train", "val") if self.options["datasets"][phase]
                     for lq, _ in PriorPairedDataset(self._dataset_options(phase)).pairs]
         cache_dir = prior_options["cache_dir"] or self.run_dir / PRIOR_CACHE_NAME
         return prepare_priors(prior_options, lq_paths, cache_dir, self.device, progress=self.progress)
 
     def _dataset_options(self, phase: str) -> dict[str, Any]:
-        options = {"seed": self.options["manual_seed"], **self.options["datasets"][phase], "phase": phase}
-        options.pop("num_workers")
-        if phase == "test":
-            options.update(crop_size=None, use_flip=False, use_rot=False)
-        return options
+        return dataset_options(self.options, phase)
 
     def _build_datasets(self) -> tuple[PriorPairedDataset | None, PriorPairedDataset]:
         train_set = None
         if self.options["datasets"]["train"]:
             train_set = PriorPairedDataset(self._dataset_options("train"), self.priors)
-        return train_set, PriorPairedDataset(self._dataset_options("test"), self.priors)
+        return train_set, PriorPairedDataset(self._dataset_options("val"), self.priors)
 
     def _grey_level_scale(self) -> int | None:
         """The run-wide grey-level scale of the grayscale coding (None for networks without it).
@@ -425,8 +436,8 @@ class RestorationTrainer:
     # ------------------------------------------------------------------ training
     def _batches_for_rank(self, epoch: int, first: int, count: int) -> list[list[int]]:
         """This rank's share of global batches ``first .. first + count - 1`` of ``epoch``."""
-        total_batch = self.options["train"]["batch_size"]
-        per_rank = total_batch // self.context.world_size
+        per_rank = self.options["datasets"]["train"]["batch_size_per_gpu"]
+        total_batch = per_rank * self.context.world_size
         batches = epoch_batches(len(self.train_set), total_batch, epoch, self.options["manual_seed"])
         start = self.context.rank * per_rank
         return [batch[start : start + per_rank] for batch in batches[first : first + count]]
@@ -452,9 +463,10 @@ class RestorationTrainer:
         train_options = self.options["train"]
         total = train_options["total_iter"]
         stop = total if until is None else min(int(until), total)
-        total_batch = train_options["batch_size"]
+        total_batch = self.options["datasets"]["train"]["batch_size_per_gpu"] * self.context.world_size
         batches_per_epoch = max(1, len(self.train_set) // total_batch)
-        log_freq, save_freq = train_options["log_freq"], train_options["save_freq"] or stop
+        logger = self.options["logger"]
+        log_freq, save_freq = logger["print_freq"], logger["save_checkpoint_freq"] or stop
         val_freq = self.options["val"]["val_freq"]
         losses: list[float] = []
         self.network.train()
@@ -475,7 +487,7 @@ class RestorationTrainer:
             loader = DataLoader(
                 self.train_set,
                 batch_sampler=self._batches_for_rank(epoch, first, min(batches_per_epoch - first, stop - self.iteration)),
-                num_workers=self.options["datasets"]["train"]["num_workers"],
+                num_workers=self.options["datasets"]["train"]["num_worker_per_gpu"],
                 pin_memory=self.device.type == "cuda",
                 generator=torch.Generator().manual_seed(self.options["manual_seed"]),  # leaves the global RNG alone
             )
@@ -574,16 +586,16 @@ class RestorationTrainer:
             "num_segments": self.grey_scale,
             "train": {
                 "total_iter": train_options["total_iter"],
-                "batch_size": train_options["batch_size"],
-                "crop_size": (datasets["train"] or {}).get("crop_size"),
-                "loss": train_options["loss"],
+                "batch_size": (datasets["train"] or {}).get("batch_size_per_gpu", 0) * self.context.world_size,
+                "crop_size": (datasets["train"] or {}).get("gt_size"),
+                "loss": train_options["pixel_opt"]["type"],
                 "grad_clip": train_options["grad_clip"],
                 "optimizer": train_options["optim_g"],
                 "scheduler": train_options["scheduler"],
                 "num_pairs": len(self.train_set) if self.train_set is not None else 0,
                 "train_seconds": round(self.train_seconds, 1),
             },
-            "test": {"dataroot": datasets["test"]["dataroot"], "split": datasets["test"]["split"],
+            "test": {"dataroot_lq": datasets["val"]["dataroot_lq"], "dataroot_gt": datasets["val"]["dataroot_gt"],
                      "num_pairs": len(self.test_set)},
             "device": str(self.device),
             "world_size": self.context.world_size,
@@ -595,7 +607,7 @@ class RestorationTrainer:
         try:
             if self.train_set is not None:
                 self.fit(until)
-            save_images = self.options["val"]["save_images"]
+            save_images = self.options["val"]["save_img"]
             metrics = self.evaluate(image_folder="images" if save_images else None)
             if metrics is None:
                 return None
@@ -681,7 +693,9 @@ def load_trained_run(run_dir: str | Path, device: str | torch.device | None = "a
 @exit_on_setup_error
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train and evaluate a restoration network with SAM/RobustSAM priors.")
-    parser.add_argument("--opt", required=True, help="YAML options file (restoration/options/*.yaml)")
+    parser.add_argument("-opt", "--opt", required=True, help="YAML options file (BasicSR's vocabulary, restoration/options/)")
+    parser.add_argument("--force_yml", nargs="+", default=[], metavar="KEY:SUBKEY=VALUE",
+                        help="override option values (BasicSR's form), e.g. train:total_iter=20")
     parser.add_argument("--output", help="run folder (default: runs/<name>)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the run in the output folder")
@@ -693,7 +707,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
     keep_freed_memory()  # robustprior.io.allocator: freed tensors stay in the process
-    options = {key: value for key, value in load_options(args.opt).items() if key not in RECIPE_KEYS}
+    options, _ = split_recipe_keys(load_options(args.opt))
+    with warnings.catch_warnings(record=True) as caught:  # unused keys: one line on stderr, not a traceback-like warning
+        warnings.simplefilter("always", UnusedKeysWarning)
+        options = validate_options(merge_config(options, parse_forced_options(args.force_yml)), source=str(args.opt))
+    for warning in caught:
+        if issubclass(warning.category, UnusedKeysWarning):
+            print(f"warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     run_dir = Path(args.output or Path("runs") / str(options.get("name", SCHEMA.fields["name"].default)))
     with stop_on_signals():
         try:

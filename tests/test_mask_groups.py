@@ -117,7 +117,7 @@ def test_the_dataset_groups_the_prior_masks(tmp_path: Path) -> None:
     files = {str(tmp_path / "blur" / "000001.png"): prior.save(tmp_path / "prior.safetensors")}
     for rule in ("smallest", "summed_grey", "bit_codes"):
         index = PriorIndex("sam", files, grouping=rule, grey_scale=9)
-        item = PriorPairedDataset({"layout": "gopro", "dataroot": str(tmp_path)}, index)[0]
+        item = PriorPairedDataset({"dataroot_lq": str(tmp_path / "blur"), "dataroot_gt": str(tmp_path / "sharp")}, index)[0]
         np.testing.assert_array_equal(item["prior"]["label_map"].numpy(), group_masks(MASKS, rule))
         assert int(item["prior"]["grey_scale"]) == 9
         assert index.max_segments() == group_masks(MASKS, rule).max()

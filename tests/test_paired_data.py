@@ -10,6 +10,7 @@ import pytest
 from restoration.paired_data import (
     DataLayoutError,
     PairedImageDataset,
+    locate_dataset,
     match_clean_size,
     pair_gopro,
     pair_sots,
@@ -65,7 +66,7 @@ def test_dataset_on_the_real_samples(shared_data: Path) -> None:
     sots = PairedImageDataset.from_kwargs(shared_data / "sots-outdoor-sample", "sots")
     item = sots[1]
     assert item["lq"].shape == item["gt"].shape == (3, 413, 550)
-    assert item["key"] == "hazy/0002_0.8_0.08" and item["gt_path"].endswith("gt/0002.png")
+    assert item["key"] == "0002_0.8_0.08" and item["gt_path"].endswith("gt/0002.png")
     gopro = PairedImageDataset.from_kwargs(shared_data / "gopro-style-sample", "gopro", phase="train", crop_size=64, seed=3)
     item = gopro[0]
     assert item["lq"].shape == item["gt"].shape == (3, 64, 64)
@@ -261,7 +262,8 @@ def test_train_crops_are_reproducible_under_the_seed(tmp_path: Path) -> None:
     root = _synthetic_pair_root(tmp_path)
 
     def crops(seed: int, epoch: int) -> list[np.ndarray]:
-        dataset = PairedImageDataset({"layout": "sots", "dataroot": str(root), "phase": "train", "crop_size": 24, "use_flip": True, "use_rot": True, "seed": seed})
+        dataset = PairedImageDataset({**locate_dataset("sots", root), "phase": "train", "gt_size": 24, "use_flip": True,
+                                      "use_rot": True, "seed": seed})
         dataset.set_epoch(epoch)
         return [dataset[0]["lq"].numpy() for _ in range(2)]
 
@@ -282,10 +284,39 @@ def test_small_images_are_padded_to_the_crop(tmp_path: Path) -> None:
 
 def test_test_phase_returns_full_images(tmp_path: Path) -> None:
     root = _synthetic_pair_root(tmp_path)
-    dataset = PairedImageDataset({"layout": "sots", "dataroot": str(root), "phase": "val", "crop_size": 16})
+    dataset = PairedImageDataset({**locate_dataset("sots", root), "phase": "val", "gt_size": 16})
     assert len(dataset) == 1
     item = dataset[0]
-    assert item["lq"].shape == (3, 70, 90) and item["key"] == "hazy/0001_0.9_0.1"
+    assert item["lq"].shape == (3, 70, 90) and item["key"] == "0001_0.9_0.1"
     np.testing.assert_array_equal(_as_image(item["lq"]), _coordinate_image(70, 90)[..., ::-1])
     with pytest.raises(ValueError, match="layout"):
         PairedImageDataset.from_kwargs(root, "rain")
+
+
+def test_basicsr_paired_folders_and_dataset_roots(tmp_path: Path) -> None:
+    """layout folders: BasicSR's dataroot_lq / dataroot_gt with filename_tmpl; locate_dataset finds the
+    folders of a GoPro split folder and of a flat one."""
+    from restoration.paired_data import list_pairs
+
+    image = np.zeros((4, 4, 3), np.uint8)
+    for folder, names in (("input", ["a_blur", "b_blur"]), ("target", ["a", "b"])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            cv2.imwrite(str(tmp_path / folder / f"{name}.png"), image)
+    pairs = list_pairs("folders", tmp_path / "input", tmp_path / "target", filename_tmpl="{}_blur")
+    assert [(lq.name, gt.name) for lq, gt in pairs] == [("a_blur.png", "a.png"), ("b_blur.png", "b.png")]
+    with pytest.raises(DataLayoutError, match="2 input image\\(s\\) have no clean partner"):
+        list_pairs("folders", tmp_path / "input", tmp_path / "target")  # the default template '{}'
+    with pytest.raises(DataLayoutError, match="dataroot_gt .*missing is not a folder"):
+        list_pairs("folders", tmp_path / "input", tmp_path / "missing")
+    for split in ("train", "test"):
+        for folder in ("blur", "sharp"):
+            (tmp_path / "GoPro" / split / "GOPR0001_11_00" / folder).mkdir(parents=True)
+            cv2.imwrite(str(tmp_path / "GoPro" / split / "GOPR0001_11_00" / folder / "000001.png"), image)
+    split_folder = str(tmp_path / "GoPro" / "train")
+    assert locate_dataset("gopro", tmp_path / "GoPro", "train") == locate_dataset("gopro", split_folder) == {
+        "layout": "gopro", "dataroot_lq": split_folder, "dataroot_gt": split_folder}
+    sequence = tmp_path / "GoPro" / "test" / "GOPR0001_11_00"
+    assert locate_dataset("gopro", sequence) == {"layout": "folders", "dataroot_lq": str(sequence / "blur"),
+                                                 "dataroot_gt": str(sequence / "sharp")}
+    assert len(list_pairs(**locate_dataset("gopro", split_folder))) == 1

@@ -61,10 +61,12 @@ def _options(root: Path, prior: str) -> dict:
     return {
         "name": f"reliance_{prior}", "manual_seed": 1,
         "network_g": {"type": "SAMDeblurNet", "prior": "structure" if prior != "none" else "none", "width": 4,
-                      "enc_blocks": [1], "middle_blocks": 1, "dec_blocks": [1]},
-        "datasets": {"train": {"layout": "gopro", "dataroot": str(root), "split": "train", "crop_size": 32},
-                     "test": {"layout": "gopro", "dataroot": str(root), "split": "test"}},
-        "train": {"total_iter": 4, "batch_size": 2, "save_freq": 4, "log_freq": 2, "optim_g": {"lr": 3e-3}},
+                      "enc_blk_nums": [1], "middle_blk_num": 1, "dec_blk_nums": [1]},
+        "datasets": {"train": {"layout": "gopro", "dataroot_lq": str(root / "train"), "dataroot_gt": str(root / "train"),
+                               "gt_size": 32, "batch_size_per_gpu": 2},
+                     "val": {"layout": "gopro", "dataroot_lq": str(root / "test"), "dataroot_gt": str(root / "test")}},
+        "train": {"total_iter": 4, "optim_g": {"lr": 3e-3}},
+        "logger": {"save_checkpoint_freq": 4, "print_freq": 2},
         "prior": {"kind": prior},
     }
 

@@ -36,9 +36,8 @@ def toy_config(task: str, folder: Path) -> Path:
     config["threads"] = 1
     config["recipe"].update(generate=TOY_DATA[task], grid_images=2, seeds=[0, 1], parallel=1,
                             swap_rows=["gt_masks", "sam"])
-    config["network_g"].update(width=4, enc_blocks=[1, 1], dec_blocks=[1, 1])
-    config["datasets"]["train"]["crop_size"] = 32
-    config["train"]["batch_size"] = 2
+    config["network_g"].update(width=4, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
+    config["datasets"]["train"].update(gt_size=32, batch_size_per_gpu=2)
     config["prior"].update(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0)  # some masks even untrained
     path = folder / f"{task}_toy.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -129,7 +128,7 @@ def test_recipe_config_schema_and_jobs(tmp_path: Path) -> None:
     assert job_list(config, config["recipe"]["rows"]) == [
         ("none", 0), ("sam", 0), ("sam", 1), ("sam", 2), ("robustsam", 0), ("robustsam", 1), ("robustsam", 2),
         ("gt_masks", 0), ("shuffled_masks", 0)]
-    text = (REPO_ROOT / "recipes" / "configs" / "deblur_default.yaml").read_text()
+    text = (REPO_ROOT / "restoration" / "options" / "deblur_default.yaml").read_text()
     (tmp_path / "typo.yaml").write_text(text.replace("  seeds: [0, 1, 2]", "  sedes: [0, 1, 2]"))
     with pytest.raises(ConfigError, match=r"unknown key 'recipe.sedes' \(did you mean 'recipe.seeds'\?\)"):
         load_recipe_config("deblur", tmp_path / "typo.yaml")
@@ -141,7 +140,7 @@ def test_recipe_config_schema_and_jobs(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a SceneConfig setting"):
         load_recipe_config("deblur", tmp_path / "scene.yaml")
     with pytest.raises(Exception, match="not 'dehaze'"):
-        load_recipe_config("dehaze", REPO_ROOT / "recipes" / "configs" / "deblur_default.yaml")
+        load_recipe_config("dehaze", REPO_ROOT / "restoration" / "options" / "deblur_default.yaml")
 
 
 def small_config(folder: Path, rows: list[str], parallel: int = 1, **prior: float) -> Path:

@@ -25,7 +25,7 @@ from restoration.train import RestorationTrainer, RunExistsError, psnr_loss
 from robustprior.priors import StructurePrior
 from robustprior.data.scenes import SceneConfig, write_gopro_dataset
 from robustprior.training import (CheckpointError, ConfigChangeError, ConfigError, RunFolderError,
-                                  load_training_checkpoint)
+                                  load_training_checkpoint, merge_config)
 from robustprior.training.checkpoints import CHECKPOINT_FOLDER, POINTER_NAME
 from robustprior.training.interrupt import Interrupted, stop_on_signals
 
@@ -50,14 +50,15 @@ def tiny_options(gopro_root: Path, cache_dir: Path, total_iter: int = 3) -> dict
     return {
         "name": "tiny_deblur",
         "manual_seed": 7,
-        "network_g": {"type": "SAMDeblurNet", "prior": "structure", "width": 4, "enc_blocks": [1, 1],
-                      "middle_blocks": 1, "dec_blocks": [1, 1]},
+        "network_g": {"type": "SAMDeblurNet", "prior": "structure", "width": 4, "enc_blk_nums": [1, 1],
+                      "middle_blk_num": 1, "dec_blk_nums": [1, 1]},
         "datasets": {
-            "train": {"layout": "gopro", "dataroot": str(gopro_root), "split": "train", "crop_size": 32,
-                      "use_flip": True, "use_rot": True},
-            "test": {"layout": "gopro", "dataroot": str(gopro_root), "split": "test"},
+            "train": {"layout": "gopro", "dataroot_lq": str(gopro_root / "train"), "dataroot_gt": str(gopro_root / "train"),
+                      "gt_size": 32, "use_flip": True, "use_rot": True, "batch_size_per_gpu": 2},
+            "val": {"layout": "gopro", "dataroot_lq": str(gopro_root / "test"), "dataroot_gt": str(gopro_root / "test")},
         },
-        "train": {"total_iter": total_iter, "batch_size": 2, "save_freq": 1, "log_freq": 1},
+        "train": {"total_iter": total_iter},
+        "logger": {"save_checkpoint_freq": 1, "print_freq": 1},
         "prior": {"kind": "sam", "checkpoint": "tiny", "points_per_side": 2, "pred_iou_thresh": 0.0,
                   "stability_score_thresh": 0.0, "cache_dir": str(cache_dir)},
     }
@@ -212,7 +213,8 @@ def test_resume_with_other_options_is_refused_unless_allowed(gopro_root: Path, t
 
 @pytest.mark.parametrize("section, key, typo, suggestion", [
     ("train", "total_iter", "total_itr", "train.total_iter"),
-    ("datasets.train", "crop_size", "crop_sise", "datasets.train.crop_size"),
+    ("datasets.train", "gt_size", "gt_sise", "datasets.train.gt_size"),
+    ("datasets.train", "batch_size_per_gpu", "batch_size_per_pgu", "datasets.train.batch_size_per_gpu"),
     ("network_g", "width", "widht", "network_g.width"),
 ])
 def test_a_typo_key_is_refused_before_any_work(gopro_root: Path, tmp_path: Path, section: str, key: str,
@@ -228,9 +230,11 @@ def test_a_typo_key_is_refused_before_any_work(gopro_root: Path, tmp_path: Path,
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"train": {"batch_size": 0}}, "'train.batch_size' must be >= 1"),
-    ({"train": {"log_freq": 0}}, "'train.log_freq' must be >= 1"),
-    ({"train": {"scheduler": {"type": "linear"}}}, "must be one of CosineAnnealingLR, constant; got linear"),
+    ({"datasets": {"train": {"batch_size_per_gpu": 0}}}, "'datasets.train.batch_size_per_gpu' must be >= 1"),
+    ({"logger": {"print_freq": 0}}, "'logger.print_freq' must be >= 1"),
+    ({"train": {"scheduler": {"type": "linear"}}}, "must be one of CosineAnnealingLR, TrueCosineAnnealingLR, constant; got linear"),
+    ({"train": {"pixel_opt": {"type": "PSNR"}}}, "did you mean 'PSNRLoss'"),
+    ({"train": {"warmup_iter": 100}}, "warm-up is not implemented"),
     ({"train": {"total_iter": "many"}}, "'train.total_iter' must be an integer"),
 ])
 def test_wrong_types_and_ranges_are_one_message(gopro_root: Path, tmp_path: Path, change: dict, message: str) -> None:
@@ -252,12 +256,12 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(gopro_root: Path, tmp_path
 
 def test_a_wrong_layout_is_one_line_before_the_run_folder(gopro_root: Path, tmp_path: Path) -> None:
     options = tiny_options(gopro_root, tmp_path / "cache")
-    options["datasets"]["train"]["dataroot"] = str(gopro_root / "train")  # sequences, not a GoPro root
+    options["datasets"]["train"]["dataroot_lq"] = str(gopro_root)  # the GoPro root, not a split folder of sequences
     with pytest.raises(DataLayoutError) as error:
         RestorationTrainer(options, tmp_path / "run", progress=False)
     assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
     options = tiny_options(gopro_root, tmp_path / "cache")
-    options["datasets"]["test"]["layout"] = "sots"
+    options["datasets"]["val"]["layout"] = "sots"
     with pytest.raises(DataLayoutError, match="hazy"):
         RestorationTrainer(options, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
@@ -318,8 +322,8 @@ def synthetic_index(tmp_path: Path) -> tuple[Path, np.ndarray, PriorIndex]:
 @pytest.mark.parametrize("crop_size", [24, 48])  # 48 > 40: mirror padding before the crop
 def test_prior_crops_align_with_image_crops(synthetic_index: tuple[Path, np.ndarray, PriorIndex], crop_size: int) -> None:
     root, _, index = synthetic_index
-    dataset = PriorPairedDataset({"layout": "gopro", "dataroot": str(root), "phase": "train", "crop_size": crop_size,
-                                  "use_flip": True, "use_rot": True, "seed": 1}, index)
+    dataset = PriorPairedDataset({"layout": "folders", "dataroot_lq": str(root / "blur"), "dataroot_gt": str(root / "sharp"),
+                                  "phase": "train", "gt_size": crop_size, "use_flip": True, "use_rot": True, "seed": 1}, index)
     transposed = 0
     for epoch in range(12):
         dataset.set_epoch(epoch)
@@ -337,7 +341,7 @@ def test_prior_crops_align_with_image_crops(synthetic_index: tuple[Path, np.ndar
 
 def test_test_items_carry_full_priors(synthetic_index: tuple[Path, np.ndarray, PriorIndex]) -> None:
     root, label_map, index = synthetic_index
-    item = PriorPairedDataset({"layout": "gopro", "dataroot": str(root), "phase": "test"}, index)[0]
+    item = PriorPairedDataset({"dataroot_lq": str(root / "blur"), "dataroot_gt": str(root / "sharp"), "phase": "test"}, index)[0]
     assert torch.equal(item["prior"]["label_map"], torch.from_numpy(label_map))
     features = item["prior"]["features"]
     assert tuple(features.shape) == (2, 10, 14)  # 40 x 56 image, 4-px cells
@@ -358,11 +362,11 @@ def test_two_rank_ddp_matches_one_process(gopro_root: Path, tmp_path: Path) -> N
     options = tiny_options(gopro_root, tmp_path / "cache", total_iter=2)
     options["network_g"]["prior"] = "none"  # no mask dropout: the two runs draw no per-rank random numbers
     options["prior"] = {"kind": "none"}
-    options_file = tmp_path / "options.yaml"
-    options_file.write_text(yaml.safe_dump(options))
+    options_file = tmp_path / "options.yaml"  # batch_size_per_gpu 1 on each of 2 ranks: the one process's batch of 2
+    options_file.write_text(yaml.safe_dump(merge_config(options, {"datasets": {"train": {"batch_size_per_gpu": 1}}})))
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "restoration.train", "--opt", str(options_file), "--output", str(tmp_path / "ddp"),
+               "-m", "restoration.train", "-opt", str(options_file), "--output", str(tmp_path / "ddp"),
                "--device", "cpu", "--no-progress"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment, cwd=REPO_ROOT)
     assert completed.returncode == 0, completed.stderr[-2000:]
@@ -378,8 +382,8 @@ def test_two_rank_ddp_matches_one_process(gopro_root: Path, tmp_path: Path) -> N
 def test_feature_prior_network_trains_and_evaluates_tiled(gopro_root: Path, tmp_path: Path) -> None:
     """Grayscale coding + RobustSAM mask features (sampled on crops, resampled per tile) end to end."""
     options = tiny_options(gopro_root, tmp_path / "cache", total_iter=2)
-    options["network_g"] = {"type": "SAMGuidedDehazeNet", "prior": "features", "width": 4, "enc_blocks": [1, 1],
-                            "middle_blocks": 1, "dec_blocks": [1, 1]}  # prior_channels: from the prior
+    options["network_g"] = {"type": "SAMGuidedDehazeNet", "prior": "features", "width": 4, "enc_blk_nums": [1, 1],
+                            "middle_blk_num": 1, "dec_blk_nums": [1, 1]}  # prior_channels: from the prior
     options["prior"].update(kind="robustsam", features="mask_feature", num_segments=40)
     options["val"] = {"tile": 32, "overlap": 8, "ssim": "gaussian3d"}  # 48 x 48 test images: 2 x 2 tiles
     trainer = RestorationTrainer(options, tmp_path / "run", progress=False)
@@ -395,16 +399,14 @@ def test_feature_prior_network_trains_and_evaluates_tiled(gopro_root: Path, tmp_
 
 @pytest.mark.parametrize("name", ["deblur_gopro", "dehaze_sots"])
 def test_the_full_scale_option_files_validate(name: str) -> None:
-    from restoration.config import validate_options
-    from restoration.train import RECIPE_KEYS, load_options
+    from restoration.config import load_options_file
 
-    raw = load_options(REPO_ROOT / "restoration" / "options" / f"{name}.yaml")
-    options = validate_options({key: value for key, value in raw.items() if key not in RECIPE_KEYS})
+    options = load_options_file(REPO_ROOT / "restoration" / "options" / f"{name}.yaml")
     if name == "deblur_gopro":  # SAM-Deblur's own choices
         assert options["prior"]["grouping"] == "summed_grey"
         assert options["network_g"]["mask_dropout"] == 0.5 and options["network_g"]["mask_dropout_mode"] == "exact"
         assert options["train"]["grad_clip"] == 0.01
-        assert (options["train"]["batch_size"], options["train"]["total_iter"]) == (32, 200000)
+        assert (options["datasets"]["train"]["batch_size_per_gpu"], options["train"]["total_iter"]) == (32, 200000)
     else:  # one grey-level scale, whichever prior row
         assert options["prior"]["num_segments"] == 255
 
@@ -458,11 +460,13 @@ def test_a_larger_ground_truth_is_cropped_for_training_and_scoring(tmp_path: Pat
                 name = f"{index + 1}_1_0.9.png" if folder == "hazy" else f"{index + 1}.png"
                 cv2.imwrite(str(tmp_path / phase / folder / name), image)
     options = {
-        "network_g": {"type": "SAMGuidedDehazeNet", "prior": "none", "width": 4, "enc_blocks": [1, 1],
-                      "middle_blocks": 1, "dec_blocks": [1, 1]},
-        "datasets": {"train": {"layout": "sots", "dataroot": str(tmp_path / "train"), "crop_size": 16},
-                     "test": {"layout": "sots", "dataroot": str(tmp_path / "test")}},
-        "train": {"total_iter": 1, "batch_size": 2},
+        "network_g": {"type": "SAMGuidedDehazeNet", "prior": "none", "width": 4, "enc_blk_nums": [1, 1],
+                      "middle_blk_num": 1, "dec_blk_nums": [1, 1]},
+        "datasets": {"train": {"layout": "sots", "dataroot_lq": str(tmp_path / "train" / "hazy"),
+                               "dataroot_gt": str(tmp_path / "train" / "clear"), "gt_size": 16, "batch_size_per_gpu": 2},
+                     "test": {"layout": "sots", "dataroot_lq": str(tmp_path / "test" / "hazy"),  # test: read as val
+                              "dataroot_gt": str(tmp_path / "test" / "clear")}},
+        "train": {"total_iter": 1},
     }
     results = RestorationTrainer(options, tmp_path / "run", progress=False).run()
     from restoration.paired_data import read_pair

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import robustprior.load
+from restoration.paired_data import locate_dataset
 from restoration.paired_data import read_rgb
 import restoration.restore
 from restoration.restore import TILED_TOLERANCE, RestoreError, add_restore_arguments, restore_paths, run_restore
@@ -27,11 +28,13 @@ def tiny_options(data: Path, total_iter: int = 2) -> dict:
     return {
         "name": "dehaze_robustsam",
         "manual_seed": 5,
-        "network_g": {"type": "SAMGuidedDehazeNet", "prior": "grayscale", "width": 4, "enc_blocks": [1, 1],
-                      "middle_blocks": 1, "dec_blocks": [1, 1]},
-        "datasets": {"train": {"layout": "sots", "dataroot": str(data / "train"), "crop_size": 32, "use_flip": True},
-                     "test": {"layout": "sots", "dataroot": str(data / "test"), "split": "outdoor"}},
-        "train": {"total_iter": total_iter, "batch_size": 2, "log_freq": 1},
+        "network_g": {"type": "SAMGuidedDehazeNet", "prior": "grayscale", "width": 4, "enc_blk_nums": [1, 1],
+                      "middle_blk_num": 1, "dec_blk_nums": [1, 1]},
+        "datasets": {"train": {**locate_dataset("sots", data / "train"), "gt_size": 32, "use_flip": True,
+                               "batch_size_per_gpu": 2},
+                     "val": locate_dataset("sots", data / "test", "outdoor")},
+        "train": {"total_iter": total_iter},
+        "logger": {"print_freq": 1},
         "prior": {"kind": "robustsam", "checkpoint": "tiny", "points_per_side": 2, "pred_iou_thresh": 0.0,
                   "stability_score_thresh": 0.0, "num_segments": 40},
     }

@@ -36,7 +36,7 @@ def temporary_files(folder: Path) -> list[Path]:
 @pytest.fixture
 def small_config(recipe: ModuleType) -> dict:
     """The shipped config shrunk to 4 train scenes, 2 x 2 prompts and 3 iterations."""
-    config = recipe.load_config(REPO_ROOT / "recipes" / "configs" / "tiny_sam.yaml")
+    config = recipe.load_config(REPO_ROOT / "robustprior" / "configs" / "tiny_sam.yaml")
     config["data"].update(train_scenes=4, test_scenes=1, quick_eval_scenes=1)
     config["batch"].update(images=2, prompts_per_image=2)
     config["optimizer"].update(iterations=3, warmup_iterations=1)
@@ -172,12 +172,12 @@ def test_fit_minutes_fixes_and_records_the_schedule(recipe: ModuleType, small_co
     small_config["batch"].update(images=1, prompts_per_image=1)
     small_config["optimizer"].update(iterations=10_000, warmup_iterations=50)
     result = recipe.train(small_config, tmp_path / "run", fit_minutes=0.02, export=False,
-                          config_path="recipes/configs/tiny_sam.yaml")
+                          config_path="robustprior/configs/tiny_sam.yaml")
     state = load_training_checkpoint(tmp_path / "run").state
     entry = state["config"]["history"][-1]
     assert result["iteration"] == entry["schedule_iterations"] == state["config"]["optimizer"]["iterations"]
     assert recipe.FIT_PROBE[1] < result["iteration"] < 10_000  # set from the timed steps, not the config's
-    assert entry["config"] == "recipes/configs/tiny_sam.yaml"
+    assert entry["config"] == "robustprior/configs/tiny_sam.yaml"
     with pytest.raises(ValueError, match="fresh run"):
         recipe.train(small_config, tmp_path / "run", resume=True, fit_minutes=1.0)
 
@@ -303,7 +303,7 @@ def test_command_line_errors_are_messages_not_tracebacks(tmp_path: Path, capsys:
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.md").write_text("keep me")
-    text = (REPO_ROOT / "recipes" / "configs" / "tiny_sam.yaml").read_text()
+    text = (REPO_ROOT / "robustprior" / "configs" / "tiny_sam.yaml").read_text()
     bad = {"typo.yaml": text.replace("  weight_decay: 0.05", "  weight_decy: 0.05"),
            "zero.yaml": text.replace("  log_every: 10", "  log_every: 0").replace("  images: 4", "  images: 0"),
            "tpu.yaml": text.replace("threads: 1 ", "device: tpu\nthreads: 1 ")}

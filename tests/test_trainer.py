@@ -275,7 +275,7 @@ def test_shipped_configs_and_ablation_variants_validate(tmp_path: Path) -> None:
     assert (bundled["train"]["consistency"], bundled["data"]["train"]["n_images"], bundled["train"]["iterations"]) == (
         "release", 320, 1200)
     assert bundled["degradations"]["reference_size"] is None and bundled["train"]["loss_weights"]["distill"] == 0
-    ablation = yaml.safe_load((REPO_ROOT / "recipes" / "configs" / "robustsam_tiny_ablation.yaml").read_text())
+    ablation = yaml.safe_load((REPO_ROOT / "robustprior" / "configs" / "robustsam_tiny_ablation.yaml").read_text())
     variants = variant_configs(ablation, None)
     assert set(variants) == set(ablation["variants"]) and variants["all"]["degradations"]["reference_size"] == 512
     assert variants["baseline"]["train"]["consistency"] == "release"
@@ -476,7 +476,7 @@ def test_ablation_evaluates_the_candidate_and_the_previous_bundle_everywhere_and
     sys.path.insert(0, str(REPO_ROOT))
     from robustprior.training.robustsam.ablation import PREVIOUS_BUNDLE, eval_jobs
 
-    ablation = yaml.safe_load((REPO_ROOT / "recipes" / "configs" / "robustsam_tiny_ablation.yaml").read_text())
+    ablation = yaml.safe_load((REPO_ROOT / "robustprior" / "configs" / "robustsam_tiny_ablation.yaml").read_text())
     jobs = eval_jobs(["baseline", "all", PREVIOUS_BUNDLE], ablation, tmp_path, candidate="all")
     names = sorted(name for name, _, _ in jobs)
     assert names == ["eval all A raw", "eval all A scaled", "eval all B raw", "eval all B scaled",

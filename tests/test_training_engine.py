@@ -129,10 +129,10 @@ def test_config_file_errors_are_messages(tmp_path: Path) -> None:
 def test_shipped_tiny_sam_configs_validate_and_a_typo_in_one_is_refused(tmp_path: Path) -> None:
     from robustprior.training.tiny_sam import load_config as load_recipe_config
 
-    for path in sorted((REPO_ROOT / "recipes" / "configs").glob("tiny_sam*.yaml")):
+    for path in sorted((REPO_ROOT / "robustprior" / "configs").glob("tiny_sam*.yaml")):
         assert load_recipe_config(path)["optimizer"]["iterations"] == yaml.safe_load(path.read_text())["optimizer"][
             "iterations"]
-    text = (REPO_ROOT / "recipes" / "configs" / "tiny_sam.yaml").read_text()
+    text = (REPO_ROOT / "robustprior" / "configs" / "tiny_sam.yaml").read_text()
     (tmp_path / "typo.yaml").write_text(text.replace("  iterations: 1300", "  iteratons: 2"))
     with pytest.raises(ConfigError, match=r"typo.yaml: unknown key 'optimizer.iteratons' \(did you mean "
                                           r"'optimizer.iterations'\?\)"):

@@ -6,7 +6,9 @@ module              what it gives
 ==================  ====================================================================================
 ``config``          :class:`Field` / :class:`Section` schemas; :func:`load_config` / :func:`validate_config`
                     fill defaults and raise one :class:`ConfigError` listing every unknown key (with the
-                    closest valid one), wrong type and out-of-range value, before any work
+                    closest valid one), wrong type and out-of-range value, before any work; keys of
+                    another tool's files (:class:`Ignored`) are listed in one :class:`UnusedKeysWarning`;
+                    :func:`read_config_file` is the one YAML reader of every config kind
 ``run_folder``      :class:`Run`: the run-folder policy (marker ``.robustprior-run``; create, resume or
                     overwrite only a run of this kind; never delete anything else), lock, clean-up of
                     interrupted writes, config comparison on resume (``--allow-config-change``,
@@ -70,8 +72,8 @@ Commands that only read a run (export, caches) use :func:`read_run_config` and
 from __future__ import annotations
 
 from .checkpoints import TrainingCheckpoint, load_state_file, load_training_checkpoint, save_training_checkpoint
-from .config import (REQUIRED, Field, Section, apply_overrides, config_differences, load_config, merge_config,
-                     validate_config)
+from .config import (REQUIRED, Field, Ignored, Section, UnusedKeysWarning, apply_overrides, config_differences,
+                     load_config, merge_config, read_config_file, validate_config)
 from .csv_log import CsvLog
 from .distributed import DistributedContext, check_device_name, resolve_device, setup_distributed
 from .errors import (CheckpointError, ConfigChangeError, ConfigError, DeviceError, RunExistsError, RunFolderError,
@@ -83,9 +85,9 @@ from .schedules import SCHEDULE_KINDS, LearningRateSchedule, ScheduleSpec
 
 __all__ = [
     "REQUIRED", "RUN_MARKER", "SCHEDULE_KINDS", "CheckpointError", "ConfigChangeError", "ConfigError", "CsvLog",
-    "DeviceError", "DistributedContext", "Field", "LearningRateSchedule", "Run", "RunExistsError", "RunFolderError",
-    "RunSetupError", "ScheduleSpec", "Section", "TrainingCheckpoint", "apply_overrides", "capture_rng_state",
+    "DeviceError", "DistributedContext", "Field", "Ignored", "LearningRateSchedule", "Run", "RunExistsError", "RunFolderError",
+    "RunSetupError", "ScheduleSpec", "Section", "TrainingCheckpoint", "UnusedKeysWarning", "apply_overrides", "capture_rng_state",
     "check_device_name", "config_differences", "exit_on_setup_error", "git_commit", "load_config",
-    "load_state_file", "load_training_checkpoint", "merge_config", "read_run_config", "resolve_device",
+    "load_state_file", "load_training_checkpoint", "merge_config", "read_config_file", "read_run_config", "resolve_device",
     "restore_rng_state", "save_training_checkpoint", "seed_everything", "setup_distributed", "validate_config",
 ]

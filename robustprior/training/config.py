@@ -18,13 +18,23 @@ and nested sections::
 :func:`validate_config` reports every problem of a config in one :class:`ConfigError`, one line per
 problem: an unknown key (with the closest valid key, found by :mod:`difflib`, also in another
 section), a missing required key, a wrong type, a value out of range or not among the choices.
-YAML 1.1 reads ``1e-3`` as a string; a float field accepts such a numeric string.
+YAML 1.1 reads ``1e-3`` as a string; a float field accepts such a numeric string, and an integer
+field a whole float (BasicSR's ``val_freq: !!float 1e4``).
+
+Two more entries let a schema read files written for another tool (BasicSR option files):
+:class:`Ignored` accepts a key this project does not use (any value); the validated config leaves
+it out and :func:`validate_config` lists every such key present in one :class:`UnusedKeysWarning`.
+``Section(aliases={"test": "val"})`` reads a key under another name.
+
+:func:`read_config_file` is the one YAML reader of every config kind (options, recipe configs,
+training configs); :func:`load_config` reads and validates.
 """
 from __future__ import annotations
 
 import copy
 import difflib
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +44,9 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["REQUIRED", "Field", "Section", "validate_config", "load_config", "config_differences",
-           "apply_overrides", "copy_internal_values", "format_value", "merge_config"]
+__all__ = ["REQUIRED", "Field", "Section", "Ignored", "UnusedKeysWarning", "validate_config", "load_config",
+           "read_config_file", "config_differences", "apply_overrides", "copy_internal_values", "format_value",
+           "merge_config"]
 
 
 class _Required:
@@ -96,15 +107,31 @@ class Field:
 
 
 @dataclass(frozen=True)
+class Ignored:
+    """A key another tool's files carry that this project does not use (e.g. BasicSR's ``model_type``):
+    any value is accepted, left out of the validated config and listed in the one
+    :class:`UnusedKeysWarning` of :func:`validate_config`; ``reason`` says why it is not needed."""
+
+    reason: str = ""
+
+
+class UnusedKeysWarning(UserWarning):
+    """A config holds keys this project reads but does not use (:class:`Ignored`), listed once."""
+
+
+@dataclass(frozen=True)
 class Section:
     """A mapping of named fields and sections; ``check(values)`` may test them together (raise
-    ``ValueError(reason)``); ``nullable``: the whole section may be ``null``."""
+    ``ValueError(reason)``); ``nullable``: the whole section may be ``null``; ``aliases``: another
+    name a key may be given under (``{"test": "val"}``: ``test:`` is read as ``val:``)."""
 
-    fields: Mapping[str, Field | Section | Mapping]
+    fields: Mapping[str, Field | Section | Ignored | Mapping]
     check: Callable[[dict], None] | None = None
     nullable: bool = False
+    aliases: Mapping[str, str] | None = None
+    renamed: Mapping[str, str] | None = None  # a former key -> where its value goes now (error messages)
 
-    def entries(self) -> Iterator[tuple[str, Field | Section]]:
+    def entries(self) -> Iterator[tuple[str, Field | Section | Ignored]]:
         for name, entry in self.fields.items():
             yield name, as_section(entry) if isinstance(entry, Mapping) else entry
 
@@ -127,6 +154,8 @@ def _kind_of(value: Any) -> str:
 def _all_paths(section: Section, prefix: str = "") -> list[str]:
     paths = []
     for name, entry in section.entries():
+        if isinstance(entry, Ignored):
+            continue
         path = f"{prefix}{name}"
         paths.append(path)
         if isinstance(entry, Section):
@@ -136,8 +165,11 @@ def _all_paths(section: Section, prefix: str = "") -> list[str]:
 
 def _suggestion(key: str, section: Section, prefix: str, root: Section) -> str:
     """`` (did you mean 'x.y'?)`` for an unknown ``key``: a close key in the same section, else a
-    key of that (or a close) name elsewhere in the schema; else the section's valid keys."""
-    local = [name for name, _ in section.entries()]
+    key of that (or a close) name elsewhere in the schema; else the section's valid keys. A key the
+    section's ``renamed`` lists names its replacement."""
+    if section.renamed and key in section.renamed:
+        return f" (renamed: use {section.renamed[key]})"
+    local = [name for name, entry in section.entries() if not isinstance(entry, Ignored)]
     close = difflib.get_close_matches(key, local, n=1, cutoff=0.6)
     if close:
         return f" (did you mean '{prefix}{close[0]}'?)"
@@ -173,6 +205,8 @@ def _coerce(value: Any, kind: type, path: str) -> tuple[Any, str | None]:
     elif kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value, None
+        if isinstance(value, float) and value.is_integer():  # BasicSR writes counts as !!float 1e4
+            return int(value), None
     elif kind is list:
         if isinstance(value, (list, tuple)):
             return list(value), None
@@ -230,7 +264,21 @@ def _validate_field(value: Any, field: Field, path: str, problems: list[str]) ->
     return copy.deepcopy(value)
 
 
-def _validate_section(values: Any, section: Section, prefix: str, root: Section, problems: list[str]) -> dict | None:
+def _resolve_aliases(values: Mapping, section: Section, prefix: str, problems: list[str]) -> Mapping:
+    """``values`` with every alias key renamed to its key; both given is a problem."""
+    if not section.aliases or not any(alias in values for alias in section.aliases):
+        return values
+    renamed = dict(values)
+    for alias, name in section.aliases.items():
+        if alias in renamed:
+            if name in renamed:
+                problems.append(f"'{prefix}{alias}' and '{prefix}{name}' are the same key: give one")
+            renamed[name] = renamed.pop(alias)
+    return renamed
+
+
+def _validate_section(values: Any, section: Section, prefix: str, root: Section, problems: list[str],
+                      unused: list[str]) -> dict | None:
     where = prefix[:-1]
     if values is None:
         if section.nullable:
@@ -239,16 +287,21 @@ def _validate_section(values: Any, section: Section, prefix: str, root: Section,
     if not isinstance(values, Mapping):
         problems.append(f"'{where}' must be a mapping of keys, got {format_value(values)} ({_kind_of(values)})")
         return None
+    values = _resolve_aliases(values, section, prefix, problems)
     known = dict(section.entries())
     for key in values:
         if key not in known:
             problems.append(f"unknown key '{prefix}{key}'{_suggestion(str(key), section, prefix, root)}")
+        elif isinstance(known[key], Ignored):
+            unused.append(f"{prefix}{key}")
     result: dict[str, Any] = {}
     before = len(problems)
     for name, entry in known.items():
         path = f"{prefix}{name}"
+        if isinstance(entry, Ignored):
+            continue
         if isinstance(entry, Section):
-            result[name] = _validate_section(values.get(name), entry, path + ".", root, problems)
+            result[name] = _validate_section(values.get(name), entry, path + ".", root, problems, unused)
         elif name not in values:
             if entry.default is REQUIRED:
                 problems.append(f"'{path}' is required")
@@ -267,13 +320,19 @@ def _validate_section(values: Any, section: Section, prefix: str, root: Section,
 def validate_config(values: Mapping[str, Any] | None, schema: Section | Mapping, source: str = "config") -> dict:
     """``values`` checked against ``schema``, with every default filled in (a new dict).
 
-    Raises :class:`ConfigError` listing every problem; ``source`` (e.g. the file name) starts the message."""
+    Raises :class:`ConfigError` listing every problem; ``source`` (e.g. the file name) starts the message.
+    Keys the schema marks :class:`Ignored` are left out of the result and listed in one
+    :class:`UnusedKeysWarning`."""
     root = as_section(schema)
     problems: list[str] = []
-    result = _validate_section(values, root, "", root, problems)
+    unused: list[str] = []
+    result = _validate_section(values, root, "", root, problems, unused)
     if problems:
         heading = f"{source}: " if len(problems) == 1 else f"{source}: {len(problems)} problems:\n  "
         raise ConfigError(heading + "\n  ".join(problems))
+    if unused:
+        warnings.warn(f"{source}: keys not used by this project (ignored): {', '.join(unused)}",
+                      UnusedKeysWarning, stacklevel=2)
     return result
 
 
@@ -288,26 +347,39 @@ def merge_config(base: Mapping[str, Any], override: Mapping[str, Any] | None) ->
     return merged
 
 
-def load_config(path: str | Path, schema: Section | Mapping) -> dict:
-    """Read the YAML file ``path`` and :func:`validate_config` it (errors name the file)."""
+def read_config_file(path: str | Path) -> dict:
+    """The mapping a YAML config file holds (``{}`` for an empty file), unvalidated: the one reader of
+    every config kind. :class:`ConfigError` (naming the file) when it is missing, unreadable, not YAML
+    or not a mapping."""
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
+    except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read config file {path}: {error}") from None
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
-    return validate_config(values, schema, source=str(path))
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{path} must be a mapping of keys, got {_kind_of(values)}")
+    return dict(values)
+
+
+def load_config(path: str | Path, schema: Section | Mapping) -> dict:
+    """Read the YAML file ``path`` (:func:`read_config_file`) and :func:`validate_config` it (errors name the file)."""
+    return validate_config(read_config_file(path), schema, source=str(path))
 
 
 def _leaves(values: Any, section: Section, prefix: str, internal: bool) -> Iterator[tuple[str, Any]]:
     values = values or {}
     for name, entry in section.entries():
         path = f"{prefix}{name}"
+        if isinstance(entry, Ignored):
+            continue
         if isinstance(entry, Section):
             if values.get(name) is None and entry.nullable:
                 yield path, values.get(name)

@@ -56,7 +56,7 @@ from robustprior.io.atomic import remove_temporaries, write_text_atomically
 from .checkpoints import (CHECKPOINT_FOLDER, TrainingCheckpoint, load_training_checkpoint, remove_unreferenced,
                           save_training_checkpoint)
 from .config import (Section, apply_overrides, config_differences, copy_internal_values, format_value,
-                     validate_config)
+                     load_config, validate_config)
 from .csv_log import CsvLog
 from .distributed import DistributedContext
 from .errors import CheckpointError, ConfigChangeError, ConfigError, RunExistsError, RunFolderError
@@ -230,11 +230,7 @@ def read_run_config(folder: str | Path, schema: Section | Mapping) -> dict:
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise RunFolderError(f"{folder} has no {CONFIG_NAME}: not a run folder, or a run that never started")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
-    return validate_config(values, schema, source=str(path))
+    return load_config(path, schema)
 
 
 class Run:

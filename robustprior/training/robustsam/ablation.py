@@ -3,7 +3,7 @@
     python recipes/robustsam_tiny_ablation.py --output runs/ablation [--parallel 2] [--threads 1]
         [--variants baseline,all] [--iterations N] [--report docs/results/ablation_tiny]
 
-Every variant of ``recipes/configs/robustsam_tiny_ablation.yaml`` is trained (``robustprior train``,
+Every variant of ``robustprior/configs/robustsam_tiny_ablation.yaml`` is trained (``robustprior train``,
 one process per variant, ``--parallel`` at a time, resumed when its run folder exists) and its best
 validation checkpoint evaluated (``robustprior eval``) on the held-out scene sets with the release's
 raw pixel sizes and with sizes scaled to the image. The report gives, per variant, Degrade and Clear
@@ -25,12 +25,28 @@ from typing import Any
 import yaml
 
 from robustprior.training import RUN_MARKER, merge_config, validate_config
+from robustprior.training.config import REQUIRED, Field, Section, load_config as load_checked_config
 from robustprior.training.robustsam.config import SCHEMA, load_config
 
-REPO_ROOT = Path(__file__).resolve().parents[3]  # the checkout: configs are named relative to it
+# The folder holding the robustprior package (a checkout's root, or site-packages when installed): the
+# ablation config names its base config and weights relative to it (robustprior/configs/..., robustprior/weights/...).
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
-DEFAULT_CONFIG = REPO_ROOT / "recipes" / "configs" / "robustsam_tiny_ablation.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "robustsam_tiny_ablation.yaml"  # ships in the package
 PREVIOUS_BUNDLE = "previous_bundle"
+ABLATION_SCHEMA = Section({  # the ablation config itself; each variant is checked against the trainer's SCHEMA
+    "base": Field(str, REQUIRED, doc="the training config the variants start from, relative to REPO_ROOT"),
+    "iterations": Field(int, REQUIRED, at_least=1),
+    "baseline": Field(dict, {}, doc="overrides of base shared by every variant"),
+    "variants": Field(dict, REQUIRED, doc="name -> overrides of the baseline"),
+    "evaluation": Section({
+        "sets": Field(dict, REQUIRED, doc="name -> robustprior eval data section"),
+        "reference_sizes": Field(dict, REQUIRED, doc="name -> reference_size (null: raw pixel sizes)"),
+        "prompts": Field(list, ["point", "box"], items=str),
+        "ablation_sets": Field(list, REQUIRED, items=str),
+        "ablation_scales": Field(list, REQUIRED, items=str),
+    }),
+})
 TARGET = {"degrade_gain": 0.04, "degrade_low": 0.02, "clear_loss": 0.005}
 
 
@@ -224,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-training", action="store_true", help="evaluate and report the finished runs only")
     parser.add_argument("--report", default=None, help="also copy report.md / report.json into this folder")
     args = parser.parse_args(argv)
-    ablation = yaml.safe_load(Path(args.config).read_text())
+    ablation = load_checked_config(args.config, ABLATION_SCHEMA)
     configs = variant_configs(ablation, args.iterations)
     names = [*configs, PREVIOUS_BUNDLE] if args.variants is None else [name.strip() for name in args.variants.split(",")]
     unknown = sorted(set(names) - set(configs) - {PREVIOUS_BUNDLE})

@@ -11,7 +11,7 @@ prompts use token 0.
 
 Usage::
 
-    python recipes/train_tiny_sam.py --config recipes/configs/tiny_sam.yaml --output runs/tiny_sam
+    python recipes/train_tiny_sam.py --config robustprior/configs/tiny_sam.yaml --output runs/tiny_sam
         [--resume [--config C --allow-config-change] | --overwrite] [--device cuda] [--workers 8] [--fit-minutes 8]
 
 On a GPU (``--device cuda``, bfloat16 autocast) the recipe runs unchanged; ``--workers`` generates

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from ..errors import exit_on_setup_error
 from . import __doc__ as PACKAGE_DOC
-from .config import DEFAULT_CONFIG, load_config
+from .config import DEFAULT_CONFIG, DEFAULT_CONFIG_PATH, load_config
 from .export import export_finished_run
 from .loop import train
 
@@ -49,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if arguments.allow_config_change and not (arguments.resume and arguments.config):
         command.error("--allow-config-change goes with --resume and --config")
     config_path = arguments.config or (None if arguments.resume else DEFAULT_CONFIG)
-    train(None if config_path is None else load_config(config_path), arguments.output, resume=arguments.resume,
+    config_file = arguments.config or (None if arguments.resume else DEFAULT_CONFIG_PATH)
+    train(None if config_file is None else load_config(config_file), arguments.output, resume=arguments.resume,
           iterations=arguments.iterations, stop_after=arguments.stop_after, export=not arguments.no_export,
           threads=arguments.threads, device=arguments.device, workers=arguments.workers,
           fit_minutes=arguments.fit_minutes, config_path=None if arguments.resume else config_path,

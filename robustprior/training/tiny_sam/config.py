@@ -1,4 +1,4 @@
-"""The tiny-SAM recipe's config schema (``recipes/configs/tiny_sam*.yaml``)."""
+"""The tiny-SAM recipe's config schema (``robustprior/configs/tiny_sam*.yaml``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +7,8 @@ from robustprior.modeling.build import MODEL_CONFIGS, ModelConfig
 from ..config import Field, Section, load_config as load_checked_config
 from ..distributed import check_device_name
 
-DEFAULT_CONFIG = "recipes/configs/tiny_sam.yaml"  # the CPU recipe
+DEFAULT_CONFIG = "robustprior/configs/tiny_sam.yaml"  # the CPU recipe, as run records name it
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "tiny_sam.yaml"  # ships in the package
 
 
 def _check_model_overrides(overrides: dict) -> None:
