@@ -596,13 +596,16 @@ def check_recipe(config: dict[str, Any], roots: dict[str, str] | None, prior_cac
     """Every row's training options, validated before anything is written (one
     :class:`~robustprior.training.ConfigError` naming the first problem); the data layout too when the
     data already exists (real data)."""
-    base = {key: copy.deepcopy(value) for key, value in config.items() if key not in RECIPE_KEYS}
-    for phase, root in (roots or {}).items():
-        if isinstance(base.get("datasets"), dict) and isinstance(base["datasets"].get(phase), dict):
-            base["datasets"][phase]["dataroot"] = root
+    checked = copy.deepcopy(config)
+    if roots is not None:  # the dataset roots stand in for their folders (located per row once the data exists)
+        for phase, root_name in (("train", "train"), ("val", "test"), ("test", "test")):
+            section = checked.get("datasets", {}).get(phase) if isinstance(checked.get("datasets"), dict) else None
+            if isinstance(section, dict):
+                section.update(dataroot_lq=roots[root_name], dataroot_gt=roots[root_name])
+    base = {key: value for key, value in checked.items() if key not in RECIPE_KEYS}
     validate_options(base, source="the training options of the recipe config")
     for index, (row, seed) in enumerate(job_list(config, config["recipe"]["rows"])):
-        options = validate_options(row_options(config, row, seed, roots, prior_cache),
+        options = validate_options(row_options(checked, row, seed, roots if data_exists else None, prior_cache),
                                    source=f"the training options of row {row}, seed {seed}")
         check_options_agree(options)
         if data_exists and index == 0:

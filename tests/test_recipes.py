@@ -147,7 +147,7 @@ def small_config(folder: Path, rows: list[str], parallel: int = 1, **prior: floa
     """:func:`toy_config` (dehaze) with only ``rows``, one seed and ``parallel`` jobs at a time."""
     config = yaml.safe_load(toy_config("dehaze", folder).read_text())
     config["recipe"].update(rows=rows, seeds=[0], parallel=parallel)
-    config["train"].update(log_freq=1)
+    config.setdefault("logger", {})["print_freq"] = 1
     config["prior"].update(prior)
     path = folder / f"small_{'_'.join(rows)}_{parallel}.yaml"
     path.write_text(yaml.safe_dump(config))
