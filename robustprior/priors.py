@@ -30,7 +30,7 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from robustprior.evaluation.amg_settings import SAM_DEFAULTS, describe_thresholds, validate_settings
+from robustprior.io.amg_settings import SAM_DEFAULTS, describe_thresholds, validate_settings
 from robustprior.io.atomic import save_safetensors_atomically, write_text_atomically
 from .automatic_mask_generator import RobustSAMAutomaticMaskGenerator
 from robustprior.data.image_io import load_image

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from segment_anything.modeling.common import LayerNorm2d  # per-pixel layer norm over channels, B x C x H x W
 from torch import nn
 
-from restoration.archs import PriorBatch, required_entry
+from restoration.archs.prior_batch import PriorBatch, required_entry
 from restoration.mask_groups import DROPOUT_MODES, drop_mask_groups
 from robustprior.data.structure import region_mean_pool, resample_prior_features
 
