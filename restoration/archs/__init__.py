@@ -8,7 +8,9 @@ ignores the entries it does not need.
 
 :data:`NETWORKS` maps the ``network_g.type`` names of an options file to the classes;
 :func:`build_network` builds one from a ``network_g`` section (unknown arguments are a
-:class:`~robustprior.training.ConfigError` naming the closest valid one).
+:class:`~robustprior.training.ConfigError` naming the closest valid one). Released NAFNet and
+SAM-Deblur weights: :func:`released_network`, :func:`load_released_weights`
+(:mod:`restoration.archs.released`).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from torch import nn
 from restoration.archs.dehaze import SAMGuidedDehazeNet
 from restoration.archs.nafnet import MaskAveragePooling, NAFNet, SAMDeblurNet
 from restoration.archs.prior_batch import PriorBatch, prior_to, required_entry
+from restoration.archs.released import ReleasedWeightsError, load_released_weights, released_network
 from robustprior.training.errors import ConfigError
 
 NETWORKS: dict[str, type[nn.Module]] = {"NAFNet": NAFNet, "SAMDeblurNet": SAMDeblurNet,
@@ -61,5 +64,6 @@ def build_network(options: Mapping[str, Any]) -> nn.Module:
         raise ConfigError(f"network_g ({options['type']}): {error}") from None
 
 
-__all__ = ["NETWORKS", "PriorBatch", "NAFNet", "MaskAveragePooling", "SAMDeblurNet", "SAMGuidedDehazeNet",
-           "build_network", "check_network_options", "network_arguments", "prior_to", "required_entry"]
+__all__ = ["NETWORKS", "PriorBatch", "NAFNet", "MaskAveragePooling", "ReleasedWeightsError", "SAMDeblurNet",
+           "SAMGuidedDehazeNet", "build_network", "check_network_options", "load_released_weights", "network_arguments",
+           "prior_to", "released_network", "required_entry"]
