@@ -88,6 +88,7 @@ def test_architecture_is_read_from_the_weights_and_the_decoder_order_reversed(tm
     released = to_released_state_dict(network)
     assert len({key.split(".")[2] for key in released if key.startswith("decoders.0.")}) == 2  # coarsest first
     assert released_architecture(released) == {"type": "SAMDeblurNet", "prior": "structure", "structure_channels": 3,
+                                               "mask_dropout_mode": "exact",
                                                "width": 4, "enc_blocks": ENC, "middle_blocks": MIDDLE,
                                                "dec_blocks": [1, 1, 2], "pad_mode": "zeros"}
     loaded = released_network(_save_basicsr_dict(released, tmp_path / "seg.pth"))

@@ -196,8 +196,8 @@ def released_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, A
     width = int(state_dict["intro.weight"].shape[0])
     section: dict[str, Any] = {"width": width, "enc_blocks": blocks("encoders"), "middle_blocks": count("middle_blks"),
                                "dec_blocks": blocks("decoders")[::-1], "pad_mode": "zeros"}
-    if "pre_seg.weight" in state_dict:
-        return {"type": "SAMDeblurNet", "prior": "structure",
+    if "pre_seg.weight" in state_dict:  # SAM-Deblur drops exactly int(p * M) mask groups when training
+        return {"type": "SAMDeblurNet", "prior": "structure", "mask_dropout_mode": "exact",
                 "structure_channels": int(state_dict["pre_seg.weight"].shape[0]), **section}
     return {"type": "NAFNet", "in_channels": int(state_dict["intro.weight"].shape[1]),
             "out_channels": int(state_dict["ending.weight"].shape[0]), **section}
@@ -206,8 +206,8 @@ def released_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, A
 def released_network(path: str | Path, param_key: str = "params", **arguments: Any) -> nn.Module:
     """The network a released NAFNet / SegNAFNet file holds, its weights loaded strictly, in eval mode.
 
-    A SegNAFNet file gives a ``SAMDeblurNet(prior="structure")``, a NAFNet file a ``NAFNet``; both pad
-    with zeros as the released code does. ``arguments`` override the constructor arguments (e.g.
+    A SegNAFNet file gives a ``SAMDeblurNet(prior="structure", mask_dropout_mode="exact")``, a NAFNet
+    file a ``NAFNet``; both pad with zeros as the released code does. ``arguments`` override the constructor arguments (e.g.
     ``local_pool=True, train_size=256`` for SAM-Deblur's ``SegNAFNetLocal`` test-time pooling)."""
     state_dict = read_released_state_dict(path, param_key)
     section = {**released_architecture(state_dict), **arguments}
