@@ -451,7 +451,7 @@ def test_two_gloo_ranks_share_refusals_and_resume_their_own_rng_streams(tmp_path
     assert len(load_training_checkpoint(tmp_path / "run").state["rng"]) == 2
 
 
-@pytest.mark.parametrize("environment, threads", [("1", "1 1"), ("2", "2 2"), (None, "1 1")])
+@pytest.mark.parametrize("environment, threads", [("2", "2 2"), (None, "1 1")])
 def test_the_test_suite_takes_its_thread_count_from_the_environment(environment: str | None, threads: str) -> None:
     """Importing tests/conftest.py leaves torch at the environment's OMP_NUM_THREADS (it used to force 2),
     and without one sets 1 thread, for itself and the processes it starts."""
