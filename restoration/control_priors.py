@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from restoration.paired_data import read_rgb
+from restoration.prior_index import PriorIndex
 from robustprior.data.scenes import INSTANCE_FOLDER
 from robustprior.data.structure import masks_to_label_map, structure_map
 from robustprior.priors import StructurePrior
@@ -116,14 +117,12 @@ def control_prior(image: np.ndarray, instances: np.ndarray) -> StructurePrior:
 
 
 def prepare_control_priors(options: Mapping[str, Any], lq_paths: Sequence[str | Path], cache_dir: str | Path,
-                           progress: bool = True) -> Any:
+                           progress: bool = True) -> PriorIndex:
     """Write the control priors (``options["kind"]`` in :data:`CONTROL_PRIOR_KINDS`) of every lq image
-    into ``cache_dir/<kind>[_seed<S>]/`` and return their :class:`~restoration.datasets.PriorIndex`.
+    into ``cache_dir/<kind>[_seed<S>]/`` and return their :class:`~restoration.prior_index.PriorIndex`.
 
     ``shuffled_masks`` pairs the images with :func:`shuffled_partners` (seed ``options["shuffle_seed"]``).
     """
-    from restoration.datasets import PriorIndex  # restoration.datasets imports this module
-
     kind = options["kind"]
     if kind not in CONTROL_PRIOR_KINDS:
         raise ValueError(f"control prior kind must be one of {CONTROL_PRIOR_KINDS}, got {kind!r}")

@@ -45,7 +45,7 @@ def _stem(spec: str) -> str:
 
 def _generator_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The automatic-mask settings given on the command line (validated)."""
-    from robustprior.evaluation.amg_settings import validate_settings
+    from robustprior.io.amg_settings import validate_settings
 
     given = {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
              "stability_score_thresh": args.stability_thresh, "box_nms_thresh": args.box_nms_thresh,
@@ -123,7 +123,7 @@ def command_segment(args: argparse.Namespace) -> int:
 def _segment_automatically(args, inputs, stems, model, source, path, overrides) -> int:
     from tqdm.auto import tqdm
 
-    from robustprior.evaluation.amg_settings import describe_thresholds
+    from robustprior.io.amg_settings import describe_thresholds
     from .automatic_mask_generator import RobustSAMAutomaticMaskGenerator
     from robustprior.data.image_io import load_image
     from robustprior.io.mask_outputs import clear_mask_folder, record_mask, write_coco_rle, write_mask_folder, write_png

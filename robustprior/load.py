@@ -37,7 +37,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from robustprior.evaluation.amg_settings import SAM_DEFAULTS, settings_from_metadata
+from robustprior.io.amg_settings import SAM_DEFAULTS, settings_from_metadata
 from robustprior.modeling.build import MODEL_CONFIGS, ModelConfig, build_from_config
 from robustprior.io.checkpoint import (
     CheckpointError,

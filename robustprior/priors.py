@@ -7,7 +7,7 @@ SAM decoder path) and :class:`RobustSAMPrior` (RobustSAM path) extract it with O
 forward per image, and with ``cache_dir`` store it under a fingerprint of the model and settings so
 that a changed model never reuses stale priors; each cache file carries a checksum of its tensors, and
 a file changed since it was written is recomputed with a warning. Automatic-mask settings not given
-default to those stored with the model (:mod:`robustprior.evaluation.amg_settings`)::
+default to those stored with the model (:mod:`robustprior.io.amg_settings`)::
 
     prior = RobustSAMPrior.from_pretrained("tiny", cache_dir="priors_cache")
     result = prior(image)            # H x W x 3 uint8 -> StructurePrior
@@ -30,7 +30,7 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from robustprior.evaluation.amg_settings import SAM_DEFAULTS, describe_thresholds, validate_settings
+from robustprior.io.amg_settings import SAM_DEFAULTS, describe_thresholds, validate_settings
 from robustprior.io.atomic import save_safetensors_atomically, write_text_atomically
 from .automatic_mask_generator import RobustSAMAutomaticMaskGenerator
 from robustprior.data.image_io import load_image

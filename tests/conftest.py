@@ -5,13 +5,24 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# torch's thread count: OMP_NUM_THREADS where the environment sets it, else 1 (set before torch is imported,
+# and inherited by the processes tests start). The suite's networks are tiny: a second thread gains them
+# little, and wherever the other core is busy the threads wait on each other (a 4-iteration training test:
+# 5.7 s with one thread, 152 s with two on a loaded 2-core machine). Forcing a number over the environment's
+# made the suite 15 times slower on a busy machine whatever OMP_NUM_THREADS said, so the environment wins.
+_DEFAULT_THREADS = "OMP_NUM_THREADS" not in os.environ
+if _DEFAULT_THREADS:
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+import torch  # noqa: E402
+
+if _DEFAULT_THREADS:
+    torch.set_num_threads(1)  # in case torch was imported before this file (a plugin)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # ../shared/data sits beside the checkout (also in CI); ROBUSTPRIOR_SHARED_DATA overrides it.
 SHARED_DATA = Path(os.environ.get("ROBUSTPRIOR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-# torch's thread count is left as the environment sets it (OMP_NUM_THREADS, else torch's default): forcing
-# a number here made the suite 15 times slower on a busy machine whatever OMP_NUM_THREADS said.
 
 
 @pytest.fixture(scope="session")

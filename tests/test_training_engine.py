@@ -451,14 +451,20 @@ def test_two_gloo_ranks_share_refusals_and_resume_their_own_rng_streams(tmp_path
     assert len(load_training_checkpoint(tmp_path / "run").state["rng"]) == 2
 
 
-def test_the_test_suite_takes_its_thread_count_from_the_environment() -> None:
-    """Importing tests/conftest.py leaves torch at OMP_NUM_THREADS=1 (it used to force 2)."""
+@pytest.mark.parametrize("environment, threads", [("2", "2 2"), (None, "1 1")])
+def test_the_test_suite_takes_its_thread_count_from_the_environment(environment: str | None, threads: str) -> None:
+    """Importing tests/conftest.py leaves torch at the environment's OMP_NUM_THREADS (it used to force 2),
+    and without one sets 1 thread, for itself and the processes it starts."""
     script = textwrap.dedent("""
-        import importlib.util, torch
+        import importlib.util, os
         spec = importlib.util.spec_from_file_location("conftest_copy", "tests/conftest.py")
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
-        print(torch.get_num_threads())
+        import torch
+        print(torch.get_num_threads(), os.environ["OMP_NUM_THREADS"])
     """)
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    if environment is not None:
+        env["OMP_NUM_THREADS"] = environment
     output = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True).stdout
-    assert output.strip() == "1"
+                            env=env, check=True).stdout
+    assert output.strip() == threads

@@ -8,51 +8,24 @@ ignores the entries it does not need.
 
 :data:`NETWORKS` maps the ``network_g.type`` names of an options file to the classes;
 :func:`build_network` builds one from a ``network_g`` section (unknown arguments are a
-:class:`~robustprior.training.ConfigError` naming the closest valid one).
+:class:`~robustprior.training.ConfigError` naming the closest valid one). Released NAFNet and
+SAM-Deblur weights: :func:`released_network`, :func:`load_released_weights`
+(:mod:`restoration.archs.released`).
 """
 from __future__ import annotations
 
 import difflib
 import inspect
 from collections.abc import Mapping
-from typing import Any, TypedDict
+from typing import Any
 
-import torch
 from torch import nn
 
+from restoration.archs.dehaze import SAMGuidedDehazeNet
+from restoration.archs.nafnet import MaskAveragePooling, NAFNet, SAMDeblurNet
+from restoration.archs.prior_batch import PriorBatch, prior_to, required_entry
+from restoration.archs.released import ReleasedWeightsError, load_released_weights, released_network
 from robustprior.training.errors import ConfigError
-
-
-class PriorBatch(TypedDict, total=False):
-    """What a network's ``prior`` argument holds (every entry batched over B).
-
-    ``label_map``: B x H x W int64 regions of the lq image (0 = uncovered), at the image's size;
-    ``features``: B x C x h x w float latent map of the prior covering the image (any h, w);
-    ``grey_scale``: B int64, the grey-level scale of the grayscale coding (the same for a whole run).
-    """
-
-    label_map: torch.Tensor
-    features: torch.Tensor
-    grey_scale: torch.Tensor
-
-
-def prior_to(prior: Mapping[str, torch.Tensor] | None, device: torch.device | str) -> PriorBatch | None:
-    """``prior`` with every tensor moved to ``device`` (None stays None)."""
-    if prior is None:
-        return None
-    return {name: value.to(device, non_blocking=True) for name, value in prior.items()}  # type: ignore[return-value]
-
-
-def required_entry(prior: Mapping[str, torch.Tensor] | None, name: str, network: str, kind: str) -> torch.Tensor:
-    """``prior[name]``, or a ``ValueError`` saying which network and prior kind need it."""
-    if prior is None or name not in prior or prior[name] is None:
-        raise ValueError(f"{network}(prior={kind!r}) needs prior['{name}'] (see restoration.archs.PriorBatch)")
-    return prior[name]
-
-
-# Imported after the helpers: the submodules use them.
-from restoration.archs.nafnet import NAFNet, MaskAveragePooling, SAMDeblurNet  # noqa: E402
-from restoration.archs.dehaze import SAMGuidedDehazeNet  # noqa: E402
 
 NETWORKS: dict[str, type[nn.Module]] = {"NAFNet": NAFNet, "SAMDeblurNet": SAMDeblurNet,
                                         "SAMGuidedDehazeNet": SAMGuidedDehazeNet}
@@ -91,5 +64,6 @@ def build_network(options: Mapping[str, Any]) -> nn.Module:
         raise ConfigError(f"network_g ({options['type']}): {error}") from None
 
 
-__all__ = ["NETWORKS", "PriorBatch", "NAFNet", "MaskAveragePooling", "SAMDeblurNet", "SAMGuidedDehazeNet",
-           "build_network", "check_network_options", "network_arguments", "prior_to", "required_entry"]
+__all__ = ["NETWORKS", "PriorBatch", "NAFNet", "MaskAveragePooling", "ReleasedWeightsError", "SAMDeblurNet",
+           "SAMGuidedDehazeNet", "build_network", "check_network_options", "load_released_weights", "network_arguments",
+           "prior_to", "released_network", "required_entry"]

@@ -23,8 +23,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from restoration.archs import PriorBatch, required_entry
 from restoration.archs.nafnet import FeatureInjection, NAFNet
+from restoration.archs.prior_batch import PriorBatch, required_entry
 from robustprior.data.structure import grayscale_segment_coding, structure_map
 
 PRIOR_CHANNELS = {"none": 0, "grayscale": 1, "structure": 3, "features": 1}

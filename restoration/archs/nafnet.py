@@ -10,6 +10,11 @@ NAFNet is a U-Net of NAFBlocks without nonlinear activations:
 * Downsampling: 2x2 stride-2 conv doubling the channels; upsampling: 1x1 conv + PixelShuffle(2)
   halving them; encoder skips are added (not concatenated); global residual ``input RGB + net``.
 
+Padding: an H x W image is padded at the bottom/right to a multiple of ``2**levels`` and the output
+cropped back. ``pad_mode="replicate"`` (the default) repeats the border pixels; ``pad_mode="zeros"``
+pads with zeros as the released NAFNet and SAM-Deblur do (``check_image_size``), so their released
+weights give their outputs at any size (:mod:`restoration.archs.released`).
+
 Test-time local pooling (TLC, Chu et al. 2022; used by SAM-Deblur at full resolution): a net trained
 on ``train_size`` crops sees global statistics of ``train_size`` windows in its channel attention;
 on a larger test image the global average becomes a local average over a window of
@@ -22,12 +27,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+PAD_MODES: tuple[str, ...] = ("replicate", "zeros")
+
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling.common import LayerNorm2d  # per-pixel layer norm over channels, B x C x H x W
 from torch import nn
 
-from restoration.archs import PriorBatch, required_entry
+from restoration.archs.prior_batch import PriorBatch, required_entry
 from restoration.mask_groups import DROPOUT_MODES, drop_mask_groups
 from robustprior.data.structure import region_mean_pool, resample_prior_features
 
@@ -115,9 +122,10 @@ class NAFNet(nn.Module):
     """NAFNet U-Net: B x in_channels x H x W (the first ``out_channels`` being the image) -> B x out_channels x H x W.
 
     Defaults are SAM-Deblur's NAFNet (width 32, encoder blocks [1, 1, 1, 28], middle 1, decoder
-    [1, 1, 1, 1]). Any H x W: the input is replicate-padded at the bottom/right to a multiple of
-    ``2**len(enc_blocks)`` and the output cropped back. ``local_pool``/``train_size``: test-time local
-    pooling (module docstring).
+    [1, 1, 1, 1]; ``dec_blocks`` counts the blocks of each level like ``enc_blocks``, finest level
+    first). Any H x W: the input is padded at the bottom/right to a multiple of ``2**len(enc_blocks)``
+    (``pad_mode``, module docstring) and the output cropped back. ``local_pool``/``train_size``:
+    test-time local pooling (module docstring).
     """
 
     def __init__(
@@ -130,13 +138,17 @@ class NAFNet(nn.Module):
         out_channels: int = 3,
         local_pool: bool = False,
         train_size: int = 256,
+        pad_mode: Literal["replicate", "zeros"] = "replicate",
     ) -> None:
         super().__init__()
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
         if len(enc_blocks) != len(dec_blocks):
             raise ValueError(f"enc_blocks {list(enc_blocks)} and dec_blocks {list(dec_blocks)} differ in length")
         if in_channels < out_channels:
             raise ValueError("the global residual adds the first out_channels input channels: need more in_channels")
         self.out_channels = out_channels
+        self.pad_mode = pad_mode
         self.num_levels = len(enc_blocks)
         self.intro = nn.Conv2d(in_channels, width, kernel_size=3, padding=1)
         self.encoders, self.downs = nn.ModuleList(), nn.ModuleList()
@@ -168,17 +180,27 @@ class NAFNet(nn.Module):
         """The plain NAFNet: B x in_channels x H x W -> B x out_channels x H x W (``prior`` is ignored)."""
         return self.restore(lq)
 
-    def restore(self, x: torch.Tensor, encoder_injections: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B x C x H x W) padded at the bottom/right to a multiple of ``2**num_levels`` (``pad_mode``)."""
+        multiple = 2**self.num_levels
+        pad_height, pad_width = -x.shape[-2] % multiple, -x.shape[-1] % multiple
+        if not (pad_height or pad_width):
+            return x
+        mode = "constant" if self.pad_mode == "zeros" else "replicate"
+        return F.pad(x, (0, pad_width, 0, pad_height), mode=mode)
+
+    def restore(self, x: torch.Tensor, encoder_injections: Sequence[torch.Tensor] | None = None,
+                image_size: tuple[int, int] | None = None) -> torch.Tensor:
         """B x in_channels x H x W -> B x out_channels x H x W (the backbone call of the prior networks).
 
         ``encoder_injections``: optional one map per encoder level, B x ``encoder_channels[level]`` x
         h x w at any resolution, covering the (unpadded) input; each is bilinearly resampled onto its
-        level's grid and added to the features entering that level's blocks.
+        level's grid and added to the features entering that level's blocks. ``image_size``: the
+        ``(H, W)`` of the image in the top-left of ``x`` when the caller has already padded ``x``
+        (:meth:`pad`); the output is cropped to it.
         """
-        height, width = x.shape[-2:]
-        multiple = 2**self.num_levels
-        pad_height, pad_width = -height % multiple, -width % multiple
-        padded = F.pad(x, (0, pad_width, 0, pad_height), mode="replicate") if pad_height or pad_width else x
+        height, width = image_size if image_size is not None else x.shape[-2:]
+        padded = self.pad(x)
         if encoder_injections is not None and len(encoder_injections) != self.num_levels:
             raise ValueError(f"need {self.num_levels} encoder injections, got {len(encoder_injections)}")
         padded_region = (0.0, 0.0, float(padded.shape[-2]), float(padded.shape[-1]))
@@ -256,8 +278,9 @@ class SAMDeblurNet(nn.Module):
     ``int(p * M)`` groups). ``prior="features"``: the same, plus the prior's latent map
     (``prior["features"]``, ``prior_channels`` channels) injected at every encoder level
     (:class:`FeatureInjection`, zero at initialisation). ``prior="none"``: the plain NAFNet baseline on
-    RGB; the prior is ignored. Other arguments as :class:`NAFNet`. Forward: B x 3 x H x W (+ prior) ->
-    B x 3 x H x W.
+    RGB; the prior is ignored. Other arguments as :class:`NAFNet`; with ``pad_mode="zeros"`` the MAP
+    unit pools the zero-padded image, the padding uncovered (label 0), as SAM-Deblur's ``SegNAFNet``
+    does. Forward: B x 3 x H x W (+ prior) -> B x 3 x H x W.
     """
 
     def __init__(
@@ -273,6 +296,7 @@ class SAMDeblurNet(nn.Module):
         local_pool: bool = False,
         train_size: int = 256,
         prior_channels: int | None = None,
+        pad_mode: Literal["replicate", "zeros"] = "replicate",
     ) -> None:
         super().__init__()
         if prior not in ("structure", "features", "none"):
@@ -288,7 +312,7 @@ class SAMDeblurNet(nn.Module):
         self.mask_average_pooling = MaskAveragePooling(3, structure_channels) if uses_masks else None
         extra_channels = structure_channels if uses_masks else 0
         self.backbone = NAFNet(
-            width, enc_blocks, middle_blocks, dec_blocks, 3 + extra_channels, 3, local_pool, train_size
+            width, enc_blocks, middle_blocks, dec_blocks, 3 + extra_channels, 3, local_pool, train_size, pad_mode
         )
         self.prior_injections = (FeatureInjection(prior_channels, self.backbone.encoder_channels)
                                  if prior == "features" else None)
@@ -300,8 +324,13 @@ class SAMDeblurNet(nn.Module):
         label_map = required_entry(prior, "label_map", name, self.prior)
         if self.training and self.mask_dropout > 0:
             label_map = drop_mask_groups(label_map, self.mask_dropout, self.mask_dropout_mode)
+        image_size = (lq.shape[-2], lq.shape[-1])
+        if self.backbone.pad_mode == "zeros":  # SAM-Deblur pools the padded image; the padding is uncovered
+            lq = self.backbone.pad(lq)
+            label_map = F.pad(label_map, (0, lq.shape[-1] - image_size[1], 0, lq.shape[-2] - image_size[0]))
         network_input = torch.cat([lq, self.mask_average_pooling(lq, label_map)], dim=1)
-        if self.prior_injections is None:
-            return self.backbone.restore(network_input)
-        features = required_entry(prior, "features", name, self.prior)
-        return self.backbone.restore(network_input, encoder_injections=self.prior_injections.inject(features, lq.dtype))
+        injections = None
+        if self.prior_injections is not None:
+            features = required_entry(prior, "features", name, self.prior)
+            injections = self.prior_injections.inject(features, lq.dtype)
+        return self.backbone.restore(network_input, encoder_injections=injections, image_size=image_size)
