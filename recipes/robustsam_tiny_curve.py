@@ -77,18 +77,17 @@ def read_curve(folder: Path) -> list[dict[str, float]]:
 
 
 def summarize(output: Path) -> str:
-    """``curves.png`` and ``summary.md`` from every ``lr_*`` run folder in ``output``."""
+    """``curves.png`` and ``summary.md`` from every run folder with a ``curve.csv`` in ``output``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = sorted((folder for folder in output.glob("lr_*") if (folder / "curve.csv").is_file()),
-                  key=lambda folder: float(folder.name[3:]))
+    runs = sorted(folder for folder in output.iterdir() if (folder / "curve.csv").is_file())
     if not runs:
         raise SystemExit(f"error: no run with a curve.csv in {output}")
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    lines = ["| learning rate | iteration | robust − SAM Degrade [95 % CI] | robust − SAM Clear [95 % CI] |",
+    lines = ["| run | iteration | robust − SAM Degrade [95 % CI] | robust − SAM Clear [95 % CI] |",
              "|---|---:|---|---|"]
     for folder in runs:
         rows = read_curve(folder)
@@ -96,7 +95,7 @@ def summarize(output: Path) -> str:
         for axis, part in zip(axes, ("degrade", "clear")):
             axis.plot(steps, [row[f"gain_{part}"] for row in rows], "-o", markersize=3, label=folder.name)
         for row in rows:
-            lines.append(f"| {folder.name[3:]} | {row['iteration']:.0f} | {row['gain_degrade']:+.2f} "
+            lines.append(f"| {folder.name} | {row['iteration']:.0f} | {row['gain_degrade']:+.2f} "
                          f"[{row['gain_degrade_low']:+.2f}, {row['gain_degrade_high']:+.2f}] | {row['gain_clear']:+.2f} "
                          f"[{row['gain_clear_low']:+.2f}, {row['gain_clear_high']:+.2f}] |")
     for axis, part in zip(axes, ("Degrade", "Clear")):

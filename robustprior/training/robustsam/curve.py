@@ -194,8 +194,10 @@ class LearningCurve:
         return row
 
 
-def plot_curve(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Draw the curve (robust and SAM IoU; robust minus SAM with its 95 % interval) into a PNG."""
+def plot_curve(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "",
+               stages: Mapping[int, str] | None = None) -> Path:
+    """Draw the curve (robust and SAM IoU; robust minus SAM with its 95 % interval) into a PNG;
+    ``stages``: ``{iteration: label}`` of schedule boundaries, drawn as vertical lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,6 +212,11 @@ def plot_curve(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str =
         gain.plot(steps, values[f"gain_{part}"], "-o", color=color, markersize=3, label=f"{part}: robust - SAM")
         gain.fill_between(steps, values[f"gain_{part}_low"], values[f"gain_{part}_high"], color=color, alpha=0.15)
     gain.axhline(0.0, color="black", linewidth=0.8)
+    for iteration, label in (stages or {}).items():
+        for axis in (absolute, gain):
+            axis.axvline(iteration, color="grey", linestyle=":", linewidth=1)
+        gain.annotate(label, (iteration, 1), xycoords=("data", "axes fraction"), fontsize=7, color="grey",
+                      xytext=(2, -10), textcoords="offset points")
     absolute.set(xlabel="iteration", ylabel="held-out point IoU (%)", title="IoU")
     gain.set(xlabel="iteration", ylabel="IoU points", title="robust minus SAM (95 % interval over images)")
     absolute.legend(fontsize=8)

@@ -174,7 +174,8 @@ class RobustSAMTrainer:
         rows = log.rows()
         plot_curve(rows, self.output_dir / CURVE_PLOT,
                    f"{self.output_dir.name}: {len(self.curve.images)} held-out images, {self.curve.instance_count} "
-                   f"instances, {len(self.curve.kinds)} kinds")
+                   f"instances, {len(self.curve.kinds)} kinds",
+                   {stage: "image stage ends"} if (stage := self.config["train"]["image_stage_iterations"]) else None)
         tqdm.write(f"[robustprior] curve at {row['iteration']}: robust - SAM degrade {row['gain_degrade']:+.2f} "
                    f"[{row['gain_degrade_low']:+.2f}, {row['gain_degrade_high']:+.2f}], clear {row['gain_clear']:+.2f}")
         return row
