@@ -48,6 +48,7 @@ def test_small_run_trains_evaluates_and_writes_at_most_eight_small_files(tmp_pat
     # the report: both held-out seed sets, both prompts, the numbers of the Table 2 evaluation it ran
     report = json.loads((output / "report.json").read_text())
     assert set(report["evaluation"]) == {"1000", "5000"} and report["training"]["iterations"] == 2
+    assert 0 < report["training"]["batch_seconds"] < report["training"]["seconds"]
     for seed, info in report["evaluation"].items():
         evaluated = json.loads((work / f"eval_{seed}" / "report.json").read_text())
         assert evaluated["protocol"]["checkpoint"] == str(output / recipe.WEIGHTS_NAME)

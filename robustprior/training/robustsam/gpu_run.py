@@ -157,7 +157,9 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         f"Training: `{report['config_file']}` (the run's config: `config.yaml`), {training['iterations']} iterations "
         f"of {training['batch_size']} images x up to {training['prompts_per_image']} prompts"
         + (f", length fixed by train.fit_minutes {training['fit_minutes']:g}" if training["fit_minutes"] else "")
-        + f"; {training['seconds'] / 60:.1f} min of training, {training['train_scenes']} training scenes, "
+        + f"; {training['seconds'] / 60:.1f} min of training ({training['batch_seconds']:.0f} s of it getting the "
+        "batches: waiting for the workers, moving and encoding the images), "
+        f"{training['train_scenes']} training scenes, "
         f"fresh degraded images every step ({training['variants_per_image']} variants per image, "
         f"{training['workers']} batch workers). The weights are the final iteration's "
         f"(`{WEIGHTS_NAME}`, float16).",
@@ -297,6 +299,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # 4. the report
     curve_rows = _read_rows(output / CURVE_LOG) if (output / CURVE_LOG).is_file() else []
     train = run_config_saved["train"]
+    metrics = json.loads((run_folder / "metrics.json").read_text())
     report = {
         "command": "python recipes/train_robustsam_tiny_gpu.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "git_commit": git_commit(), "torch": torch.__version__, "small": arguments.small,
@@ -305,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            if arguments.config.resolve().is_relative_to(REPO_ROOT) else arguments.config),
         "training": {"iterations": iterations, "fit_minutes": train["fit_minutes"], "batch_size": train["batch_size"],
                      "prompts_per_image": train["prompts_per_image"], "lr": train["lr"], "schedule": train["schedule"],
-                     "seconds": json.loads((run_folder / "metrics.json").read_text())["seconds"],
+                     "seconds": metrics["seconds"], "batch_seconds": metrics["batch_seconds"],
                      "train_scenes": run_config_saved["data"]["train"]["n_images"],
                      "variants_per_image": run_config_saved["degradations"]["variants_per_image"],
                      "workers": run_config_saved["data"]["workers"], "run_folder": str(run_folder)},

@@ -145,6 +145,7 @@ class RobustSAMTrainer:
         self._last_gradient_norms: dict[str, float | str] = (
             {f"{prefix}_{name}": "" for prefix in ("grad", "share") for name in weighted}
             if train_config["grad_share_every"] else {})
+        self._batch_wait = 0.0  # seconds this invocation waited for its batches (metrics.json batch_seconds)
         self.curve = None
         if self.config["curve"]["every"] and self.context.is_main:
             self.curve = LearningCurve(self.model, self.config["curve"])
@@ -288,6 +289,7 @@ class RobustSAMTrainer:
             while self.state.iteration < end:
                 step_started = time.time()
                 job, (clear, degraded, groups, _) = next(batches)
+                self._batch_wait += time.time() - step_started  # batch making, and its encoding
                 self.state.epoch, self.state.position = job.epoch, job.position
                 image_stage = self.state.iteration < config["image_stage_iterations"]
                 with self._autocast():
@@ -410,6 +412,7 @@ class RobustSAMTrainer:
             "iterations": self.state.iteration, "epochs": self.state.epoch, "seconds": round(self.state.seconds, 2),
             "world_size": self.context.world_size, "rank_weight_hashes": hashes, "ranks_agree": len(set(hashes)) == 1,
             "best_val_iou_robust": self.state.best_iou,
+            "batch_seconds": round(self._batch_wait, 2),  # of this invocation: batches made (or waited for), encoded
         }
         cache = self.data.cache
         if cache is not None:
