@@ -355,6 +355,7 @@ class RobustSAMTrainer:
         per_step = float(np.median(step_seconds[FIT_PROBE[0]:]))
         length = fit_iterations(60 * fit_minutes, self.state.seconds, self.state.iteration, per_step,
                                 self.config["curve"]["every"] if self.curve is not None else 0, curve_seconds)
+        length = min(self.context.all_gather(length))  # DDP ranks (their times differ a little) agree
         config["iterations"] = length
         self.run.save_config(self.config)  # later checkpoints carry it: a resumed run keeps the length
         self.schedule.set_total(length)
