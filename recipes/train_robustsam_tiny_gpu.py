@@ -5,7 +5,9 @@ checkout, ``$OUT`` is the folder whose files (at most 8) come back, ``timeout_s`
 ``carry: [".whl"]``, the wheels of the packages that machine lacks, fetched here beforehand with
 ``bash benchmarks/gpu_wheels.sh`` (docs/results/robustsam_tiny_gpu/README.md has the budget)::
 
-    set -o pipefail; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; ROBUSTPRIOR_GIT_COMMIT=<commit sent> PYTHONUNBUFFERED=1 TQDM_MININTERVAL=5 python3 recipes/train_robustsam_tiny_gpu.py --output $OUT/robustsam_tiny_gpu --fit-minutes 7 2>&1 | tee $OUT/log.txt
+    set -o pipefail; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; ROBUSTPRIOR_GIT_COMMIT=COMMIT PYTHONUNBUFFERED=1 TQDM_MININTERVAL=5 python3 recipes/train_robustsam_tiny_gpu.py --output $OUT/robustsam_tiny_gpu --fit-minutes 7 2>&1 | tee $OUT/log.txt
+
+(``COMMIT``: the hash of the commit sent; the tree travels without ``.git``.)
 
 On a CPU, the same steps at toy size (the CI check, tests/test_train_robustsam_tiny_gpu.py)::
 
