@@ -94,7 +94,8 @@ def test_prepared_batch_holds_the_items_images_degradations_and_prompts(data: Tr
         assert seed == TrainingData.degradation_seed(data.train_set, index, 7)
         degraded = data.degradation(clear, seed)[0]
         h, w = prepared.sizes[position]
-        assert torch.equal(prepared.clear[position, :h, :w], torch.from_numpy(data.preparer.transform.apply_image(clear)))
+        resized = torch.from_numpy(data.preparer.transform.apply_image(clear))
+        assert torch.equal(prepared.clear[position, :h, :w], resized)
         assert torch.equal(prepared.degraded[position, :h, :w],
                            torch.from_numpy(data.preparer.transform.apply_image(degraded)))
         assert prepared.kinds[position] == data.degradation.name(seed)

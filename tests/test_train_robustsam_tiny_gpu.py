@@ -1,5 +1,5 @@
-"""The one-command GPU run of RobustSAM-tiny (recipes/train_robustsam_tiny_gpu.py, robustsam/gpu_run.py), checked with --small on
-the CPU so that it is known to work before it meets a GPU."""
+"""The one-command GPU run of RobustSAM-tiny (recipes/train_robustsam_tiny_gpu.py, robustsam/gpu_run.py),
+checked with --small on the CPU so that it is known to work before it meets a GPU."""
 from __future__ import annotations
 
 import csv
@@ -57,7 +57,8 @@ def test_small_run_trains_evaluates_and_writes_at_most_eight_small_files(tmp_pat
             for row, cells in evaluated["paired"][prompt].items():
                 assert info["paired"][prompt][row]["diff"] == pytest.approx(100 * cells["diff"])
                 assert info["paired"][prompt][row]["low"] == pytest.approx(100 * cells["low"])
-    assert report["verdict"] == recipe.verdict({int(seed): info["paired"] for seed, info in report["evaluation"].items()})
+    paired = {int(seed): info["paired"] for seed, info in report["evaluation"].items()}
+    assert report["verdict"] == recipe.verdict(paired)
     text = (output / "report.md").read_text()
     assert "| 1000 | point |" in text and "| 5000 | box |" in text and "Target (issue 21" in text
 
@@ -77,8 +78,9 @@ def test_verdict_needs_every_part_of_the_target_on_every_seed_set() -> None:
     assert not verdict({1000: _paired((4.5, 2.5), -0.6, 1.0), 5000: good})["met"]  # Clear more than 0.5 below
     assert verdict({1000: _paired((4.5, 2.5), 1.5, 1.0), 5000: good})["met"]  # a Clear gain is no failure
     failed = verdict({1000: good, 5000: _paired((4.5, 2.5), 0.0, -0.1)})  # boxes the other way
-    assert not failed["met"] and failed["checks"]["5000"] == {"point_degrade_gain": True, "point_degrade_low": True,
-                                                               "point_clear_within": True, "box_degrade_positive": False}
+    assert not failed["met"] and failed["checks"]["5000"] == {
+        "point_degrade_gain": True, "point_degrade_low": True, "point_clear_within": True,
+        "box_degrade_positive": False}
 
 
 def test_no_gpu_and_a_used_output_folder_are_errors_before_any_work(tmp_path: Path, monkeypatch) -> None:

@@ -124,8 +124,8 @@ def verdict(paired: Mapping[int, Mapping[str, Mapping[str, Mapping[str, float]]]
     """Whether the issue's target held on every seed set: point prompts, robust minus SAM (IoU points)
     Degrade gain >= ``TARGET["degrade_gain"]`` with the 95 % interval's lower end above
     ``TARGET["degrade_low"]`` and Clear within ``TARGET["clear_within"]`` of SAM-tiny (a margin of
-    non-inferiority: a Clear gain is no failure); box prompts' Degrade gain in the same direction (above 0). ``paired``: ``{seed: {prompt: {row: {"diff", "low", "high"}}}}``
-    in points."""
+    non-inferiority: a Clear gain is no failure); box prompts' Degrade gain in the same direction (above 0).
+    ``paired``: ``{seed: {prompt: {row: {"diff", "low", "high"}}}}`` in points."""
     checks = {}
     for seed, prompts in paired.items():
         point, box = prompts["point"], prompts.get("box")
@@ -230,11 +230,13 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """``python recipes/train_robustsam_tiny_gpu.py ARGS`` (the module docstring); returns report.json's content."""
-    parser = argparse.ArgumentParser(prog="recipes/train_robustsam_tiny_gpu.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="recipes/train_robustsam_tiny_gpu.py",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, required=True, help="new or empty folder for the (at most 8) results")
     parser.add_argument("--work", type=Path, help="scratch folder (scenes, run folder); default: a new temporary one")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="training config (robustsam schema)")
-    parser.add_argument("--fit-minutes", type=float, help="minutes of training (default: the config's train.fit_minutes)")
+    parser.add_argument("--fit-minutes", type=float,
+                        help="minutes of training (default: the config's train.fit_minutes)")
     parser.add_argument("--iterations", type=int, help="a fixed number of iterations instead of --fit-minutes")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="training and evaluation device")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
