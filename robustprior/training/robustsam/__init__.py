@@ -28,7 +28,9 @@ Modules: :mod:`.config` (schema), :mod:`.model` (the starting model), :mod:`.sam
 model-ready prompts and targets), :mod:`.feature_cache`, :mod:`.batches` (datasets, degradations,
 batches of cached features), :mod:`.objective` (the loss of one batch), :mod:`.trainer` (the loop,
 validation, :func:`~.trainer.fill_feature_cache`), :mod:`.export` (a finished run as float16 weights
-plus a model card), :mod:`.ablation` (the levers trained and evaluated side by side).
+plus a model card), :mod:`.ablation` (the levers trained and evaluated side by side), :mod:`.loader`
+(fresh degraded batches made ahead by worker processes, without the feature cache), :mod:`.gpu_run`
+(the one-command GPU run, ``recipes/train_robustsam_tiny_gpu.py``).
 """
 from __future__ import annotations
 

@@ -7,8 +7,9 @@ encoder's features can be cached (:mod:`.feature_cache`) and reused across epoch
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from ..distributed import DistributedContext
 from ..errors import ConfigError
 from .config import FEATURE_CACHE_FOLDER, build_degradation
 from .feature_cache import FeatureCache, image_hash
+from .loader import BatchJob, BatchLoader, PreparedBatch, image_degradation_seed, normalise_images, prepare_batch
 from .samples import PromptBatch, SamplePreparer
 
 
@@ -37,6 +39,7 @@ class TrainingState:
     position: int = 0  # index into the epoch's permutation of the global batch start
     best_iou: float = -1.0
     seconds: float = 0.0  # training time of every invocation so far
+    fitted: bool = False  # train.fit_minutes has fixed train.iterations
 
 
 def feature_cache_dir(config: Mapping[str, Any], output: str | Path) -> Path | None:
@@ -86,33 +89,30 @@ class TrainingData:
         self.cache = None if cache_dir is None else FeatureCache(cache_dir, model)
         self._item_groups: list[list[int]] | None = None
 
-    @staticmethod
-    def degradation_seed(dataset: RobustSegmentationDataset, index: int, variant: int) -> int:
-        """Seed of variant ``variant`` of the image behind item ``index`` (shared by its instances)."""
-        record = dataset.pairs[index][0]
-        sequence = np.random.SeedSequence([dataset.seed, record, variant])
-        return int(sequence.generate_state(1, dtype=np.uint32)[0])
+    degradation_seed = staticmethod(image_degradation_seed)
 
     def encode(self, keys: list[str], images: list[Callable[[], np.ndarray]], metadata: list[dict]
                ) -> tuple[ImageFeatures, list[dict]]:
-        """Features of lazily produced images (``images[i]()`` -> H x W x 3 uint8), cached when enabled."""
+        """Features of lazily produced images (``images[i]()`` -> H x W x 3 uint8) through the feature
+        cache (only a missing image is produced and encoded)."""
 
         def make_inputs(indices: list[int]) -> tuple[torch.Tensor, list[dict]]:
             tensors = torch.stack([self.preparer.image_tensor(images[i]()) for i in indices])
             return tensors, [metadata[i] for i in indices]
 
-        if self.cache is not None:
-            return self.cache.features(keys, make_inputs)
-        with torch.no_grad():
-            tensors, meta = make_inputs(list(range(len(keys))))
-            return self.model.encode_image(tensors.to(self.context.device)), meta
+        if self.cache is None:
+            raise ConfigError("the feature cache is disabled in this config (feature_cache.enabled: false)")
+        return self.cache.features(keys, make_inputs)
 
     def batch(self, dataset: RobustSegmentationDataset, indices: list[int], variant: int
               ) -> tuple[ImageFeatures, ImageFeatures, list[PromptBatch], list[str]]:
         """Clear features, degraded features, prompt groups and degradation names for dataset items.
 
         Items of the same image share one clear and one degraded encoding (the degradation seed
-        depends on the image and the variant only); each prompt's ``image_index`` points at it."""
+        depends on the image and the variant only); each prompt's ``image_index`` points at it.
+        Without the feature cache: :meth:`encode_prepared` of :func:`~.loader.prepare_batch`."""
+        if self.cache is None:
+            return self.encode_prepared(prepare_batch(dataset, self.degradation, self.preparer, indices, variant))
         items = [dataset[i] for i in indices]
         records = [dataset.pairs[i][0] for i in indices]
         unique = list(dict.fromkeys(records))  # images in order of first appearance
@@ -134,6 +134,49 @@ class TrainingData:
         for group in groups:
             group.image_index = image_of_item[group.image_index]
         return clear, degraded, [group.to(self.context.device) for group in groups], kinds
+
+    @torch.no_grad()
+    def encode_prepared(self, prepared: PreparedBatch
+                        ) -> tuple[ImageFeatures, ImageFeatures, list[PromptBatch], list[str]]:
+        """:meth:`batch` of a :class:`~.loader.PreparedBatch`: its images normalised on the device and
+        encoded (clear and degraded in one encoder pass), its prompts moved to the device."""
+        device = self.context.device
+        images = torch.cat([prepared.clear, prepared.degraded]).to(device, non_blocking=True)
+        tensors = normalise_images(images, prepared.sizes * 2, self.preparer.pixel_mean.to(device),
+                                   self.preparer.pixel_std.to(device))
+        features = self.model.encode_image(tensors)
+        count = len(prepared.sizes)
+        clear = ImageFeatures(features.embedding[:count], features.complementary[:count])
+        degraded = ImageFeatures(features.embedding[count:], features.complementary[count:])
+        return clear, degraded, [group.to(device) for group in prepared.groups], prepared.kinds
+
+    def training_batches(self, state: TrainingState) -> Iterator[tuple[BatchJob, tuple[
+            ImageFeatures, ImageFeatures, list[PromptBatch], list[str]]]]:
+        """The training batches from ``state`` on, endlessly, each with its :class:`~.loader.BatchJob`
+        (``state`` itself is left as it is: set its epoch / position from the job of the batch used).
+
+        Without the feature cache and with ``data.workers`` > 1 the batches are made ahead by that many
+        processes (:class:`~.loader.BatchLoader`); the same batches either way."""
+        variants = self.config["degradations"]["variants_per_image"]
+        ahead = dataclasses.replace(state)
+
+        def jobs() -> Iterator[BatchJob]:
+            while True:
+                indices = self.rank_indices(ahead)
+                yield BatchJob(indices, ahead.epoch % variants, ahead.epoch, ahead.position)
+
+        workers = self.config["data"]["workers"]
+        if self.cache is None and workers > 1:
+            loader = iter(BatchLoader(self.train_set, self.degradation, self.preparer, jobs(), workers))
+            try:
+                for prepared in loader:
+                    yield prepared.job, self.encode_prepared(prepared)
+            finally:
+                loader.close()  # the batches being made finish, the workers end
+        else:
+            for job in jobs():
+                self.train_set.set_epoch(job.epoch)
+                yield job, self.batch(self.train_set, job.indices, job.variant)
 
     def rank_indices(self, state: TrainingState) -> list[int]:
         """This rank's items of the next global batch; advances ``state``'s epoch / position (drop-last).

@@ -83,7 +83,8 @@ SCHEMA = Section({
         "min_area": Field(int, 64, at_least=1),
         "instances_per_image": Field(int, None, at_least=1, doc="null: every instance"),
         "val_prompt": Field(str, "center_point", choices=PROMPT_KINDS),
-        "workers": Field(int, 1, at_least=1, doc="processes writing generated scenes"),
+        "workers": Field(int, 1, at_least=1, doc="processes writing generated scenes and, without the feature cache, "
+                                                 "making the training batches ahead (robustsam.loader)"),
     }, check=_check_prompts),
     "degradations": Section({
         "kinds": Field((str, list), "all", items=str, check=_check_kinds, doc="all, or a list of kinds"),
@@ -98,6 +99,9 @@ SCHEMA = Section({
     },
     "train": {
         "iterations": Field(int, 1000, at_least=1),
+        "fit_minutes": Field(float, None, above=0,
+                             doc="a fresh run times its first steps and fixes iterations so training ends within "
+                                 "this many minutes (recorded in the run's config); null: iterations as given"),
         "batch_size": Field(int, 2, at_least=1, doc="images (prompts_per_image > 1) or items per process"),
         "prompts_per_image": Field(int, 1, at_least=1),
         "optimizer": Field(str, "adam", choices=OPTIMIZERS),

@@ -34,6 +34,8 @@ from .model import load_base_model
 from .objective import RobustTrainingStep
 
 TRAIN_LOG, VAL_LOG = "log.csv", "val_log.csv"
+FIT_PROBE = (10, 60)  # train.fit_minutes: median step time of steps 11-60 of this invocation fixes the length
+FIT_MARGIN = 0.03  # share of the step time kept for checkpoints and logs
 VAL_COLUMNS = ("iteration", "epoch", "val_iou_robust", "val_iou_sam")
 OPTIMIZER_CLASSES = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
@@ -48,6 +50,27 @@ def _device_name(config: Mapping[str, Any] | None, output: Path) -> str:
         return "cpu"  # no saved config: opening the run reports what is wrong
 
 
+def fit_iterations(budget_seconds: float, elapsed_seconds: float, done: int, step_seconds: float,
+                   curve_every: int = 0, curve_seconds: float = 0.0, margin: float = FIT_MARGIN) -> int:
+    """The length of a run that has trained ``done`` iterations in ``elapsed_seconds`` and must end
+    within ``budget_seconds``: the largest ``n >= done`` whose remaining steps (``step_seconds`` each,
+    plus ``margin`` of it) and learning-curve points (one every ``curve_every`` iterations and one at
+    ``n``, ``curve_seconds`` each) fit the budget; ``done`` when none does."""
+    step = step_seconds * (1 + margin)
+
+    def seconds(length: int) -> float:
+        points = 0
+        if curve_every and length > done:
+            points = length // curve_every - done // curve_every + (length % curve_every != 0)
+        return elapsed_seconds + (length - done) * step + points * curve_seconds
+
+    per_iteration = step + (curve_seconds / curve_every if curve_every else 0.0)
+    length = done + max(0, int((budget_seconds - elapsed_seconds) / per_iteration))
+    while length > done and seconds(length) > budget_seconds:
+        length -= 1
+    return length
+
+
 class RobustSAMTrainer:
     """Train the robust parts of a RobustSAM per a config (:data:`~.config.SCHEMA`) in the run folder
     ``output_dir`` (:class:`~robustprior.training.Run`, kind ``robustsam``); every rank of a
@@ -57,12 +80,22 @@ class RobustSAMTrainer:
     and one that differs from the run's is refused unless ``allow_config_change``. ``iterations``
     overrides ``train.iterations`` (allowed on resume, recorded). ``overwrite`` starts a run in
     ``output_dir`` again (its feature cache is kept). The run folder stays locked until
-    :meth:`train` reaches the last iteration, or :meth:`close`."""
+    :meth:`train` reaches the last iteration, or :meth:`close`.
+
+    ``train.fit_minutes``: a fresh run times its steps (:data:`FIT_PROBE`) and then fixes
+    ``train.iterations`` (:func:`fit_iterations`, the schedule's length too) so that training ends
+    within that many minutes, learning-curve points included; the number is written into the run's
+    config, and a resumed run keeps it (an ``iterations`` override on resume replaces it)."""
 
     def __init__(self, config: Mapping[str, Any] | None, output_dir: str | Path, resume: bool = False,
                  overwrite: bool = False, *, allow_config_change: bool = False, iterations: int | None = None) -> None:
         given = None if config is None else validate_config(config, SCHEMA)
         self.output_dir, self.closed = Path(output_dir), False
+        self._explicit_iterations = iterations is not None
+        if given is not None and given["train"]["fit_minutes"] is not None and iterations is not None and not resume:
+            raise ConfigError("give train.fit_minutes or an iteration count, not both")
+        if given is not None and resume:
+            given = self._with_fitted_iterations(given)
         self.context = setup_distributed(_device_name(given, self.output_dir))  # a missing GPU: an error here
         self.device = self.context.device
         self.run = Run.open(self.output_dir, kind=RUN_KIND, schema=SCHEMA, config=given, resume=resume,
@@ -75,6 +108,20 @@ class RobustSAMTrainer:
         except BaseException:
             self.close()
             raise
+
+    def _with_fitted_iterations(self, given: dict) -> dict:
+        """``given`` with the run's fitted ``train.iterations`` when both ask for the same fit_minutes
+        (resuming with the YAML file a fitted run started from is no config change)."""
+        try:
+            saved = read_run_config(self.output_dir, SCHEMA)
+        except RunSetupError:
+            return given
+        minutes = given["train"]["fit_minutes"]
+        if minutes is None or saved["train"]["fit_minutes"] != minutes:
+            return given
+        adopted = copy.deepcopy(given)
+        adopted["train"]["iterations"] = saved["train"]["iterations"]
+        return adopted
 
     def _build(self) -> None:
         self.config = copy.deepcopy(self.run.config)
@@ -98,11 +145,14 @@ class RobustSAMTrainer:
         self._last_gradient_norms: dict[str, float | str] = (
             {f"{prefix}_{name}": "" for prefix in ("grad", "share") for name in weighted}
             if train_config["grad_share_every"] else {})
+        self._batch_wait = 0.0  # seconds this invocation waited for its batches (metrics.json batch_seconds)
         self.curve = None
         if self.config["curve"]["every"] and self.context.is_main:
             self.curve = LearningCurve(self.model, self.config["curve"])
         if self.run.resumed:
             self._restore()
+        if self._explicit_iterations:
+            self.state.fitted = True  # an explicit number replaces the fit
 
     def _restore(self) -> None:
         checkpoint = self.run.checkpoint
@@ -219,64 +269,103 @@ class RobustSAMTrainer:
     def _train(self, stop_after: int | None) -> dict[str, Any]:
         config = self.config["train"]
         total = config["iterations"]
+        fit_minutes = None if self.state.fitted else config["fit_minutes"]
+        if fit_minutes is not None:  # the steps that time the fit run whatever the given length
+            total = max(total, self.state.iteration + FIT_PROBE[1])
         end = total if stop_after is None else min(total, stop_after)
-        variants = self.config["degradations"]["variants_per_image"]
         trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
         progress = tqdm(total=total, initial=self.state.iteration, disable=not self.context.is_main, desc="train",
                         dynamic_ncols=True)
         started, seconds_before = time.time(), self.state.seconds
+        step_seconds: list[float] = []  # this invocation's steps (batch included; curve and checkpoints not)
+        curve_seconds = 0.0  # the longest learning-curve point so far
         curve_every = self.config["curve"]["every"]
         if curve_every and self.state.iteration == 0 and end > 0:
+            measured = time.time()
             self.measure_curve()  # the starting point (robust_init: sam starts at SAM's own scores)
             self.context.barrier()
-        while self.state.iteration < end:
-            indices = self.data.rank_indices(self.state)
-            self.data.train_set.set_epoch(self.state.epoch)
-            clear, degraded, groups, _ = self.data.batch(self.data.train_set, indices, self.state.epoch % variants)
-            image_stage = self.state.iteration < config["image_stage_iterations"]
-            with self._autocast():
-                terms = self.wrapped(clear, degraded, groups, image_stage=image_stage)
-            self.optimizer.zero_grad(set_to_none=True)
-            share_every = config["grad_share_every"]
-            gradient_norms = {}
-            if share_every and (self.state.iteration + 1) % share_every == 0 and not self.context.distributed:
-                gradient_norms = self._gradient_norms(terms, trainable)
-            terms["total"].backward()
-            for parameter in trainable:  # as the release does, a NaN gradient is zeroed rather than applied
-                if parameter.grad is not None:
-                    torch.nan_to_num_(parameter.grad, nan=0.0, posinf=0.0, neginf=0.0)
-            if config["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(trainable, config["grad_clip"])
-            self.optimizer.step()
-            self.schedule.step()
-            self.state.iteration += 1
-            self.state.seconds = seconds_before + time.time() - started
-            values = {name: float(terms[name].detach()) for name in ("total", *TERM_NAMES) if name in terms}
-            values.update({name: float(terms[name].detach()) for name in terms if name.startswith("mfc_")})
-            if image_stage:  # the same log columns as a full step's: the terms it does not compute blank
-                values = {name: values.get(name, "") for name in self._full_step_terms()}
-            progress.update(1)
-            progress.set_postfix({key: f"{value:.3g}" for key, value in values.items() if value != ""})
-            if self.state.iteration % config["log_every"] == 0 or self.state.iteration == total:
-                self._log({"iteration": self.state.iteration, "epoch": self.state.epoch,
-                           "lr": self.optimizer.param_groups[0]["lr"], **values, **self._last_gradient_norms,
-                           "elapsed_s": round(self.state.seconds, 2)})
-            if self.data.val_set is not None and (self.state.iteration % config["val_every"] == 0
-                                                  or self.state.iteration == total):
-                self._validate_and_keep_best()
-            if curve_every and (self.state.iteration % curve_every == 0 or self.state.iteration == total):
-                self.measure_curve()
-                self.context.barrier()
-            if gradient_norms:
-                self._last_gradient_norms.update(gradient_norms)
-            if self.state.iteration % config["checkpoint_every"] == 0 or self.state.iteration == end:
-                self._save_checkpoint()
+            curve_seconds = time.time() - measured
+        batches = self.data.training_batches(self.state)  # made ahead by data.workers without the cache
+        try:
+            while self.state.iteration < end:
+                step_started = time.time()
+                job, (clear, degraded, groups, _) = next(batches)
+                self._batch_wait += time.time() - step_started  # batch making, and its encoding
+                self.state.epoch, self.state.position = job.epoch, job.position
+                image_stage = self.state.iteration < config["image_stage_iterations"]
+                with self._autocast():
+                    terms = self.wrapped(clear, degraded, groups, image_stage=image_stage)
+                self.optimizer.zero_grad(set_to_none=True)
+                share_every = config["grad_share_every"]
+                gradient_norms = {}
+                if share_every and (self.state.iteration + 1) % share_every == 0 and not self.context.distributed:
+                    gradient_norms = self._gradient_norms(terms, trainable)
+                terms["total"].backward()
+                for parameter in trainable:  # as the release does, a NaN gradient is zeroed rather than applied
+                    if parameter.grad is not None:
+                        torch.nan_to_num_(parameter.grad, nan=0.0, posinf=0.0, neginf=0.0)
+                if config["grad_clip"]:
+                    torch.nn.utils.clip_grad_norm_(trainable, config["grad_clip"])
+                self.optimizer.step()
+                self.schedule.step()
+                self.state.iteration += 1
+                values = {name: float(terms[name].detach()) for name in ("total", *TERM_NAMES) if name in terms}
+                values.update({name: float(terms[name].detach()) for name in terms if name.startswith("mfc_")})
+                step_seconds.append(time.time() - step_started)  # float() above waited for the device
+                self.state.seconds = seconds_before + time.time() - started
+                if fit_minutes is not None and len(step_seconds) == FIT_PROBE[1]:
+                    total = self._fix_length(fit_minutes, step_seconds, curve_seconds)
+                    end = total if stop_after is None else min(total, stop_after)
+                    progress.total = total
+                    progress.refresh()
+                if image_stage:  # the same log columns as a full step's: the terms it does not compute blank
+                    values = {name: values.get(name, "") for name in self._full_step_terms()}
+                progress.update(1)
+                progress.set_postfix({key: f"{value:.3g}" for key, value in values.items() if value != ""})
+                if self.state.iteration % config["log_every"] == 0 or self.state.iteration == total:
+                    self._log({"iteration": self.state.iteration, "epoch": self.state.epoch,
+                               "lr": self.optimizer.param_groups[0]["lr"], **values, **self._last_gradient_norms,
+                               "elapsed_s": round(self.state.seconds, 2)})
+                if self.data.val_set is not None and (self.state.iteration % config["val_every"] == 0
+                                                      or self.state.iteration == total):
+                    self._validate_and_keep_best()
+                if curve_every and (self.state.iteration % curve_every == 0 or self.state.iteration == total):
+                    measured = time.time()
+                    self.measure_curve()
+                    self.context.barrier()
+                    curve_seconds = max(curve_seconds, time.time() - measured)
+                if gradient_norms:
+                    self._last_gradient_norms.update(gradient_norms)
+                if self.state.iteration % config["checkpoint_every"] == 0 or self.state.iteration == end:
+                    self.state.seconds = seconds_before + time.time() - started
+                    self._save_checkpoint()
+        finally:
+            batches.close()  # stops the loader's worker processes
         progress.close()
+        self.state.seconds = seconds_before + time.time() - started
         if self.state.iteration < total:
             return {"iterations": self.state.iteration}
         metrics = self._finish()
         self.close()
         return metrics
+
+    def _fix_length(self, fit_minutes: float, step_seconds: list[float], curve_seconds: float) -> int:
+        """Fix ``train.iterations`` for ``train.fit_minutes`` from the timed steps (:func:`fit_iterations`)
+        in the run's config and the schedule; returns it."""
+        config = self.config["train"]
+        per_step = float(np.median(step_seconds[FIT_PROBE[0]:]))
+        length = fit_iterations(60 * fit_minutes, self.state.seconds, self.state.iteration, per_step,
+                                self.config["curve"]["every"] if self.curve is not None else 0, curve_seconds)
+        length = min(self.context.all_gather(length))  # DDP ranks (their times differ a little) agree
+        config["iterations"] = length
+        self.run.save_config(self.config)  # later checkpoints carry it: a resumed run keeps the length
+        self.schedule.set_total(length)
+        self.state.fitted = True
+        if self.context.is_main:
+            tqdm.write(f"[robustprior] train.fit_minutes {fit_minutes:g}: {1000 * per_step:.1f} ms per step "
+                       f"(median of steps {FIT_PROBE[0] + 1}-{FIT_PROBE[1]}), {curve_seconds:.1f} s per curve "
+                       f"point: {length} iterations")
+        return length
 
     def _full_step_terms(self) -> list[str]:
         """The loss values a full training step logs (``total``, the weighted terms, Eq. 1's parts)."""
@@ -325,6 +414,7 @@ class RobustSAMTrainer:
             "iterations": self.state.iteration, "epochs": self.state.epoch, "seconds": round(self.state.seconds, 2),
             "world_size": self.context.world_size, "rank_weight_hashes": hashes, "ranks_agree": len(set(hashes)) == 1,
             "best_val_iou_robust": self.state.best_iou,
+            "batch_seconds": round(self._batch_wait, 2),  # of this invocation: batches made (or waited for), encoded
         }
         cache = self.data.cache
         if cache is not None:
