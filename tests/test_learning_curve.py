@@ -121,3 +121,20 @@ def test_evaluation_names_the_training_iteration_of_its_weights(tmp_path: Path) 
     assert weights_iteration(tmp_path / "final.safetensors") == 1200
     assert weights_iteration(tmp_path / "plain.safetensors") is None
     assert weights_iteration(tmp_path / "official.pth") is None and weights_iteration(None) is None
+
+
+def test_sweep_summary_tabulates_every_run_with_a_curve(tmp_path: Path) -> None:
+    from robustprior.training.robustsam.curve import CURVE_COLUMNS
+    from robustprior.training.robustsam.sweep import summarize
+
+    for name, gain in (("lr_0.001", 1.5), ("staged", -2.25)):
+        (tmp_path / name).mkdir()
+        with open(tmp_path / name / "curve.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, CURVE_COLUMNS)
+            writer.writeheader()
+            for iteration in (0, 40):
+                writer.writerow({column: 0.0 for column in CURVE_COLUMNS} | {"iteration": iteration, "gain_degrade": gain})
+    (tmp_path / "not_a_run").mkdir()
+    text = summarize(tmp_path)
+    assert "| lr_0.001 | 40 | +1.50 [+0.00, +0.00] |" in text and "| staged | 0 | -2.25" in text
+    assert "not_a_run" not in text and (tmp_path / "curves.png").is_file() and (tmp_path / "summary.md").read_text() == text
