@@ -136,8 +136,8 @@ SMALL = Sizes(
     priors_model="tiny", frame=(72, 128), gopro_frames=(1, 2, 1), sots_train=2, points_per_side=2, points_per_batch=16, prior_frames=1,
     training_models=("tiny",), scene_size=(96, 128), training_batch=1, training_steps=1, training_warmup=0,
     restoration_batch=2, crop=32, restoration_iterations=2, restoration_warmup=1, sots_size=(48, 64),
-    tile=64, network_overrides={"deblur": {"width": 8, "enc_blocks": [1, 1, 1, 1], "train_size": 32},
-                                "dehaze": {"width": 8, "enc_blocks": [1, 1, 1, 1], "middle_blocks": 1}},
+    tile=64, network_overrides={"deblur": {"width": 8, "enc_blk_nums": [1, 1, 1, 1], "train_size": 32},
+                                "dehaze": {"width": 8, "enc_blk_nums": [1, 1, 1, 1], "middle_blk_num": 1}},
     ddp_model="tiny", ddp_steps=2, correctness_size=64,
     # generous: on a CPU the budgets only exercise the mechanism (a shared CI machine can be several times slower)
     budgets={"table1": 60, "priors": 60, "training": 60, "restoration": 60, "ddp": 90, "correctness": 60},
@@ -456,7 +456,7 @@ def part_table1(check: Check) -> None:
 def _read_frames(root: Path, count: int) -> list[np.ndarray]:
     from restoration.paired_data import list_pairs, read_rgb
 
-    pairs = list_pairs("gopro", root, "test") + list_pairs("gopro", root, "train")
+    pairs = list_pairs("gopro", root / "test", root / "test") + list_pairs("gopro", root / "train", root / "train")
     return [read_rgb(lq) for lq, _ in pairs[:count]]
 
 
@@ -580,24 +580,28 @@ def part_training(check: Check) -> None:
 
 # ----------------------------------------------------------------------------- part 4: restoration
 def _restoration_options(check: Check, task: str, prior_settings: Mapping[str, Any]) -> dict[str, Any]:
-    from restoration.train import RECIPE_KEYS, load_options
+    from restoration.config import RECIPE_KEYS
+    from restoration.paired_data import locate_dataset
+    from restoration.train import load_options
 
     sizes = check.sizes
     option_file = REPO / "restoration" / "options" / ("deblur_gopro.yaml" if task == "deblur" else "dehaze_sots.yaml")
     options = {key: value for key, value in load_options(option_file).items() if key not in RECIPE_KEYS}
     options = copy.deepcopy(options)
+    datasets = options["datasets"]
     if task == "deblur":
         root = check.gopro_root()
-        options["datasets"]["train"].update(dataroot=str(root), split="train")
-        options["datasets"]["test"].update(dataroot=str(root), split="test")
+        datasets["train"].update(locate_dataset("gopro", root, split="train"))
+        datasets["val"].update(locate_dataset("gopro", root, split="test"))
     else:
         root = check.sots_root()
-        options["datasets"]["train"].update(dataroot=str(root / "train"), split=None)
-        options["datasets"]["test"].update(dataroot=str(root / "test"), split="outdoor")
-    options["datasets"]["train"].update(crop_size=sizes.crop, num_workers=0)
+        datasets["train"].update(locate_dataset("sots", root / "train"))
+        datasets["val"].update(locate_dataset("sots", root / "test", split="outdoor"))
+    datasets["train"].update(gt_size=sizes.crop, num_worker_per_gpu=0, batch_size_per_gpu=sizes.restoration_batch)
     options["network_g"].update(sizes.network_overrides.get(task, {}))
-    options["train"].update(total_iter=1_000_000, batch_size=sizes.restoration_batch, save_freq=None, log_freq=1)
-    options["val"].update(val_freq=None, save_images=False)
+    options["train"].update(total_iter=1_000_000)
+    options["logger"].update(save_checkpoint_freq=None, print_freq=1)
+    options["val"].update(val_freq=None, save_img=False)
     options["prior"].update(checkpoint="tiny", cache_dir=str(check.work / "restoration_prior_cache"),
                             points_per_side=sizes.points_per_side, **prior_settings)
     return options
@@ -776,6 +780,7 @@ def _max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def part_correctness(check: Check) -> None:
     from restoration.archs import build_network
+    from restoration.config import network_options as translated_network
     from restoration.train import load_options
     from robustprior.load import load_model
     from robustprior.predictor import RobustSAMPredictor
@@ -817,9 +822,10 @@ def part_correctness(check: Check) -> None:
 
         side = check.sizes.correctness_size
         for task, option_file in (("deblur", "deblur_gopro.yaml"), ("dehaze", "dehaze_sots.yaml")):
-            network_options = dict(load_options(REPO / "restoration" / "options" / option_file)["network_g"])
-            network_options.update(check.sizes.network_overrides.get(task, {}))
+            network_g = dict(load_options(REPO / "restoration" / "options" / option_file)["network_g"])
+            network_g.update(check.sizes.network_overrides.get(task, {}))
             torch.manual_seed(0)
+            network_options = translated_network(network_g)
             network = build_network(network_options).eval()
             generator = torch.Generator().manual_seed(4)
             lq = torch.rand(1, 3, side, side, generator=generator)

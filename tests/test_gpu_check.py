@@ -132,7 +132,7 @@ def test_full_scale_configs_pass_the_schemas(gpu_check, tmp_path: Path) -> None:
     check = gpu_check.Check("restoration", torch.device("cpu"), sizes, False, tmp_path, deadline=0.0)
     for task in ("deblur", "dehaze"):
         options = check_options(gpu_check._restoration_options(check, task, {"pred_iou_thresh": 0.5}))
-        assert options["train"]["batch_size"] == 32 and options["datasets"]["train"]["crop_size"] == 256
+        assert options["datasets"]["train"]["batch_size_per_gpu"] == 32 and options["datasets"]["train"]["gt_size"] == 256
         assert options["network_g"]["width"] == 32
     assert check_options(gpu_check._restoration_options(check, "deblur", {}))["network_g"]["enc_blocks"] == [1, 1, 1, 28]
     for model_type in gpu_check.FULL.training_models:

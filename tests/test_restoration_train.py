@@ -163,7 +163,7 @@ def test_a_stop_signal_checkpoints_the_step_and_resume_continues_exactly(
         uninterrupted: tuple[RestorationTrainer, Path], gopro_root: Path, tmp_path: Path) -> None:
     whole, cache_dir = uninterrupted
     options = tiny_options(gopro_root, cache_dir)
-    options["train"]["save_freq"] = 1000  # no checkpoint but the one the signal asks for
+    options.setdefault("logger", {})["save_checkpoint_freq"] = 1000  # no checkpoint but the one the signal asks for
     run_dir = tmp_path / "stopped"
     trainer = RestorationTrainer(options, run_dir, progress=False)
     step = trainer._step
