@@ -66,6 +66,15 @@ def verdict_of(interval: tuple[float, float] | list[float] | None) -> str:
     return "held" if low > 0 else "reversed" if high < 0 else "inconclusive"
 
 
+
+def _verdict_reason(verdict: str, confidence: float, no_interval: bool, no_interval_reason: str) -> str:
+    """Why a verdict is what it is, in one phrase (``no_interval_reason`` when there is no interval)."""
+    if no_interval:
+        return no_interval_reason
+    if verdict == "inconclusive":
+        return f"the {confidence:.0%} interval contains 0"
+    return f"the {confidence:.0%} interval lies {'above' if verdict == 'held' else 'below'} 0"
+
 def paired_seed_verdict(
     baseline: Mapping[int, Mapping[str, float]],
     candidate: Mapping[int, Mapping[str, float]],
@@ -113,12 +122,8 @@ def paired_seed_verdict(
     bootstrap = [float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))]
     verdict = verdict_of(interval)
     sd = float(means.std(ddof=1)) if len(seeds) >= 2 else None
-    if interval is None:
-        reason = "one training seed: seed-to-seed noise cannot be measured, so no interval and no claim"
-    elif verdict == "inconclusive":
-        reason = f"the {confidence:.0%} interval contains 0"
-    else:
-        reason = f"the {confidence:.0%} interval lies {'above' if verdict == 'held' else 'below'} 0"
+    reason = _verdict_reason(verdict, confidence, interval is None,
+                             "one training seed: seed-to-seed noise cannot be measured, so no interval and no claim")
     return {
         "seeds": seeds,
         "per_seed": per_seed,
@@ -173,12 +178,7 @@ def paired_image_verdict(
     draws = differences[rng.integers(len(images), size=(bootstrap_samples, len(images)))].mean(axis=1)
     tail = (1 - confidence) / 2
     verdict = verdict_of(interval)
-    if interval is None:
-        reason = "one test image: no interval and no claim"
-    elif verdict == "inconclusive":
-        reason = f"the {confidence:.0%} interval contains 0"
-    else:
-        reason = f"the {confidence:.0%} interval lies {'above' if verdict == 'held' else 'below'} 0"
+    reason = _verdict_reason(verdict, confidence, interval is None, "one test image: no interval and no claim")
     return {
         "images": len(images),
         "per_image": {name: float(value) for name, value in zip(images, differences)},
