@@ -1,7 +1,7 @@
 """robustprior: RobustSAM on segment-anything, and SAM/RobustSAM structure priors for restoration."""
 from __future__ import annotations
 
-__version__ = "0.2.0"
+__version__ = "0.4.0"
 
 _LAZY_EXPORTS = {
     "RobustSAMPrior": ".priors",
