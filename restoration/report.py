@@ -365,9 +365,17 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                      f"1-minute load average {load.get('start')} at the start, {load.get('end')} at the end); "
                      f"{setup.get('cpu_seconds', 0) / 60:.1f} CPU minutes in all, so about "
                      f"{setup.get('idle_two_core_estimate_seconds', 0) / 60:.1f} min on 2 otherwise idle cores "
-                     "(an estimate: CPU time / 2).")
+                     "(an estimate: CPU time / 2)" + _memory_words(setup.get("peak_memory_gb")) + ".")
     lines += ["", "![grid](grid.png)", ""]
     return "\n".join(lines)
+
+
+def _memory_words(peak: Mapping[str, float] | None) -> str:
+    """The report's peak-memory clause: the recipe process (data, priors, evaluation) and its largest job."""
+    if not peak:
+        return ""
+    return (f"; peak memory {peak['recipe']:.1f} GB in the recipe process (data, priors, evaluation), "
+            f"{peak['largest_job']:.1f} GB in its largest training job")
 
 
 def _grid_names(results: Mapping[str, Mapping[str, Any]], count: int) -> list[str]:

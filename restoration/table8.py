@@ -349,6 +349,13 @@ def build_parser(task: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _peak_rss_gb(who: int) -> float:
+    """Peak resident memory in GB of this process (``RUSAGE_SELF``) or of its largest finished child
+    (``RUSAGE_CHILDREN``); ``ru_maxrss`` is in KiB on Linux, bytes on macOS."""
+    peak = resource.getrusage(who).ru_maxrss
+    return round(peak / (1e9 if sys.platform == "darwin" else 1e9 / 1024), 2)
+
+
 def _load_average() -> float | None:
     """The 1-minute load average (None where the platform has none)."""
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
@@ -743,7 +750,9 @@ def _run_in_folder(task: str, args: argparse.Namespace, config: dict[str, Any], 
              "command": " ".join(sys.argv), "load_average": {"start": load_start, "end": _load_average()},
              "dropped_rows": dropped, "seeds": config["recipe"]["seeds"],
              "augment": {key: bool(reference["datasets"]["train"].get(key)) for key in ("use_flip", "use_rot")},
-             "amg_operating_point": operating_point}
+             "amg_operating_point": operating_point,
+             "peak_memory_gb": {"recipe": _peak_rss_gb(resource.RUSAGE_SELF),
+                                "largest_job": _peak_rss_gb(resource.RUSAGE_CHILDREN)}}
     paths = write_report(task, output, run_dirs, setup, quality, reliance, int(config["recipe"]["grid_images"]), swap)
     report = json.loads(paths["report.json"].read_text())
     print(format_table(report))
