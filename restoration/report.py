@@ -371,11 +371,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
 
 def _memory_words(peak: Mapping[str, float] | None) -> str:
-    """The report's peak-memory clause: the recipe process (data, priors, evaluation) and its largest job."""
+    """The report's peak-memory clause: the recipe process (data, priors, evaluation) and its largest child
+    process (a training job, or a forked data worker, which counts the pages it shares with the recipe)."""
     if not peak:
         return ""
     return (f"; peak memory {peak['recipe']:.1f} GB in the recipe process (data, priors, evaluation), "
-            f"{peak['largest_job']:.1f} GB in its largest training job")
+            f"{peak['largest_job']:.1f} GB in its largest child process (training jobs, data workers)")
 
 
 def _grid_names(results: Mapping[str, Mapping[str, Any]], count: int) -> list[str]:

@@ -22,5 +22,5 @@ def test_peak_memory_of_children_sees_a_child_holding_300_mb() -> None:
 def test_memory_clause_names_both_processes() -> None:
     words = _memory_words({"recipe": 4.41, "largest_job": 1.06})
     assert words == ("; peak memory 4.4 GB in the recipe process (data, priors, evaluation), "
-                     "1.1 GB in its largest training job")
+                     "1.1 GB in its largest child process (training jobs, data workers)")
     assert _memory_words(None) == ""
