@@ -38,10 +38,12 @@ def run_name(lr: float) -> str:
 
 def write_run_config(config_path: Path, lr: float, iterations: int, output: Path) -> Path:
     """The sweep's config for one learning rate (shared feature cache under ``output``)."""
-    config = yaml.safe_load(config_path.read_text())
+    from robustprior.training.config import read_config_file
+
+    config = read_config_file(config_path)
     if str(config["model"].get("checkpoint", "")).startswith("robustprior/"):
         config["model"]["checkpoint"] = str(PACKAGE_PARENT / config["model"]["checkpoint"])
-    config["train"].update(lr=lr, iterations=iterations)
+    config["train"].update(lr=lr, total_iter=iterations)
     config["feature_cache"] = {"enabled": True, "dir": str(output / "feature_cache")}
     path = output / "configs" / f"{run_name(lr)}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
