@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="training config (robustsam schema)")
     parser.add_argument("--fit-minutes", type=float,
                         help="minutes of training (default: the config's train.fit_minutes)")
-    parser.add_argument("--iterations", type=int, help="a fixed number of iterations instead of --fit-minutes")
+    parser.add_argument("--iterations", type=int, help="a fixed train.total_iter instead of --fit-minutes")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="training and evaluation device")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                         help="processes writing scenes and making batches (default: CPU count - 1)")

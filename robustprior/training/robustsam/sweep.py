@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="sweep folder (run folders, cache, figure)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="training YAML of every run")
     parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3])
-    parser.add_argument("--iterations", type=int, default=120)
+    parser.add_argument("--iterations", type=int, default=120, help="train.total_iter of every run")
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--summary-only", action="store_true", help="only redraw the figure and table")
     parser.add_argument("--ceiling", action="store_true", help="only measure the ceiling (see above)")

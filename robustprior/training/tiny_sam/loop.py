@@ -62,10 +62,10 @@ def train(config: Mapping[str, Any] | None, output: str | Path, resume: bool = F
     may be None (the run's own config), and one that differs from the run's is refused unless
     ``allow_config_change`` (:class:`~robustprior.training.run_folder.Run`). ``overwrite`` starts a
     finished or interrupted run again (its scene cache is kept). ``iterations`` overrides the
-    schedule length (resuming with a longer one restarts the cosine from where the longer schedule
-    stands); ``threads`` overrides ``config["threads"]`` (the process's torch thread count is restored
-    on return); ``device`` overrides ``config["device"]``: these three are command-line overrides,
-    allowed on resume and recorded. ``stop_after`` ends the run early at that iteration with a
+    schedule length, ``train.total_iter`` (resuming with a longer one restarts the cosine from where
+    the longer schedule stands); ``threads`` overrides ``config["threads"]`` (the process's torch
+    thread count is restored on return); ``device`` overrides ``config["device"]``: these three are
+    command-line overrides, allowed on resume and recorded. ``stop_after`` ends the run early at that iteration with a
     checkpoint (as an interruption would); ``export`` writes the weights and model card named in
     ``config["export"]`` after the final evaluation. ``workers`` processes generate the scenes and make
     the training batches; ``fit_minutes`` (a fresh run only) sets the schedule length at step 40 from
