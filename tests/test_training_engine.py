@@ -26,6 +26,7 @@ from robustprior.training import (REQUIRED, SCHEDULE_KINDS, CheckpointError, Con
                                   load_training_checkpoint, merge_config, migrate_config, read_run_config,
                                   resolve_device, restore_rng_state, save_training_checkpoint, setup_distributed,
                                   validate_config)
+from robustprior.training.config import apply_overrides
 from robustprior.training.checkpoints import CHECKPOINT_FOLDER
 from robustprior.training.run_folder import CONFIG_CHANGES_NAME, CONFIG_NAME, RUN_MARKER
 
@@ -171,6 +172,13 @@ def test_a_renamed_key_is_refused_in_one_line_naming_its_new_name() -> None:
             validate_config(values, RENAMED_SCHEMA, source="run.yaml")
         assert str(error.value) == f"run.yaml: {message}"
     assert validate_config({"total_iter": 5, "data": {"seed": 7}}, RENAMED_SCHEMA)["data"]["seed"] == 7
+    config = validate_config({"total_iter": 5}, RENAMED_SCHEMA)  # a dotted override (a command-line option)
+    for key, new in (("iterations", "total_iter"), ("optimizer.warmup", "train.warmup_iter"),
+                     ("optimizer.lr", "train.lr"), ("train.warmup", "train.warmup_iter")):
+        with pytest.raises(ConfigError) as error:
+            apply_overrides(config, {key: 1}, RENAMED_SCHEMA)
+        assert str(error.value) == f"command line: unknown key '{key}' (renamed: use '{new}')"
+    assert apply_overrides(config, {"train.warmup_iter": 1}, RENAMED_SCHEMA)["train"]["warmup_iter"] == 1
 
 
 def test_migrate_config_renames_the_earlier_keys_at_every_depth_and_only_them() -> None:

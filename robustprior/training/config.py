@@ -30,9 +30,10 @@ it out and :func:`validate_config` lists every such key present in one :class:`U
 Renamed keys. ``Section(former={"seed": "manual_seed"})`` names a key's earlier name within the same
 section. One behaviour for each reader:
 
-* a config a user gives (:func:`validate_config`, :func:`load_config`) with the earlier name is
-  refused: ``unknown key 'seed' (renamed: use 'manual_seed')``, one line per such key (the
-  project has one vocabulary; the shipped configs use the names of now);
+* a config a user gives (:func:`validate_config`, :func:`load_config`, a dotted override of
+  :func:`apply_overrides`) with the earlier name is refused: ``unknown key 'seed' (renamed: use
+  'manual_seed')``, one line per such key (the project has one vocabulary; the shipped configs use
+  the names of now);
 * a run's own saved config (``config.yaml`` of a run folder, the config a training checkpoint
   carries) written before the rename is migrated when it is read (:func:`migrate_config`, applied
   by :func:`validate_saved_config`): every earlier name becomes its name of now, so a run folder of
@@ -176,6 +177,24 @@ def _all_paths(section: Section, prefix: str = "") -> list[str]:
         paths.append(path)
         if isinstance(entry, Section):
             paths += _all_paths(entry, path + ".")
+    return paths
+
+
+def _former_paths(section: Section, prefixes: tuple[str, ...] = ("",), new_prefix: str = "") -> dict[str, str]:
+    """``{earlier dotted key: dotted key now}`` for every ``Section.former`` entry, and for every key
+    of a renamed section given under the section's earlier name (``optimizer.lr`` -> ``train.lr``)."""
+    former = section.former or {}
+    paths = {f"{prefix}{old}": f"{new_prefix}{new}" for prefix in prefixes for old, new in former.items()}
+    earlier = {new: old for old, new in former.items()}
+    for name, entry in section.entries():
+        if not isinstance(entry, Section):
+            continue
+        if name in earlier:
+            paths |= {f"{prefix}{earlier[name]}.{path}": f"{new_prefix}{name}.{path}"
+                      for prefix in prefixes for path in _all_paths(entry)}
+        names = (name, earlier[name]) if name in earlier else (name,)
+        paths |= _former_paths(entry, tuple(f"{prefix}{n}." for prefix in prefixes for n in names),
+                               f"{new_prefix}{name}.")
     return paths
 
 
@@ -454,7 +473,10 @@ def apply_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any], sch
     """``config`` with dotted-key values replaced (``{"train.total_iter": 4}``), validated again."""
     updated = copy.deepcopy(dict(config))
     known = set(_all_paths(as_section(schema)))
+    former = _former_paths(as_section(schema))
     for key, value in overrides.items():
+        if key in former:
+            raise ConfigError(f"{source}: unknown key '{key}' (renamed: use '{former[key]}')")
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             raise ConfigError(f"{source}: unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
