@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from robustprior.training.config import validate_config  # noqa: E402
+from robustprior.training.config import read_config_file, validate_config  # noqa: E402
 from robustprior.training.distributed import DistributedContext  # noqa: E402
 from robustprior.training.robustsam import SCHEMA, TrainingData, TrainingState, load_base_model  # noqa: E402
 from robustprior.training.robustsam.loader import BatchJob, BatchLoader, prepare_batch  # noqa: E402
@@ -37,7 +36,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="also time this many worker processes")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "robustprior_bench_batches")
     arguments = parser.parse_args()
-    config = yaml.safe_load(arguments.config.read_text())
+    config = read_config_file(arguments.config)
     config["device"] = "cpu"
     config["model"]["checkpoint"] = None  # the batches do not depend on the weights
     config["data"]["train"] = {"format": "scenes", "n_images": arguments.scenes, "seed": 0,

@@ -32,13 +32,13 @@ def run(model_type: str, iterations: int, batch_size: int, cached: bool, work: P
 
     output = work / ("cached" if cached else "uncached")
     config = {
-        "seed": 0, "device": "cpu",
+        "manual_seed": 0, "device": "cpu",
         "model": {"type": model_type, "checkpoint": None},
         "data": {"train": {"format": "scenes", "n_images": 4, "seed": 5, "root": str(work / "scenes")}, "val": None,
                  "min_area": 64, "instances_per_image": 1},
         "degradations": {"variants_per_image": 1},
         "feature_cache": {"enabled": cached, "dir": str(work / "feature_cache")},
-        "train": {"iterations": 2 + iterations, "batch_size": batch_size, "log_every": 1, "checkpoint_every": 10_000},
+        "train": {"total_iter": 2 + iterations, "batch_size_per_gpu": batch_size, "log_every": 1, "checkpoint_every": 10_000},
     }
     trainer = RobustSAMTrainer(config, output)
     if cached:

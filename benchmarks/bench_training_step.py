@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -34,9 +33,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    from robustprior.training.config import read_config_file
     from robustprior.training.robustsam import RobustSAMTrainer
 
-    config = yaml.safe_load((REPO_ROOT / "robustprior" / "configs" / "robustsam_tiny_curve.yaml").read_text())
+    config = read_config_file(REPO_ROOT / "robustprior" / "configs" / "robustsam_tiny_curve.yaml")
     work = Path(tempfile.mkdtemp(prefix="robustprior_bench_step_"))
     config["model"]["checkpoint"] = str(REPO_ROOT / config["model"]["checkpoint"])
     config["data"]["train"] = {"format": "scenes", "n_images": 8, "seed": 0, "root": str(work / "scenes")}
@@ -44,7 +44,7 @@ def main() -> None:
     config["feature_cache"] = {"enabled": True, "dir": str(work / "cache")}
     config["curve"]["every"] = 0
     total = 2 + 2 * args.rounds * args.steps
-    config["train"].update(iterations=total + 1, checkpoint_every=10 * total, log_every=10 * total, cpu_amp=False)
+    config["train"].update(total_iter=total + 1, checkpoint_every=10 * total, log_every=10 * total, cpu_amp=False)
     try:
         trainer = RobustSAMTrainer(config, work / "run")
         trainer.fill_cache(progress=False)

@@ -365,7 +365,7 @@ class Check:
         """A robust-trainer config (robustprior.training.robustsam.config.SCHEMA) on generated scenes."""
         height, width = self.sizes.scene_size
         return {
-            "seed": 0, "device": "cuda" if self.cuda else "cpu",
+            "manual_seed": 0, "device": "cuda" if self.cuda else "cpu",
             "model": {"type": model_type, "checkpoint": str(checkpoint)},
             "data": {"train": {"format": "scenes", "n_images": max(4, 2 * batch_size), "seed": 5,
                                "root": str(self.work / "data" / f"scenes_{height}x{width}"),
@@ -373,7 +373,7 @@ class Check:
                      "val": None, "min_area": 64, "instances_per_image": 1},
             "degradations": {"variants_per_image": 1},
             "feature_cache": {"enabled": cached, "dir": str(self.work / f"feature_cache_{model_type}")},
-            "train": {"iterations": iterations, "batch_size": batch_size, "log_every": 1,
+            "train": {"total_iter": iterations, "batch_size_per_gpu": batch_size, "log_every": 1,
                       "checkpoint_every": 1_000_000, "val_every": 1_000_000, "amp": True},
         }
 

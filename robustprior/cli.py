@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--allow-config-change", action="store_true",
                        help="with --resume and a config: continue with a config that differs from the run's "
                             "(recorded in OUTPUT/config_changes.yaml)")
-    train.add_argument("--iterations", type=int, default=None, help="override train.iterations (also on --resume)")
+    train.add_argument("--iterations", type=int, default=None, help="override train.total_iter (also on --resume)")
     train.set_defaults(handler=command_train)
 
     cache = commands.add_parser("cache", help="precompute the encoder feature cache of a training config")

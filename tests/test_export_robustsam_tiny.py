@@ -81,6 +81,15 @@ def test_export_writes_float16_weights_and_card(finished_run: Path, tmp_path: Pa
                                        amg_settings=settings)
     assert_float16_copy(finished_run / "final.safetensors", final_weights)
     assert "the final iteration" in final_card.read_text()
+    # a run saved with the key names of 0.4.0 (seed, train.iterations / batch_size / warmup): the same card
+    text = (finished_run / "config.yaml").read_text()
+    for now, then in (("manual_seed:", "seed:"), ("  total_iter:", "  iterations:"),
+                      ("  batch_size_per_gpu:", "  batch_size:"), ("  warmup_iter:", "  warmup:")):
+        assert now in text
+        text = text.replace(now, then)
+    (finished_run / "config.yaml").write_text(text)
+    old_card = export(finished_run, tmp_path / "old" / "final.safetensors", which="final", amg_settings=settings)[1]
+    assert old_card.read_text() == final_card.read_text()
 
 
 def test_export_refuses_unfinished_run_and_missing_report(finished_run: Path, tmp_path: Path) -> None:

@@ -66,13 +66,13 @@ def test_curve_scores_are_the_evaluations_and_a_sam_started_robust_path_gains_no
 
 def test_training_draws_the_curve_and_the_image_stage_trains_only_the_per_image_amfgs(tmp_path: Path) -> None:
     config = {
-        "seed": 3, "device": "cpu",
+        "manual_seed": 3, "device": "cpu",
         "model": {"type": "tiny", "checkpoint": str(_base(tmp_path)), "robust_init": "sam"},
         "data": {"train": {"format": "scenes", "n_images": 4, "seed": 11, "root": str(tmp_path / "train")},
                  "val": None, "min_area": 64, "instances_per_image": 2},
         "degradations": {"kinds": ["identity", "gauss_noise"], "variants_per_image": 1},
         "feature_cache": {"enabled": True, "dir": str(tmp_path / "cache")},
-        "train": {"iterations": 3, "batch_size": 2, "lr": 1e-3, "log_every": 1, "checkpoint_every": 10,
+        "train": {"total_iter": 3, "batch_size_per_gpu": 2, "lr": 1e-3, "log_every": 1, "checkpoint_every": 10,
                   "image_stage_iterations": 2},
         "curve": _spec(tmp_path),
     }

@@ -98,12 +98,12 @@ def test_every_config_kind_names_the_closest_key(kind: str, tmp_path: Path) -> N
                                 "total_itr", load_options_file, "train.total_iter"),
         "recipe config": (REPO_ROOT / "restoration" / "options" / "dehaze_default.yaml", "grid_images", "grid_image",
                           lambda path: load_recipe_config("dehaze", path), "recipe.grid_images"),
-        "RobustSAM training": (REPO_ROOT / "robustprior" / "configs" / "robustsam_tiny.yaml", "seed", "sed",
-                               load_robustsam_config, "seed"),
+        "RobustSAM training": (REPO_ROOT / "robustprior" / "configs" / "robustsam_tiny.yaml", "manual_seed",
+                               "manual_sed", load_robustsam_config, "manual_seed"),
         "RobustSAM ablation": (REPO_ROOT / "robustprior" / "configs" / "robustsam_tiny_ablation.yaml", "ablation_sets",
                                "ablation_set", lambda path: load_config(path, ABLATION_SCHEMA), "evaluation.ablation_sets"),
-        "tiny-SAM training": (REPO_ROOT / "robustprior" / "configs" / "tiny_sam.yaml", "seed", "sed",
-                              load_tiny_sam_config, "seed"),
+        "tiny-SAM training": (REPO_ROOT / "robustprior" / "configs" / "tiny_sam.yaml", "manual_seed", "manual_sed",
+                              load_tiny_sam_config, "manual_seed"),
         "segmentation evaluation": (REPO_ROOT / "robustprior" / "configs" / "eval_tiny.yaml", "severity", "severty",
                                     load_eval_config, "eval.severity"),
     }
@@ -114,6 +114,52 @@ def test_every_config_kind_names_the_closest_key(kind: str, tmp_path: Path) -> N
 
 
 # ----------------------------------------------------------------------------- BasicSR's vocabulary
+def _schema_paths(section: Section, prefix: str = "") -> set[str]:
+    paths = set()
+    for name, entry in section.entries():
+        if not isinstance(entry, Ignored):
+            paths.add(prefix + name)
+            if isinstance(entry, Section):
+                paths |= _schema_paths(entry, f"{prefix}{name}.")
+    return paths
+
+
+def test_the_sam_training_configs_use_basicsrs_names_and_refuse_their_earlier_ones() -> None:
+    """The RobustSAM and tiny-SAM trainers (and the ablation) name the run's seed and length as BasicSR
+    does; each earlier name is refused in one line naming the new key."""
+    from robustprior.training.robustsam.ablation import ABLATION_SCHEMA
+    from robustprior.training.robustsam.config import SCHEMA as ROBUSTSAM
+    from robustprior.training.tiny_sam.config import SCHEMA as TINY_SAM
+
+    ablation = {"base": "b.yaml", "variants": {},
+                "evaluation": {"sets": {}, "reference_sizes": {}, "ablation_sets": [], "ablation_scales": []}}
+    for schema, valid, basicsr, earlier in (
+            (ROBUSTSAM, {"data": {"train": {"format": "scenes", "n_images": 1, "seed": 0}}},
+             {"manual_seed", "train.total_iter", "train.warmup_iter", "train.batch_size_per_gpu"},
+             {"seed": "manual_seed", "train.iterations": "train.total_iter", "train.warmup": "train.warmup_iter",
+              "train.batch_size": "train.batch_size_per_gpu"}),
+            (TINY_SAM, {"batch": {"prompt_mix": {"box": 1.0}}},
+             {"manual_seed", "train.total_iter", "train.warmup_iter"},
+             {"seed": "manual_seed", "optimizer": "train"}),
+            (ABLATION_SCHEMA, ablation, {"total_iter"}, {"iterations": "total_iter"})):
+        paths = _schema_paths(schema)
+        assert basicsr <= paths and not set(earlier) & paths
+        assert not any(path.rsplit(".", 1)[-1] in ("iterations", "warmup_iterations") for path in paths)
+        validate_config({**valid, "total_iter": 1} if schema is ABLATION_SCHEMA else valid, schema)
+        for old, new in earlier.items():
+            *parents, leaf = old.split(".")
+            values = json.loads(json.dumps(valid))
+            target = values
+            for parent in parents:
+                target = target.setdefault(parent, {})
+            target[leaf] = 1
+            with pytest.raises(ConfigError) as error:
+                validate_config(values, schema, source="c.yaml")
+            message = str(error.value)
+            assert "\n" not in message, message
+            assert message.startswith(f"c.yaml: unknown key '{old}' (renamed: use '{new}'"), message
+
+
 def test_nafnet_and_sam_deblur_network_names_translate() -> None:
     assert network_options({"type": "SegNAFNetLocal", "width": 32, "seg_channel": 2, "enc_blk_nums": [1, 28],
                             "middle_blk_num": 1, "dec_blk_nums": [1, 1]}) == {

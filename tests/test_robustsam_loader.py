@@ -24,14 +24,14 @@ KINDS = ["identity", "gauss_noise", "motion_blur", "fog"]
 
 def _config(tmp_path: Path, **train) -> dict:
     return validate_config({
-        "seed": 3, "device": "cpu",
+        "manual_seed": 3, "device": "cpu",
         "model": {"type": "tiny", "checkpoint": None},
         "data": {"train": {"format": "scenes", "n_images": 5, "seed": 11, "root": str(tmp_path / "scenes")},
                  "prompt": "mixed", "prompt_mix": {"points": 2, "box": 1, "single_point": 1},
                  "min_area": 64, "workers": 1},
         "degradations": {"kinds": KINDS, "variants_per_image": 1000},
         "feature_cache": {"enabled": False},
-        "train": {"iterations": 4, "batch_size": 2, "prompts_per_image": 2, "lr": 1e-3, "log_every": 1,
+        "train": {"total_iter": 4, "batch_size_per_gpu": 2, "prompts_per_image": 2, "lr": 1e-3, "log_every": 1,
                   "checkpoint_every": 2, **train},
     }, SCHEMA)
 
@@ -156,16 +156,16 @@ def test_fit_minutes_fixes_the_length_in_the_config_and_resume_keeps_it(tmp_path
         return 3
 
     monkeypatch.setattr(trainer_module, "fit_iterations", fitted)
-    config = _config(tmp_path, iterations=1000, fit_minutes=0.5, schedule="cosine")
+    config = _config(tmp_path, total_iter=1000, fit_minutes=0.5, schedule="cosine")
     with pytest.raises(ConfigError, match="fit_minutes or an iteration count"):
         RobustSAMTrainer(config, tmp_path / "both", iterations=7)
     trainer = RobustSAMTrainer(config, tmp_path / "run")
     assert trainer.train(stop_after=2) == {"iterations": 2}
     trainer.close()
     assert len(calls) == 1 and calls[0][0] == 30.0 and calls[0][2] == 2 and calls[0][3] > 0 and calls[0][1] > 0
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["iterations"] == 3
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["total_iter"] == 3
     checkpoint = load_training_checkpoint(tmp_path / "run")
-    assert checkpoint.iteration == 2 and checkpoint.state["config"]["train"]["iterations"] == 3
+    assert checkpoint.iteration == 2 and checkpoint.state["config"]["train"]["total_iter"] == 3
     assert checkpoint.state["training"]["fitted"] and checkpoint.state["schedule"]["total_iterations"] == 3
     # resuming with the YAML the run started from: the fitted length, no new fit, no config change
     resumed = RobustSAMTrainer(config, tmp_path / "run", resume=True)

@@ -2,6 +2,7 @@
 a few iterations, atomic checkpoints, exact resume."""
 from __future__ import annotations
 
+import copy
 import csv
 import importlib
 import json
@@ -14,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from robustprior.io.atomic import is_temporary
 from robustprior.data.scenes import TextureBank, derive_seed, generate_scene
-from robustprior.training import load_training_checkpoint
+from robustprior.training import load_training_checkpoint, save_training_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,9 +41,23 @@ def small_config(recipe: ModuleType) -> dict:
     config = recipe.load_config(REPO_ROOT / "robustprior" / "configs" / "tiny_sam.yaml")
     config["data"].update(train_scenes=4, test_scenes=1, quick_eval_scenes=1)
     config["batch"].update(images=2, prompts_per_image=2)
-    config["optimizer"].update(iterations=3, warmup_iterations=1)
+    config["train"].update(total_iter=3, warmup_iter=1)
     config["logging"].update(quick_eval_every=1000, log_every=1)
     return config
+
+
+def as_a_run_of_0_4(run: Path) -> dict:
+    """Rewrite the run's config.yaml and its checkpoint's config with the key names of robustprior 0.4.0
+    (``seed``, ``optimizer.iterations``, ``optimizer.warmup_iterations``); returns that config."""
+    checkpoint = load_training_checkpoint(run)
+    old = copy.deepcopy(checkpoint.state["config"])
+    old["seed"] = old.pop("manual_seed")
+    train = old.pop("train")
+    train["iterations"], train["warmup_iterations"] = train.pop("total_iter"), train.pop("warmup_iter")
+    old["optimizer"] = train
+    (run / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    save_training_checkpoint(run, checkpoint.iteration, checkpoint.weights, {**checkpoint.state, "config": old})
+    return old
 
 
 def loss_at(output: Path, iteration: int) -> float:
@@ -77,8 +93,11 @@ def test_train_checkpoint_and_exact_resume(recipe: ModuleType, small_config: dic
     assert load_training_checkpoint(interrupted).iteration == 2
     assert not temporary_files(interrupted), "an interrupted write must leave no temporary file"
 
+    as_a_run_of_0_4(interrupted)  # saved before BasicSR's names: resumes with the same values, no config change
     resumed = recipe.train(small_config, interrupted, resume=True, export=False)
-    assert resumed["iteration"] == 3
+    assert resumed["iteration"] == 3 and not (interrupted / "config_changes.yaml").exists()
+    rewritten = yaml.safe_load((interrupted / "config.yaml").read_text())
+    assert rewritten["manual_seed"] == 0 and rewritten["train"]["total_iter"] == 3 and "optimizer" not in rewritten
     assert loss_at(interrupted, 1) == loss_at(tmp_path / "full", 1)
     assert loss_at(interrupted, 3) == pytest.approx(loss_at(tmp_path / "full", 3), rel=1e-6)
 
@@ -119,6 +138,7 @@ def test_extended_schedule_history_and_export_of_finished_run(recipe: ModuleType
         {"start_iteration": 0, "schedule_iterations": 3, "threads": small_config["threads"], "device": "cpu"},
         {"start_iteration": 2, "schedule_iterations": 4, "threads": 1, "device": "cpu"},
     ]
+    as_a_run_of_0_4(run)  # a run finished before BasicSR's names exports as well
     recipe.export_finished_run(run, reevaluate=True)
     metrics = json.loads((run / "metrics.json").read_text())["metrics"]
     scene = generate_scene(derive_seed(small_config["data"]["test_seed"], 0), textures=TextureBank.load(None))
@@ -170,12 +190,12 @@ def test_fitted_iterations_closed_form(recipe: ModuleType) -> None:
 
 def test_fit_minutes_fixes_and_records_the_schedule(recipe: ModuleType, small_config: dict, tmp_path: Path) -> None:
     small_config["batch"].update(images=1, prompts_per_image=1)
-    small_config["optimizer"].update(iterations=10_000, warmup_iterations=50)
+    small_config["train"].update(total_iter=10_000, warmup_iter=50)
     result = recipe.train(small_config, tmp_path / "run", fit_minutes=0.02, export=False,
                           config_path="robustprior/configs/tiny_sam.yaml")
     state = load_training_checkpoint(tmp_path / "run").state
     entry = state["config"]["history"][-1]
-    assert result["iteration"] == entry["schedule_iterations"] == state["config"]["optimizer"]["iterations"]
+    assert result["iteration"] == entry["schedule_iterations"] == state["config"]["train"]["total_iter"]
     assert recipe.FIT_PROBE[1] < result["iteration"] < 10_000  # set from the timed steps, not the config's
     assert entry["config"] == "robustprior/configs/tiny_sam.yaml"
     with pytest.raises(ValueError, match="fresh run"):
@@ -290,8 +310,8 @@ def test_resume_with_another_config_is_refused_before_any_work(recipe: ModuleTyp
     run = tmp_path / "run"
     recipe.train(small_config, run, stop_after=1, export=False)
     config_yaml = (run / "config.yaml").read_text()
-    changed = {**small_config, "seed": 7, "optimizer": {**small_config["optimizer"], "lr": 0.01}}
-    with pytest.raises(ConfigChangeError, match=r"seed: 0 -> 7\n  optimizer.lr: 0.0008 -> 0.01\n"):
+    changed = {**small_config, "manual_seed": 7, "train": {**small_config["train"], "lr": 0.01}}
+    with pytest.raises(ConfigChangeError, match=r"manual_seed: 0 -> 7\n  train.lr: 0.0008 -> 0.01\n"):
         recipe.train(changed, run, resume=True, export=False)
     assert (run / "config.yaml").read_text() == config_yaml
     assert load_training_checkpoint(run).iteration == 1
@@ -306,12 +326,15 @@ def test_command_line_errors_are_messages_not_tracebacks(tmp_path: Path, capsys:
     text = (REPO_ROOT / "robustprior" / "configs" / "tiny_sam.yaml").read_text()
     bad = {"typo.yaml": text.replace("  weight_decay: 0.05", "  weight_decy: 0.05"),
            "zero.yaml": text.replace("  log_every: 10", "  log_every: 0").replace("  images: 4", "  images: 0"),
-           "tpu.yaml": text.replace("threads: 1 ", "device: tpu\nthreads: 1 ")}
+           "tpu.yaml": text.replace("threads: 1 ", "device: tpu\nthreads: 1 "),
+           "old.yaml": text.replace("manual_seed: 0", "seed: 0")}
     for name, content in bad.items():
         (tmp_path / name).write_text(content)
     cases = [
         (["--config", str(tmp_path / "typo.yaml"), "--output", str(tmp_path / "a")],
-         "unknown key 'optimizer.weight_decy' (did you mean 'optimizer.weight_decay'?)"),
+         "unknown key 'train.weight_decy' (did you mean 'train.weight_decay'?)"),
+        (["--config", str(tmp_path / "old.yaml"), "--output", str(tmp_path / "a")],
+         "unknown key 'seed' (renamed: use 'manual_seed')"),
         (["--config", str(tmp_path / "zero.yaml"), "--output", str(tmp_path / "a")],
          "'batch.images' must be >= 1, got 0"),
         (["--config", str(tmp_path / "tpu.yaml"), "--output", str(tmp_path / "a")],

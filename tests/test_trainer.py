@@ -2,6 +2,7 @@
 agree, outputs are protected; each run-safety defect of issue 14 as it applies to this trainer."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -17,7 +18,7 @@ from test_training_engine import _PlantedCode, logged_iterations
 
 from robustprior.io.hub import file_sha256
 from robustprior.training import (CheckpointError, ConfigError, LearningRateSchedule, load_training_checkpoint,
-                                  merge_config)
+                                  merge_config, save_training_checkpoint)
 from robustprior.training.checkpoints import CHECKPOINT_FOLDER
 from robustprior.training.robustsam import RobustSAMTrainer, fill_feature_cache, load_config, schedule_spec
 
@@ -26,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def _config(tmp_path: Path, iterations: int, **train) -> dict:
     return {
-        "seed": 3,
+        "manual_seed": 3,
         "device": "cpu",
         "model": {"type": "tiny", "checkpoint": None},
         "data": {"train": {"format": "scenes", "n_images": 6, "seed": 11, "root": str(tmp_path / "scenes_train")},
@@ -34,7 +35,7 @@ def _config(tmp_path: Path, iterations: int, **train) -> dict:
                  "min_area": 64, "instances_per_image": 2},
         "degradations": {"kinds": ["identity", "gauss_noise", "motion_blur", "fog"], "variants_per_image": 2},
         "feature_cache": {"enabled": True, "dir": str(tmp_path / "feature_cache")},
-        "train": {"iterations": iterations, "batch_size": 2, "lr": 1e-3, "log_every": 1, "val_every": 1000,
+        "train": {"total_iter": iterations, "batch_size_per_gpu": 2, "lr": 1e-3, "log_every": 1, "val_every": 1000,
                   "checkpoint_every": 2, **train},
     }
 
@@ -79,9 +80,56 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     rows = (tmp_path / "interrupted" / "log.csv").read_text().strip().splitlines()
     assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3", "4"]
     changes = yaml.safe_load((tmp_path / "interrupted" / "config_changes.yaml").read_text())
-    assert changes[0]["changes"] == {"train.iterations": {"from": 2, "to": 4}}
+    assert changes[0]["changes"] == {"train.total_iter": {"from": 2, "to": 4}}
     checkpoint = load_training_checkpoint(tmp_path / "interrupted")
     assert checkpoint.iteration == 4 and set(checkpoint.weights) == set(resumed.model.robust.state_dict())
+
+
+def _with_the_names_of_0_4(config: dict) -> dict:
+    """``config`` as robustprior 0.4.0 wrote it: ``seed``, ``train.iterations`` / ``warmup`` / ``batch_size``."""
+    old = copy.deepcopy(config)
+    old["seed"] = old.pop("manual_seed")
+    for now, then in (("total_iter", "iterations"), ("warmup_iter", "warmup"), ("batch_size_per_gpu", "batch_size")):
+        if now in old["train"]:
+            old["train"][then] = old["train"].pop(now)
+    return old
+
+
+def test_a_run_saved_with_the_earlier_key_names_resumes_exactly(tmp_path: Path, capsys) -> None:
+    """A run folder of 0.4.0 (config.yaml and its checkpoint's config with ``seed``, ``train.iterations``,
+    ...) resumes with ``--resume --iterations`` to the same weights as an uninterrupted run of the same
+    values; its config.yaml is rewritten with BasicSR's names. A config *given* with the earlier names
+    is refused, each earlier key on one line naming the new one, and nothing in the run changes."""
+    config = _two_scenes(_config(tmp_path, 2), tmp_path)
+    straight = RobustSAMTrainer(config, tmp_path / "straight")
+    straight.train()
+    run = tmp_path / "old"
+    RobustSAMTrainer(merge_config(config, {"train": {"total_iter": 1}}), run).train()
+    checkpoint = load_training_checkpoint(run)
+    old = _with_the_names_of_0_4(yaml.safe_load((run / "config.yaml").read_text()))
+    (run / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    save_training_checkpoint(run, checkpoint.iteration, checkpoint.weights,
+                             {**checkpoint.state, "config": _with_the_names_of_0_4(checkpoint.state["config"])})
+
+    status, error = _cli(["train", str(_write(tmp_path / "old.yaml", old)), "--output", str(run), "--resume"], capsys)
+    assert status == 2 and "Traceback" not in error
+    for line in ("unknown key 'seed' (renamed: use 'manual_seed')",
+                 "unknown key 'train.iterations' (renamed: use 'train.total_iter')",
+                 "unknown key 'train.warmup' (renamed: use 'train.warmup_iter')",
+                 "unknown key 'train.batch_size' (renamed: use 'train.batch_size_per_gpu')"):
+        assert f"\n  {line}\n" in error + "\n", error
+    assert yaml.safe_load((run / "config.yaml").read_text()) == old  # refused before the run was touched
+
+    resumed = RobustSAMTrainer(None, run, resume=True, iterations=2)
+    assert resumed.state.iteration == 1 and resumed.config == straight.config
+    resumed.train()
+    assert resumed.robust_state_hash() == straight.robust_state_hash()
+    rewritten = yaml.safe_load((run / "config.yaml").read_text())
+    assert rewritten["manual_seed"] == 3 and rewritten["train"]["total_iter"] == 2 and "seed" not in rewritten
+    assert not {"iterations", "warmup", "batch_size"} & set(rewritten["train"])
+    assert load_training_checkpoint(run).state["config"] == rewritten
+    changes = yaml.safe_load((run / "config_changes.yaml").read_text())
+    assert [entry["changes"] for entry in changes] == [{"train.total_iter": {"from": 1, "to": 2}}]
 
 
 def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
@@ -151,7 +199,7 @@ def test_cache_command_encodes_every_variant_once(tmp_path: Path, capsys) -> Non
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["feature_cache"]["misses"] == 0 and metrics["feature_cache"]["dir"].startswith(str(run))
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    other = _write(tmp_path / "other.yaml", merge_config(config, {"seed": 4}))
+    other = _write(tmp_path / "other.yaml", merge_config(config, {"manual_seed": 4}))
     assert main(["cache", str(other), "--output", str(run)]) == 0  # a finished run: its config stays
     assert yaml.safe_load((run / "config.yaml").read_text()) == saved
 
@@ -246,7 +294,7 @@ def test_paper_consistency_step_against_a_hand_computation() -> None:
 
 
 def test_images_with_several_prompts_are_encoded_once(tmp_path: Path) -> None:
-    config = _without_validation(_config(tmp_path, 2, batch_size=2, prompts_per_image=3, grad_share_every=1))
+    config = _without_validation(_config(tmp_path, 2, batch_size_per_gpu=2, prompts_per_image=3, grad_share_every=1))
     config["data"]["instances_per_image"] = None
     config["data"]["min_area"] = 1
     config["data"].update(prompt="mixed", prompt_mix={"points": 1, "box": 1, "single_point": 1})
@@ -275,9 +323,9 @@ def test_shipped_configs_and_ablation_variants_validate(tmp_path: Path) -> None:
 
     shipped = REPO_ROOT / "robustprior" / "configs" / "robustsam_tiny.yaml"
     config = load_config(shipped)
-    assert config["train"]["iterations"] == yaml.safe_load(shipped.read_text())["train"]["iterations"]
+    assert config["train"]["total_iter"] == yaml.safe_load(shipped.read_text())["train"]["total_iter"]
     bundled = load_config(REPO_ROOT / "robustprior" / "configs" / "robustsam_tiny_bundled.yaml")  # the bundle's recipe
-    assert (bundled["train"]["consistency"], bundled["data"]["train"]["n_images"], bundled["train"]["iterations"]) == (
+    assert (bundled["train"]["consistency"], bundled["data"]["train"]["n_images"], bundled["train"]["total_iter"]) == (
         "release", 320, 1200)
     assert bundled["degradations"]["reference_size"] is None and bundled["train"]["loss_weights"]["distill"] == 0
     ablation = yaml.safe_load((REPO_ROOT / "robustprior" / "configs" / "robustsam_tiny_ablation.yaml").read_text())
@@ -289,8 +337,8 @@ def test_shipped_configs_and_ablation_variants_validate(tmp_path: Path) -> None:
                                           r"'train.consistency'\?\)"):
         variant_configs(ablation, None)
     text = shipped.read_text()
-    _write(tmp_path / "typo.yaml", yaml.safe_load(text.replace("  iterations: 3000", "  iteratons: 2")))
-    with pytest.raises(ConfigError, match=r"unknown key 'train.iteratons' \(did you mean 'train.iterations'\?\)"):
+    _write(tmp_path / "typo.yaml", yaml.safe_load(text.replace("  total_iter: 3000", "  total_itr: 2")))
+    with pytest.raises(ConfigError, match=r"unknown key 'train.total_itr' \(did you mean 'train.total_iter'\?\)"):
         load_config(tmp_path / "typo.yaml")
     (tmp_path / "data_typo.yaml").write_text(text.replace("n_images: 3200", "nimages: 3200"))
     with pytest.raises(ConfigError, match=r"'data.train': .*unknown key\(s\) nimages \(did you mean 'n_images'\?\)"):
@@ -299,42 +347,42 @@ def test_shipped_configs_and_ablation_variants_validate(tmp_path: Path) -> None:
 
 def _old_lr_factor(train: dict, iteration: int) -> float:
     """The pre-engine trainer's LambdaLR factor at 0-based step ``iteration`` (its ``_lr_factor``)."""
-    warmup = train["warmup"]
+    warmup = train["warmup_iter"]
     if iteration < warmup:
         return (iteration + 1) / warmup
     if train["schedule"] == "constant":
         return 1.0
     if train["schedule"] == "step":
         return train["gamma"] ** (iteration // train["step_size"])
-    total = max(1, train["iterations"] - warmup)
+    total = max(1, train["total_iter"] - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (iteration - warmup) / total)))
 
 
 @pytest.mark.parametrize("train", [
-    {"schedule": "constant", "warmup": 0}, {"schedule": "constant", "warmup": 5},
-    {"schedule": "cosine", "warmup": 0}, {"schedule": "cosine", "warmup": 5},
-    {"schedule": "step", "warmup": 0, "step_size": 7, "gamma": 0.5},
+    {"schedule": "constant", "warmup_iter": 0}, {"schedule": "constant", "warmup_iter": 5},
+    {"schedule": "cosine", "warmup_iter": 0}, {"schedule": "cosine", "warmup_iter": 5},
+    {"schedule": "step", "warmup_iter": 0, "step_size": 7, "gamma": 0.5},
 ])
 def test_schedules_give_the_previous_trainers_learning_rates(train: dict) -> None:
     """The engine's torch schedulers against the closed form the trainer used before (LambdaLR)."""
-    train = {"iterations": 30, "step_size": 1000, "gamma": 0.5, **train}
+    train = {"total_iter": 30, "step_size": 1000, "gamma": 0.5, **train}
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    schedule = LearningRateSchedule(optimizer, schedule_spec(train), train["iterations"])
+    schedule = LearningRateSchedule(optimizer, schedule_spec(train), train["total_iter"])
     rates = []
-    for _ in range(train["iterations"]):
+    for _ in range(train["total_iter"]):
         rates.append(schedule.lr)
         optimizer.step()
         schedule.step()
-    np.testing.assert_allclose(rates, [0.1 * _old_lr_factor(train, s) for s in range(train["iterations"])],
+    np.testing.assert_allclose(rates, [0.1 * _old_lr_factor(train, s) for s in range(train["total_iter"])],
                                rtol=1e-12, atol=1e-15)
 
 
 def test_step_schedule_counts_its_steps_after_the_warmup() -> None:
     """The one change: with a warmup, ``step_size`` counts from the warmup's end (the engine's
     SequentialLR), where the previous trainer counted from iteration 0."""
-    train = {"iterations": 20, "schedule": "step", "warmup": 4, "step_size": 3, "gamma": 0.5}
+    train = {"total_iter": 20, "schedule": "step", "warmup_iter": 4, "step_size": 3, "gamma": 0.5}
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    schedule = LearningRateSchedule(optimizer, schedule_spec(train), train["iterations"])
+    schedule = LearningRateSchedule(optimizer, schedule_spec(train), train["total_iter"])
     rates = []
     for _ in range(12):
         rates.append(schedule.lr)
@@ -371,12 +419,12 @@ def test_resume_with_another_config_is_refused_unless_allowed(tmp_path: Path, ca
     run = tmp_path / "run"
     assert _cli(["train", str(_write(tmp_path / "a.yaml", config)), "--output", str(run)], capsys)[0] == 0
     saved = (run / "config.yaml").read_text()
-    changed = _write(tmp_path / "b.yaml", merge_config(config, {"seed": 4, "train": {"lr": 0.01}}))
+    changed = _write(tmp_path / "b.yaml", merge_config(config, {"manual_seed": 4, "train": {"lr": 0.01}}))
     status, error = _cli(["train", str(changed), "--output", str(run), "--resume"], capsys)
-    assert status == 2 and "seed: 3 -> 4\n  train.lr: 0.001 -> 0.01\n" in error and "--allow-config-change" in error
+    assert status == 2 and "manual_seed: 3 -> 4\n  train.lr: 0.001 -> 0.01\n" in error and "--allow-config-change" in error
     assert (run / "config.yaml").read_text() == saved and load_training_checkpoint(run).iteration == 1
     assert _cli(["train", str(changed), "--output", str(run), "--resume", "--allow-config-change"], capsys)[0] == 0
-    assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == 4
+    assert yaml.safe_load((run / "config.yaml").read_text())["manual_seed"] == 4
     changes = yaml.safe_load((run / "config_changes.yaml").read_text())
     assert changes[0]["changes"]["train.lr"] == {"from": 0.001, "to": 0.01} and changes[0]["iteration"] == 1
 
@@ -426,9 +474,10 @@ def test_former_tracebacks_are_messages(tmp_path: Path, capsys) -> None:
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "noise.pth").write_bytes(bytes(range(256)))
     cases = {
-        "typo": ({"train": {"iteratons": 2}}, "unknown key 'train.iteratons' (did you mean 'train.iterations'?)"),
+        "typo": ({"train": {"total_itr": 2}}, "unknown key 'train.total_itr' (did you mean 'train.total_iter'?)"),
+        "renamed": ({"train": {"iterations": 2}}, "unknown key 'train.iterations' (renamed: use 'train.total_iter')"),
         "log_every": ({"train": {"log_every": 0}}, "'train.log_every' must be >= 1, got 0"),
-        "batch_size": ({"train": {"batch_size": 0}}, "'train.batch_size' must be >= 1, got 0"),
+        "batch_size": ({"train": {"batch_size_per_gpu": 0}}, "'train.batch_size_per_gpu' must be >= 1, got 0"),
         "schedule": ({"train": {"schedule": "linear"}}, "'train.schedule' must be one of constant, cosine, step; got "
                                                        "linear"),
         "tpu": ({"device": "tpu"}, "device must be auto, cpu or cuda (or cuda:N), got 'tpu'"),
@@ -450,7 +499,7 @@ def test_former_tracebacks_are_messages(tmp_path: Path, capsys) -> None:
         (["train", str(_write(tmp_path / "pth.yaml", merge_config(config, {"model": {"checkpoint": str(
             tmp_path / "noise.pth")}}))), "--output", str(tmp_path / "pth")], "noise.pth"),
         (["train", "--output", str(tmp_path / "none"), "--resume"], "there is no run in"),
-        (["cache", str(tmp_path / "typo.yaml"), "--output", str(tmp_path / "c")], "unknown key 'train.iteratons'"),
+        (["cache", str(tmp_path / "typo.yaml"), "--output", str(tmp_path / "c")], "unknown key 'train.total_itr'"),
     ):
         status, error = _cli(argv, capsys)
         assert status == 2 and error.startswith("error: ") and message in error, (argv, error)

@@ -20,11 +20,13 @@ import yaml
 
 from robustprior.io.atomic import is_temporary
 from robustprior.io.hub import file_sha256
-from robustprior.training import (SCHEDULE_KINDS, CheckpointError, ConfigChangeError, ConfigError, DeviceError,
-                                  Field, LearningRateSchedule, Run, RunExistsError, RunFolderError, ScheduleSpec,
-                                  Section, capture_rng_state, load_config, load_state_file, load_training_checkpoint,
-                                  merge_config, resolve_device, restore_rng_state, save_training_checkpoint,
-                                  setup_distributed, validate_config)
+from robustprior.training import (REQUIRED, SCHEDULE_KINDS, CheckpointError, ConfigChangeError, ConfigError,
+                                  DeviceError, Field, LearningRateSchedule, Run, RunExistsError, RunFolderError,
+                                  ScheduleSpec, Section, capture_rng_state, load_config, load_state_file,
+                                  load_training_checkpoint, merge_config, migrate_config, read_run_config,
+                                  resolve_device, restore_rng_state, save_training_checkpoint, setup_distributed,
+                                  validate_config)
+from robustprior.training.config import apply_overrides
 from robustprior.training.checkpoints import CHECKPOINT_FOLDER
 from robustprior.training.run_folder import CONFIG_CHANGES_NAME, CONFIG_NAME, RUN_MARKER
 
@@ -130,13 +132,96 @@ def test_shipped_tiny_sam_configs_validate_and_a_typo_in_one_is_refused(tmp_path
     from robustprior.training.tiny_sam import load_config as load_recipe_config
 
     for path in sorted((REPO_ROOT / "robustprior" / "configs").glob("tiny_sam*.yaml")):
-        assert load_recipe_config(path)["optimizer"]["iterations"] == yaml.safe_load(path.read_text())["optimizer"][
-            "iterations"]
+        assert load_recipe_config(path)["train"]["total_iter"] == yaml.safe_load(path.read_text())["train"][
+            "total_iter"]
     text = (REPO_ROOT / "robustprior" / "configs" / "tiny_sam.yaml").read_text()
-    (tmp_path / "typo.yaml").write_text(text.replace("  iterations: 1300", "  iteratons: 2"))
-    with pytest.raises(ConfigError, match=r"typo.yaml: unknown key 'optimizer.iteratons' \(did you mean "
-                                          r"'optimizer.iterations'\?\)"):
+    (tmp_path / "typo.yaml").write_text(text.replace("  total_iter: 1300", "  total_itr: 2"))
+    with pytest.raises(ConfigError, match=r"typo.yaml: unknown key 'train.total_itr' \(did you mean "
+                                          r"'train.total_iter'\?\)"):
         load_recipe_config(tmp_path / "typo.yaml")
+    # the recipe as written before BasicSR's names: refused, each earlier key named with its new name
+    old = text.replace("manual_seed: 0", "seed: 0").replace("\ntrain:\n", "\noptimizer:\n")
+    (tmp_path / "old.yaml").write_text(old)
+    with pytest.raises(ConfigError) as error:
+        load_recipe_config(tmp_path / "old.yaml")
+    assert str(error.value).splitlines()[1:] == [
+        "  unknown key 'seed' (renamed: use 'manual_seed')",
+        "  unknown key 'optimizer' (renamed: use 'train' with its keys renamed, 'iterations' -> 'total_iter', "
+        "'warmup_iterations' -> 'warmup_iter')"]
+
+
+RENAMED_SCHEMA = Section({  # keys renamed (Section.former): a field, a required field, a section and a key in it
+    "manual_seed": Field(int, 0, at_least=0),
+    "total_iter": Field(int, REQUIRED, at_least=1),
+    "train": Section({"warmup_iter": Field(int, 0, at_least=0), "lr": Field(float, 1e-3, above=0)},
+                     former={"warmup": "warmup_iter"}),
+    "data": {"seed": Field(int, 0, at_least=0, doc="a seed that is not the run's: not renamed")},
+    "history": Field(list, [], internal=True),
+}, former={"seed": "manual_seed", "iterations": "total_iter", "optimizer": "train"})
+
+
+def test_a_renamed_key_is_refused_in_one_line_naming_its_new_name() -> None:
+    cases = [({"seed": 1, "total_iter": 5}, "unknown key 'seed' (renamed: use 'manual_seed')"),
+             ({"iterations": 5}, "unknown key 'iterations' (renamed: use 'total_iter')"),  # not also "required"
+             ({"total_iter": 5, "train": {"warmup": 2}},
+              "unknown key 'train.warmup' (renamed: use 'train.warmup_iter')"),
+             ({"total_iter": 5, "optimizer": {"warmup": 2}},
+              "unknown key 'optimizer' (renamed: use 'train' with its keys renamed, 'warmup' -> 'warmup_iter')")]
+    for values, message in cases:
+        with pytest.raises(ConfigError) as error:
+            validate_config(values, RENAMED_SCHEMA, source="run.yaml")
+        assert str(error.value) == f"run.yaml: {message}"
+    assert validate_config({"total_iter": 5, "data": {"seed": 7}}, RENAMED_SCHEMA)["data"]["seed"] == 7
+    config = validate_config({"total_iter": 5}, RENAMED_SCHEMA)  # a dotted override (a command-line option)
+    for key, new in (("iterations", "total_iter"), ("optimizer.warmup", "train.warmup_iter"),
+                     ("optimizer.lr", "train.lr"), ("train.warmup", "train.warmup_iter")):
+        with pytest.raises(ConfigError) as error:
+            apply_overrides(config, {key: 1}, RENAMED_SCHEMA)
+        assert str(error.value) == f"command line: unknown key '{key}' (renamed: use '{new}')"
+    assert apply_overrides(config, {"train.warmup_iter": 1}, RENAMED_SCHEMA)["train"]["warmup_iter"] == 1
+
+
+def test_migrate_config_renames_the_earlier_keys_at_every_depth_and_only_them() -> None:
+    old = {"seed": 4, "iterations": 5, "optimizer": {"warmup": 2, "lr": 0.1}, "data": {"seed": 7}}
+    migrated, renamed = migrate_config(old, RENAMED_SCHEMA)
+    assert migrated == {"manual_seed": 4, "total_iter": 5, "train": {"warmup_iter": 2, "lr": 0.1}, "data": {"seed": 7}}
+    assert renamed == ["seed -> manual_seed", "iterations -> total_iter", "optimizer -> train",
+                       "train.warmup -> train.warmup_iter"]
+    assert old == {"seed": 4, "iterations": 5, "optimizer": {"warmup": 2, "lr": 0.1}, "data": {"seed": 7}}  # untouched
+    assert migrate_config(migrated, RENAMED_SCHEMA) == (migrated, [])
+    both = {"seed": 1, "manual_seed": 2, "total_iter": 5}  # both names: left as given, and validation refuses it
+    assert migrate_config(both, RENAMED_SCHEMA) == (both, [])
+    with pytest.raises(ConfigError, match=r"unknown key 'seed' \(renamed: use 'manual_seed'\)"):
+        validate_config(both, RENAMED_SCHEMA)
+
+
+def test_a_run_saved_with_the_earlier_key_names_resumes_with_the_names_of_now(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "run"
+
+    def open_renamed(config: dict | None, **options) -> Run:
+        return Run.open(folder, kind="renamed", schema=RENAMED_SCHEMA, **options,
+                        config=None if config is None else validate_config(config, RENAMED_SCHEMA))
+
+    given = {"manual_seed": 4, "total_iter": 5, "train": {"warmup_iter": 2}}
+    with open_renamed(given) as run:
+        run.save_checkpoint(3, {"w": torch.zeros(1)}, {})
+    now = yaml.safe_load((folder / CONFIG_NAME).read_text())
+    old = {"seed": 4, "iterations": 5, "optimizer": {"warmup": 2, "lr": 0.001}, "data": {"seed": 0}, "history": []}
+    (folder / CONFIG_NAME).write_text(yaml.safe_dump(old))  # as the version before the rename wrote them
+    checkpoint = load_training_checkpoint(folder)
+    save_training_checkpoint(folder, 3, checkpoint.weights, {**checkpoint.state, "config": old})
+    assert read_run_config(folder, RENAMED_SCHEMA) == now  # read with the names of now ...
+    assert yaml.safe_load((folder / CONFIG_NAME).read_text()) == old  # ... and reading changes nothing
+    capsys.readouterr()
+    with open_renamed(None, resume=True) as run:
+        assert run.start_iteration == 3 and run.config == now
+    assert "rewritten with the names of now: seed -> manual_seed, iterations -> total_iter" in capsys.readouterr().err
+    assert yaml.safe_load((folder / CONFIG_NAME).read_text()) == now and not (folder / CONFIG_CHANGES_NAME).exists()
+    with open_renamed(given, resume=True) as run:  # the same values under the names of now: no change
+        assert run.config == now
+    assert not (folder / CONFIG_CHANGES_NAME).exists()
+    with pytest.raises(ConfigError, match=r"unknown key 'seed' \(renamed: use 'manual_seed'\)"):
+        open_renamed({"seed": 4, "total_iter": 5}, resume=True)
 
 
 # ----------------------------------------------------------------------------- schedules

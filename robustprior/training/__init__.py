@@ -34,8 +34,8 @@ module              what it gives
 
 A trainer on the engine::
 
-    SCHEMA = Section({"seed": Field(int, 0, at_least=0), "device": Field(str, "auto", check=check_device_name),
-                      "train": {"iterations": Field(int, 1000, at_least=1), "lr": Field(float, 1e-3, above=0),
+    SCHEMA = Section({"manual_seed": Field(int, 0, at_least=0), "device": Field(str, "auto", check=check_device_name),
+                      "train": {"total_iter": Field(int, 1000, at_least=1), "lr": Field(float, 1e-3, above=0),
                                 "schedule": Field(str, "cosine", choices=SCHEDULE_KINDS),
                                 "log_every": Field(int, 10, at_least=1)}})
 
@@ -46,19 +46,19 @@ A trainer on the engine::
         context = setup_distributed(config["device"])         # no GPU for "cuda": an error, never the CPU
         with Run.open(args.output, kind="my_trainer", schema=SCHEMA, config=config, resume=args.resume,
                       overwrite=args.overwrite, allow_config_change=args.allow_config_change,
-                      overrides={"train.iterations": args.iterations} if args.iterations else {},
+                      overrides={"train.total_iter": args.iterations} if args.iterations else {},
                       logs={"log.csv": ("iteration", "loss")}, context=context) as run:
             config = run.config                               # the effective config (saved in the run)
-            seed_everything(config["seed"])
+            seed_everything(config["manual_seed"])
             model, optimizer = ..., ...
             schedule = LearningRateSchedule(optimizer, ScheduleSpec(config["train"]["schedule"]),
-                                            config["train"]["iterations"])
+                                            config["train"]["total_iter"])
             if run.resumed:
                 model.load_state_dict(run.checkpoint.weights)
                 optimizer.load_state_dict(run.checkpoint.state["optimizer"])
                 schedule.load_state_dict(run.checkpoint.state["schedule"])
-                run.restore_rng(reseed=config["seed"] + run.start_iteration)
-            for iteration in range(run.start_iteration + 1, config["train"]["iterations"] + 1):
+                run.restore_rng(reseed=config["manual_seed"] + run.start_iteration)
+            for iteration in range(run.start_iteration + 1, config["train"]["total_iter"] + 1):
                 ...                                           # the trainer's own step
                 if context.is_main and iteration % config["train"]["log_every"] == 0:
                     run.log("log.csv").append([{"iteration": iteration, "loss": loss}])
@@ -73,7 +73,8 @@ from __future__ import annotations
 
 from .checkpoints import TrainingCheckpoint, load_state_file, load_training_checkpoint, save_training_checkpoint
 from .config import (REQUIRED, Field, Ignored, Section, UnusedKeysWarning, apply_overrides, config_differences,
-                     load_config, merge_config, read_config_file, validate_config)
+                     load_config, merge_config, migrate_config, read_config_file, validate_config,
+                     validate_saved_config)
 from .csv_log import CsvLog
 from .distributed import DistributedContext, check_device_name, resolve_device, setup_distributed
 from .errors import (CheckpointError, ConfigChangeError, ConfigError, DeviceError, RunExistsError, RunFolderError,
@@ -88,6 +89,7 @@ __all__ = [
     "DeviceError", "DistributedContext", "Field", "Ignored", "LearningRateSchedule", "Run", "RunExistsError", "RunFolderError",
     "RunSetupError", "ScheduleSpec", "Section", "TrainingCheckpoint", "UnusedKeysWarning", "apply_overrides", "capture_rng_state",
     "check_device_name", "config_differences", "exit_on_setup_error", "git_commit", "load_config",
-    "load_state_file", "load_training_checkpoint", "merge_config", "read_config_file", "read_run_config", "resolve_device",
+    "load_state_file", "load_training_checkpoint", "merge_config", "migrate_config", "read_config_file", "read_run_config", "resolve_device",
     "restore_rng_state", "save_training_checkpoint", "seed_everything", "setup_distributed", "validate_config",
+    "validate_saved_config",
 ]

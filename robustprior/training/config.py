@@ -4,9 +4,10 @@ A schema is a :class:`Section` (or a plain dict, read as one) whose entries are 
 and nested sections::
 
     SCHEMA = Section({
-        "seed": Field(int, 0, at_least=0),
+        "manual_seed": Field(int, 0, at_least=0),
         "device": Field(str, "auto", check=check_device_name),
-        "optimizer": {
+        "train": {
+            "total_iter": Field(int, 1000, at_least=1),
             "lr": Field(float, 1e-3, above=0),
             "betas": Field(list, [0.9, 0.999], items=float, length=2),
             "schedule": Field(str, "cosine", choices=("constant", "cosine", "step")),
@@ -25,6 +26,18 @@ Two more entries let a schema read files written for another tool (BasicSR optio
 :class:`Ignored` accepts a key this project does not use (any value); the validated config leaves
 it out and :func:`validate_config` lists every such key present in one :class:`UnusedKeysWarning`.
 ``Section(aliases={"test": "val"})`` reads a key under another name.
+
+Renamed keys. ``Section(former={"seed": "manual_seed"})`` names a key's earlier name within the same
+section. One behaviour for each reader:
+
+* a config a user gives (:func:`validate_config`, :func:`load_config`, a dotted override of
+  :func:`apply_overrides`) with the earlier name is refused: ``unknown key 'seed' (renamed: use
+  'manual_seed')``, one line per such key (the project has one vocabulary; the shipped configs use
+  the names of now);
+* a run's own saved config (``config.yaml`` of a run folder, the config a training checkpoint
+  carries) written before the rename is migrated when it is read (:func:`migrate_config`, applied
+  by :func:`validate_saved_config`): every earlier name becomes its name of now, so a run folder of
+  an earlier version resumes; training writes the config back with the names of now.
 
 :func:`read_config_file` is the one YAML reader of every config kind (options, recipe configs,
 training configs); :func:`load_config` reads and validates.
@@ -46,7 +59,7 @@ from .errors import ConfigError
 
 __all__ = ["REQUIRED", "Field", "Section", "Ignored", "UnusedKeysWarning", "validate_config", "load_config",
            "read_config_file", "config_differences", "apply_overrides", "copy_internal_values", "format_value",
-           "merge_config"]
+           "merge_config", "migrate_config", "validate_saved_config"]
 
 
 class _Required:
@@ -123,13 +136,17 @@ class UnusedKeysWarning(UserWarning):
 class Section:
     """A mapping of named fields and sections; ``check(values)`` may test them together (raise
     ``ValueError(reason)``); ``nullable``: the whole section may be ``null``; ``aliases``: another
-    name a key may be given under (``{"test": "val"}``: ``test:`` is read as ``val:``)."""
+    name a key may be given under (``{"test": "val"}``: ``test:`` is read as ``val:``); ``former``: a
+    key's earlier name in this section -> its name now (``{"seed": "manual_seed"}``): refused in a
+    given config with the new name named, migrated in a run's saved config (module docstring);
+    ``renamed``: a former key -> where its value goes now, free text for the error message."""
 
     fields: Mapping[str, Field | Section | Ignored | Mapping]
     check: Callable[[dict], None] | None = None
     nullable: bool = False
     aliases: Mapping[str, str] | None = None
     renamed: Mapping[str, str] | None = None  # a former key -> where its value goes now (error messages)
+    former: Mapping[str, str] | None = None  # a key's earlier name -> its name now (same section)
 
     def entries(self) -> Iterator[tuple[str, Field | Section | Ignored]]:
         for name, entry in self.fields.items():
@@ -163,10 +180,34 @@ def _all_paths(section: Section, prefix: str = "") -> list[str]:
     return paths
 
 
+def _former_paths(section: Section, prefixes: tuple[str, ...] = ("",), new_prefix: str = "") -> dict[str, str]:
+    """``{earlier dotted key: dotted key now}`` for every ``Section.former`` entry, and for every key
+    of a renamed section given under the section's earlier name (``optimizer.lr`` -> ``train.lr``)."""
+    former = section.former or {}
+    paths = {f"{prefix}{old}": f"{new_prefix}{new}" for prefix in prefixes for old, new in former.items()}
+    earlier = {new: old for old, new in former.items()}
+    for name, entry in section.entries():
+        if not isinstance(entry, Section):
+            continue
+        if name in earlier:
+            paths |= {f"{prefix}{earlier[name]}.{path}": f"{new_prefix}{name}.{path}"
+                      for prefix in prefixes for path in _all_paths(entry)}
+        names = (name, earlier[name]) if name in earlier else (name,)
+        paths |= _former_paths(entry, tuple(f"{prefix}{n}." for prefix in prefixes for n in names),
+                               f"{new_prefix}{name}.")
+    return paths
+
+
 def _suggestion(key: str, section: Section, prefix: str, root: Section) -> str:
     """`` (did you mean 'x.y'?)`` for an unknown ``key``: a close key in the same section, else a
     key of that (or a close) name elsewhere in the schema; else the section's valid keys. A key the
-    section's ``renamed`` lists names its replacement."""
+    section's ``renamed`` or ``former`` lists names its replacement."""
+    if section.former and key in section.former:
+        new = section.former[key]
+        entry = dict(section.entries()).get(new)
+        inner = entry.former if isinstance(entry, Section) and entry.former else {}
+        nested = "".join(f", '{old}' -> '{name}'" for old, name in inner.items())
+        return f" (renamed: use '{prefix}{new}'{' with its keys renamed' + nested if nested else ''})"
     if section.renamed and key in section.renamed:
         return f" (renamed: use {section.renamed[key]})"
     local = [name for name, entry in section.entries() if not isinstance(entry, Ignored)]
@@ -303,10 +344,10 @@ def _validate_section(values: Any, section: Section, prefix: str, root: Section,
         if isinstance(entry, Section):
             result[name] = _validate_section(values.get(name), entry, path + ".", root, problems, unused)
         elif name not in values:
-            if entry.default is REQUIRED:
-                problems.append(f"'{path}' is required")
-            else:
+            if entry.default is not REQUIRED:
                 result[name] = copy.deepcopy(entry.default)
+            elif not any(old in values and new == name for old, new in (section.former or {}).items()):
+                problems.append(f"'{path}' is required")  # (under its former name: that key's message names it)
         else:
             result[name] = _validate_field(values[name], entry, path, problems)
     if section.check is not None and len(problems) == before:
@@ -369,6 +410,34 @@ def read_config_file(path: str | Path) -> dict:
     return dict(values)
 
 
+def migrate_config(values: Any, schema: Section | Mapping, prefix: str = "") -> tuple[Any, list[str]]:
+    """A run's saved config written before keys were renamed (``Section.former``), with every earlier
+    name replaced by its name now (a new, unvalidated mapping), and the renames made
+    (``["seed -> manual_seed", ...]``, dotted). A key given under both names is left as it is
+    (validation then reports the earlier one). Only for a run's own saved config: a config a user
+    gives is refused with the new name (module docstring)."""
+    section = as_section(schema)
+    if not isinstance(values, Mapping):
+        return values, []
+    result, done = dict(values), []
+    for old, new in (section.former or {}).items():
+        if old in result and new not in result:
+            result = {new if key == old else key: value for key, value in result.items()}
+            done.append(f"{prefix}{old} -> {prefix}{new}")
+    for name, entry in section.entries():
+        if isinstance(entry, Section) and isinstance(result.get(name), Mapping):
+            result[name], nested = migrate_config(result[name], entry, f"{prefix}{name}.")
+            done += nested
+    return result, done
+
+
+def validate_saved_config(values: Mapping[str, Any] | None, schema: Section | Mapping, source: str) -> dict:
+    """A run's own saved config (its ``config.yaml``, a training checkpoint's config) migrated
+    (:func:`migrate_config`) and validated (:func:`validate_config`)."""
+    migrated, _ = migrate_config(values, schema)
+    return validate_config(migrated, schema, source=source)
+
+
 def load_config(path: str | Path, schema: Section | Mapping) -> dict:
     """Read the YAML file ``path`` (:func:`read_config_file`) and :func:`validate_config` it (errors name the file)."""
     return validate_config(read_config_file(path), schema, source=str(path))
@@ -401,10 +470,13 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], schema: S
 
 def apply_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any], schema: Section | Mapping,
                     source: str = "command line") -> dict:
-    """``config`` with dotted-key values replaced (``{"optimizer.iterations": 4}``), validated again."""
+    """``config`` with dotted-key values replaced (``{"train.total_iter": 4}``), validated again."""
     updated = copy.deepcopy(dict(config))
     known = set(_all_paths(as_section(schema)))
+    former = _former_paths(as_section(schema))
     for key, value in overrides.items():
+        if key in former:
+            raise ConfigError(f"{source}: unknown key '{key}' (renamed: use '{former[key]}')")
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             raise ConfigError(f"{source}: unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))

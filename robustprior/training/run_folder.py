@@ -34,7 +34,10 @@ config it is given with the one the run was trained with; a difference is refuse
 ``overrides`` (dotted keys set by command-line options such as ``--iterations``) are explicit and
 always allowed. Every accepted change is appended to ``config_changes.yaml`` (iteration, time,
 old and new values; :func:`record_config_changes`, also used by the recipes). Only training writes a
-run's config; other commands read it with :func:`read_run_config`.
+run's config; other commands read it with :func:`read_run_config`. A run saved before keys were
+renamed (``Section.former``, e.g. ``seed`` -> ``manual_seed``) resumes: its saved config is read with
+the names of now (:func:`~robustprior.training.config.migrate_config`) and training rewrites its
+``config.yaml`` with them (a config *given* with an earlier name is refused, naming the new one).
 """
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ from robustprior.io.atomic import remove_temporaries, write_text_atomically
 from .checkpoints import (CHECKPOINT_FOLDER, TrainingCheckpoint, load_training_checkpoint, remove_unreferenced,
                           save_training_checkpoint)
 from .config import (Section, apply_overrides, config_differences, copy_internal_values, format_value,
-                     load_config, validate_config)
+                     migrate_config, read_config_file, validate_config)
 from .csv_log import CsvLog
 from .distributed import DistributedContext
 from .errors import CheckpointError, ConfigChangeError, ConfigError, RunExistsError, RunFolderError
@@ -225,12 +228,19 @@ def record_config_changes(folder: Path, changes: Mapping[str, tuple[Any, Any]], 
           + ", ".join(f"{key} {format_value(old)} -> {format_value(new)}" for key, (old, new) in changes.items()))
 
 
-def read_run_config(folder: str | Path, schema: Section | Mapping) -> dict:
-    """A run's saved config (``config.yaml``), validated; for commands that use a run without training it."""
-    path = Path(folder) / CONFIG_NAME
+def _read_saved_config(folder: Path, schema: Section | Mapping) -> tuple[dict, list[str]]:
+    path = folder / CONFIG_NAME
     if not path.is_file():
         raise RunFolderError(f"{folder} has no {CONFIG_NAME}: not a run folder, or a run that never started")
-    return load_config(path, schema)
+    values, renamed = migrate_config(read_config_file(path), schema)
+    return validate_config(values, schema, source=str(path)), renamed
+
+
+def read_run_config(folder: str | Path, schema: Section | Mapping) -> dict:
+    """A run's saved config (``config.yaml``), validated; for commands that use a run without training
+    it. A config saved before keys were renamed is read with the names of now
+    (:func:`~robustprior.training.config.migrate_config`); the file is not changed."""
+    return _read_saved_config(Path(folder), schema)[0]
 
 
 class Run:
@@ -259,7 +269,7 @@ class Run:
         lock = context.run_on_main(prepare_run_folder, folder, kind, resume, overwrite, keep)
         try:
             checkpoint = load_training_checkpoint(folder, map_location) if resume else None
-            saved = cls._saved_config(folder, checkpoint, schema) if resume else None
+            saved, renamed = cls._saved_config(folder, checkpoint, schema) if resume else (None, [])
             if resume and checkpoint is None and context.is_main:
                 _note(f"no checkpoint in {folder} yet: the run starts again from iteration 0")
             effective, changes = cls._resolve_config(saved, config, overrides or {}, schema, allow_config_change)
@@ -270,7 +280,10 @@ class Run:
                     log.truncate(run.start_iteration)
                 if changes:
                     run._record_changes(changes, bool(set(changes) - set(overrides or {})))
-                if saved is None or changes:
+                if renamed:
+                    _note(f"{folder / CONFIG_NAME} was written with earlier key names; rewritten with the names of "
+                          f"now: {', '.join(renamed)}")
+                if saved is None or changes or renamed:
                     run.save_config(effective)
             context.barrier()
         except BaseException:
@@ -280,14 +293,23 @@ class Run:
         return run
 
     @staticmethod
-    def _saved_config(folder: Path, checkpoint: TrainingCheckpoint | None, schema: Section | Mapping) -> dict | None:
+    def _saved_config(folder: Path, checkpoint: TrainingCheckpoint | None, schema: Section | Mapping
+                      ) -> tuple[dict | None, list[str]]:
+        """The run's own config (the checkpoint's, else ``config.yaml``), migrated to the key names of
+        now, and the renames that needed (``config.yaml`` is rewritten when there are any)."""
         if checkpoint is not None:
             if "config" not in checkpoint.state:
                 raise CheckpointError(f"the checkpoint in {folder / CHECKPOINT_FOLDER} holds no config")
-            return validate_config(checkpoint.state["config"], schema, source=f"the config saved in {folder}")
+            values, renamed = migrate_config(checkpoint.state["config"], schema)
+            if not renamed and (folder / CONFIG_NAME).is_file():
+                try:  # the checkpoint may be of now and config.yaml not yet rewritten
+                    renamed = migrate_config(read_config_file(folder / CONFIG_NAME), schema)[1]
+                except ConfigError:
+                    pass  # a damaged config.yaml: the checkpoint's config is the run's
+            return validate_config(values, schema, source=f"the config saved in {folder}"), renamed
         if (folder / CONFIG_NAME).is_file():
-            return read_run_config(folder, schema)
-        return None
+            return _read_saved_config(folder, schema)
+        return None, []
 
     @staticmethod
     def _resolve_config(saved: dict | None, given: Mapping[str, Any] | None, overrides: Mapping[str, Any],

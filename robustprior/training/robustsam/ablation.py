@@ -36,7 +36,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "robustsam_ti
 PREVIOUS_BUNDLE = "previous_bundle"
 ABLATION_SCHEMA = Section({  # the ablation config itself; each variant is checked against the trainer's SCHEMA
     "base": Field(str, REQUIRED, doc="the training config the variants start from, relative to REPO_ROOT"),
-    "iterations": Field(int, REQUIRED, at_least=1),
+    "total_iter": Field(int, REQUIRED, at_least=1, doc="training iterations of every variant"),
     "baseline": Field(dict, {}, doc="overrides of base shared by every variant"),
     "variants": Field(dict, REQUIRED, doc="name -> overrides of the baseline"),
     "evaluation": Section({
@@ -46,7 +46,7 @@ ABLATION_SCHEMA = Section({  # the ablation config itself; each variant is check
         "ablation_sets": Field(list, REQUIRED, items=str),
         "ablation_scales": Field(list, REQUIRED, items=str),
     }),
-})
+}, former={"iterations": "total_iter"})
 TARGET = {"degrade_gain": 0.04, "degrade_low": 0.02, "clear_loss": 0.005}
 
 
@@ -56,7 +56,7 @@ def variant_configs(ablation: dict[str, Any], iterations: int | None) -> dict[st
     base = load_config(REPO_ROOT / ablation["base"])
     base["model"]["checkpoint"] = str(REPO_ROOT / base["model"]["checkpoint"])
     baseline = merge_config(base, ablation.get("baseline") or {})
-    baseline["train"]["iterations"] = int(iterations or ablation["iterations"])
+    baseline["train"]["total_iter"] = int(iterations or ablation["total_iter"])
     return {name: validate_config(merge_config(baseline, overrides or {}), SCHEMA, source=f"variant {name}")
             for name, overrides in ablation["variants"].items()}
 
@@ -183,7 +183,7 @@ def aggregate(names: list[str], ablation: dict[str, Any], output: Path, candidat
         results[name] = entry
     return {"target": TARGET, "candidate": candidate, "variants": results,
             "overrides": {name: ablation["variants"].get(name, {}) for name in names},
-            "iterations": ablation["iterations"], "base": ablation["base"]}
+            "iterations": ablation["total_iter"], "base": ablation["base"]}
 
 
 def _points(value: float) -> str:
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="folder of the runs, evaluations and report")
     parser.add_argument("--variants", default=None, help="comma-separated subset of the config's variants")
     parser.add_argument("--candidate", default="all", help="variant evaluated on every held-out set")
-    parser.add_argument("--iterations", type=int, default=None, help="override the config's iterations")
+    parser.add_argument("--iterations", type=int, default=None, help="override the config's total_iter")
     parser.add_argument("--parallel", type=int, default=2, help="processes at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--skip-training", action="store_true", help="evaluate and report the finished runs only")
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         run_jobs(train_jobs({name: configs[name] for name in names if name in configs}, output), args.parallel, args.threads)
     run_jobs(eval_jobs(names, ablation, output, args.candidate), args.parallel, args.threads)
     if args.iterations:
-        ablation = {**ablation, "iterations": args.iterations}
+        ablation = {**ablation, "total_iter": args.iterations}
     summary = aggregate(names, ablation, output, args.candidate)
     report_md, report_json = to_markdown(summary), json.dumps(summary, indent=1) + "\n"
     for folder in [output] + ([Path(args.report)] if args.report else []):

@@ -39,7 +39,7 @@ class TrainingState:
     position: int = 0  # index into the epoch's permutation of the global batch start
     best_iou: float = -1.0
     seconds: float = 0.0  # training time of every invocation so far
-    fitted: bool = False  # train.fit_minutes has fixed train.iterations
+    fitted: bool = False  # train.fit_minutes has fixed train.total_iter
 
 
 def feature_cache_dir(config: Mapping[str, Any], output: str | Path) -> Path | None:
@@ -55,7 +55,7 @@ def build_datasets(config: Mapping[str, Any], global_batch: int
                    ) -> tuple[RobustSegmentationDataset, RobustSegmentationDataset | None]:
     """The training and (when ``data.val`` is set) validation datasets of a validated config; the
     training set must fill one global batch (``global_batch`` images or items)."""
-    data, seed = config["data"], config["seed"]
+    data, seed = config["data"], config["manual_seed"]
     options = dict(n_points=data["n_points"], box_jitter=data["box_jitter"], min_area=data["min_area"],
                    instances_per_image=data["instances_per_image"])
     train_source = build_instance_source(data["train"], None, section="data.train", workers=data["workers"])
@@ -65,7 +65,7 @@ def build_datasets(config: Mapping[str, Any], global_batch: int
     if units < global_batch:
         what = "images" if config["train"]["prompts_per_image"] > 1 else "items (image, instance)"
         raise ConfigError(f"data.train has {units} {what}, fewer than one global batch of {global_batch} "
-                          "(train.batch_size x processes): use more data or a smaller batch")
+                          "(train.batch_size_per_gpu x processes): use more data or a smaller batch")
     val = None
     if data["val"] is not None:
         val = RobustSegmentationDataset(build_instance_source(data["val"], None, section="data.val",
@@ -85,7 +85,7 @@ class TrainingData:
         self.config, self.model, self.context = config, model, context
         self.preparer = SamplePreparer(model)
         self.degradation = build_degradation(config["degradations"])
-        self.train_set, self.val_set = build_datasets(config, config["train"]["batch_size"] * context.world_size)
+        self.train_set, self.val_set = build_datasets(config, config["train"]["batch_size_per_gpu"] * context.world_size)
         self.cache = None if cache_dir is None else FeatureCache(cache_dir, model)
         self._item_groups: list[list[int]] | None = None
 
@@ -181,12 +181,12 @@ class TrainingData:
     def rank_indices(self, state: TrainingState) -> list[int]:
         """This rank's items of the next global batch; advances ``state``'s epoch / position (drop-last).
 
-        With ``train.prompts_per_image: K > 1`` a batch is ``batch_size`` images (a permutation of the
+        With ``train.prompts_per_image: K > 1`` a batch is ``batch_size_per_gpu`` images (a permutation of the
         images per epoch), each with up to K of its instances drawn for the epoch; otherwise
-        ``batch_size`` items of a permutation of all (image, instance) items."""
-        train, seed = self.config["train"], self.config["seed"]
+        ``batch_size_per_gpu`` items of a permutation of all (image, instance) items."""
+        train, seed = self.config["train"], self.config["manual_seed"]
         per_image = train["prompts_per_image"]
-        global_batch = train["batch_size"] * self.context.world_size
+        global_batch = train["batch_size_per_gpu"] * self.context.world_size
         units = self.items_by_image() if per_image > 1 else None
         count = len(units) if units is not None else len(self.train_set)
         if state.position + global_batch > count:
@@ -221,7 +221,7 @@ class TrainingData:
         if self.cache is None:
             raise ConfigError("the feature cache is disabled in this config (feature_cache.enabled: false)")
         variants = self.config["degradations"]["variants_per_image"]
-        batch = self.config["train"]["batch_size"]
+        batch = self.config["train"]["batch_size_per_gpu"]
         datasets = [dataset for dataset in (self.train_set, self.val_set) if dataset is not None]
         jobs = [(dataset, start, variant) for dataset in datasets
                 for variant in range(variants if dataset is self.train_set else 1)

@@ -4,6 +4,29 @@ Every key the trainer reads is declared here with its default; an unknown key, a
 out-of-range value is one :class:`~robustprior.training.ConfigError` before any work, naming the key
 and the closest valid one. The data sections ``data.train`` / ``data.val`` are checked by
 :func:`robustprior.data.sources.check_source_config` (their keys depend on their ``format``).
+
+Key names are BasicSR's wherever BasicSR has the key with the same meaning (the vocabulary of
+``restoration/options``): ``manual_seed`` (the run's global seed), ``train.total_iter``,
+``train.warmup_iter`` (linear warmup iterations) and ``train.batch_size_per_gpu`` (the batch of each
+process: one process per GPU under ``torchrun``; the global batch is it times the process count).
+They were ``seed``, ``train.iterations``, ``train.warmup`` and ``train.batch_size`` before
+(the schema's ``former`` entries): a config given with an earlier name is refused in one line naming the new key
+(``unknown key 'train.iterations' (renamed: use 'train.total_iter')``); a run folder saved with them
+resumes, its config read with the names of now and rewritten with them
+(:func:`robustprior.training.config.migrate_config`).
+
+Kept under our names, on purpose:
+
+* ``data.workers``: BasicSR's ``num_worker_per_gpu`` is the DataLoader workers of each GPU; ours
+  counts the processes that write the generated scenes once (on the main process) *and* those that
+  make batches ahead without the feature cache, so the BasicSR name would misstate it.
+* ``train.lr`` / ``weight_decay`` / ``optimizer`` and ``schedule`` / ``step_size`` / ``gamma``:
+  BasicSR nests them in ``train.optim_g`` and ``train.scheduler`` (with its own scheduler types);
+  the sections are not restructured.
+* ``train.log_every`` / ``val_every`` / ``checkpoint_every``: BasicSR keeps these in other sections
+  (``logger.print_freq``, ``val.val_freq``, ``logger.save_checkpoint_freq``); they stay in ``train``.
+* Seeds that are not the run's global seed (``data.train.seed`` of generated scenes,
+  ``curve.seed`` of the curve's degradations) are not BasicSR's ``manual_seed`` and keep ``seed``.
 """
 from __future__ import annotations
 
@@ -70,7 +93,7 @@ MODEL_SCHEMA = Section({
 })
 
 SCHEMA = Section({
-    "seed": Field(int, 0, at_least=0),
+    "manual_seed": Field(int, 0, at_least=0, doc="the run's global seed (weights, batch order, degradations)"),
     "device": Field(str, "auto", check=check_device_name),
     "model": MODEL_SCHEMA,
     "data": Section({
@@ -97,12 +120,13 @@ SCHEMA = Section({
         "enabled": Field(bool, True),
         "dir": Field(str, None, doc="null: OUTPUT/feature_cache"),
     },
-    "train": {
-        "iterations": Field(int, 1000, at_least=1),
+    "train": Section({
+        "total_iter": Field(int, 1000, at_least=1, doc="training iterations (the schedule's length)"),
         "fit_minutes": Field(float, None, above=0,
-                             doc="a fresh run times its first steps and fixes iterations so training ends within "
-                                 "this many minutes (recorded in the run's config); null: iterations as given"),
-        "batch_size": Field(int, 2, at_least=1, doc="images (prompts_per_image > 1) or items per process"),
+                             doc="a fresh run times its first steps and fixes total_iter so training ends within "
+                                 "this many minutes (recorded in the run's config); null: total_iter as given"),
+        "batch_size_per_gpu": Field(int, 2, at_least=1,
+                                    doc="images (prompts_per_image > 1) or items per process (one per GPU)"),
         "prompts_per_image": Field(int, 1, at_least=1),
         "optimizer": Field(str, "adam", choices=OPTIMIZERS),
         "lr": Field(float, 5e-4, above=0),
@@ -110,7 +134,7 @@ SCHEMA = Section({
         "schedule": Field(str, "constant", choices=SCHEDULE_KINDS),
         "step_size": Field(int, 1000, at_least=1, doc="step schedule: iterations between decays after the warmup"),
         "gamma": Field(float, 0.5, above=0, doc="step schedule: decay factor"),
-        "warmup": Field(int, 0, at_least=0, doc="linear warmup iterations"),
+        "warmup_iter": Field(int, 0, at_least=0, doc="linear warmup iterations; 0: none"),
         "grad_clip": Field(float, 1.0, at_least=0, doc="gradient-norm clip; 0 or null: none"),
         "amp": Field(bool, True, doc="bfloat16 autocast on GPUs"),
         "cpu_amp": Field(bool, False, doc="bfloat16 autocast on CPUs too (fast where the CPU has bf16 instructions)"),
@@ -124,7 +148,7 @@ SCHEMA = Section({
         "log_every": Field(int, 10, at_least=1),
         "val_every": Field(int, 200, at_least=1),
         "checkpoint_every": Field(int, 100, at_least=1),
-    },
+    }, former={"iterations": "total_iter", "warmup": "warmup_iter", "batch_size": "batch_size_per_gpu"}),
     "curve": Section({  # the learning curve (robustprior.training.robustsam.curve), measured on rank 0
         "every": Field(int, 0, at_least=0, doc="measure every N iterations, at the start and at the end; 0: never"),
         "data": Field(dict, {"format": "scenes", "n_images": 8, "seed": 7000}, check=_check_data_source,
@@ -135,7 +159,7 @@ SCHEMA = Section({
         "reference_size": Field(float, None, above=0, doc="null: raw pixel sizes, as Table 2's evaluation"),
         "min_area": Field(int, 64, at_least=1),
     }),
-})
+}, former={"seed": "manual_seed"})
 
 
 def load_config(path: str | Path) -> dict:
@@ -145,6 +169,6 @@ def load_config(path: str | Path) -> dict:
 
 def schedule_spec(train: Mapping[str, Any]) -> ScheduleSpec:
     """The learning-rate schedule of a validated ``train`` section: ``constant`` / ``cosine`` (to 0) /
-    ``step``, after ``warmup`` linear warmup iterations (:mod:`robustprior.training.schedules`)."""
-    return ScheduleSpec(train["schedule"], warmup_iterations=train["warmup"], step_size=train["step_size"],
+    ``step``, after ``warmup_iter`` linear warmup iterations (:mod:`robustprior.training.schedules`)."""
+    return ScheduleSpec(train["schedule"], warmup_iterations=train["warmup_iter"], step_size=train["step_size"],
                         gamma=train["gamma"])

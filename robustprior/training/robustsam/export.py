@@ -79,9 +79,9 @@ def model_card(run: Path, weights: Path, metadata: dict, evaluation: Path | None
         + (f"pixel sizes scaled to a {degradations['reference_size']:g}-px reference, "
            if degradations.get("reference_size") else "the release's raw pixel sizes, ")
         + f"{degradations['variants_per_image']} cached variants per image. "
-        f"{metrics['iterations']} iterations of {train['batch_size']} images x up to "
+        f"{metrics['iterations']} iterations of {train['batch_size_per_gpu']} images x up to "
         f"{train.get('prompts_per_image', 1)} prompts, {train['optimizer']} lr {train['lr']} "
-        f"({train['schedule']}, warmup {train['warmup']}), {train.get('consistency', 'release')} consistency, "
+        f"({train['schedule']}, warmup {train['warmup_iter']}), {train.get('consistency', 'release')} consistency, "
         f"loss weights {train['loss_weights']} "
         "(mask-feature and token consistency against the clear image, Dice + Focal, distillation of SAM's "
         "clear-image logits when weighted). "

@@ -43,15 +43,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from robustprior.data.sources import build_instance_source
 from robustprior.evaluation.evaluate import SUMMARY_ROWS, run_evaluation
 from robustprior.io.atomic import write_text_atomically
 from robustprior.io.checkpoint import save_checkpoint
 from robustprior.load import ROBUST_PARTS_KEY
-from ..config import validate_config
+from ..config import read_config_file, validate_config
 from ..provenance import git_commit
+from ..run_folder import read_run_config
 from .config import SCHEMA
 from .curve import CURVE_LOG, CURVE_PLOT
 from .trainer import TRAIN_LOG, RobustSAMTrainer
@@ -76,7 +76,7 @@ def small_config(config: dict) -> dict:
     config["data"]["train"]["n_images"] = 4
     config["data"]["workers"] = 2  # the batch makers run as separate processes, as on the GPU
     config["degradations"]["kinds"] = SMALL_KINDS
-    config["train"].update(iterations=2, fit_minutes=None, batch_size=2, prompts_per_image=2, warmup=1,
+    config["train"].update(total_iter=2, fit_minutes=None, batch_size_per_gpu=2, prompts_per_image=2, warmup_iter=1,
                            log_every=1, checkpoint_every=1)
     config["curve"].update(every=2, kinds=SMALL_KINDS)
     config["curve"]["data"]["n_images"] = 1
@@ -87,7 +87,7 @@ def run_config(config_path: Path, work: Path, device: str, workers: int, fit_min
                iterations: int | None, small: bool) -> dict:
     """The training config: the YAML file with the data folders under ``work``, the checkpoint path
     made absolute, the device, the worker count and the length (``fit_minutes`` or ``iterations``)."""
-    config = yaml.safe_load(config_path.read_text())
+    config = read_config_file(config_path)
     checkpoint = config["model"].get("checkpoint")
     if checkpoint and not Path(checkpoint).is_absolute() and (REPO_ROOT / checkpoint).exists():
         config["model"]["checkpoint"] = str(REPO_ROOT / checkpoint)
@@ -96,7 +96,7 @@ def run_config(config_path: Path, work: Path, device: str, workers: int, fit_min
     if small:
         config = small_config(config)
     elif iterations is not None:
-        config["train"].update(iterations=iterations, fit_minutes=None)
+        config["train"].update(total_iter=iterations, fit_minutes=None)
     elif fit_minutes is not None:
         config["train"]["fit_minutes"] = fit_minutes
     train_data, curve = config["data"]["train"], config.setdefault("curve", {})
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="training config (robustsam schema)")
     parser.add_argument("--fit-minutes", type=float,
                         help="minutes of training (default: the config's train.fit_minutes)")
-    parser.add_argument("--iterations", type=int, help="a fixed number of iterations instead of --fit-minutes")
+    parser.add_argument("--iterations", type=int, help="a fixed train.total_iter instead of --fit-minutes")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="training and evaluation device")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                         help="processes writing scenes and making batches (default: CPU count - 1)")
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     training_done = time.time()
     output.mkdir(parents=True, exist_ok=True)
     weights = output / WEIGHTS_NAME
-    run_config_saved = yaml.safe_load((run_folder / "config.yaml").read_text())
+    run_config_saved = read_run_config(run_folder, SCHEMA)
     iterations = trainer.state.iteration
     save_checkpoint(trained, weights, {"trained_by": "recipes/train_robustsam_tiny_gpu.py", "git_commit": git_commit(),
                                        "iterations": str(iterations), ROBUST_PARTS_KEY: "trained"}, dtype=torch.float16)
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "config_file": str(arguments.config.resolve().relative_to(REPO_ROOT)
                            if arguments.config.resolve().is_relative_to(REPO_ROOT) else arguments.config),
-        "training": {"iterations": iterations, "fit_minutes": train["fit_minutes"], "batch_size": train["batch_size"],
+        "training": {"iterations": iterations, "fit_minutes": train["fit_minutes"], "batch_size": train["batch_size_per_gpu"],
                      "prompts_per_image": train["prompts_per_image"], "lr": train["lr"], "schedule": train["schedule"],
                      "seconds": metrics["seconds"], "batch_seconds": metrics["batch_seconds"],
                      "train_scenes": run_config_saved["data"]["train"]["n_images"],

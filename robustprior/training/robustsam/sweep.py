@@ -38,10 +38,12 @@ def run_name(lr: float) -> str:
 
 def write_run_config(config_path: Path, lr: float, iterations: int, output: Path) -> Path:
     """The sweep's config for one learning rate (shared feature cache under ``output``)."""
-    config = yaml.safe_load(config_path.read_text())
+    from robustprior.training.config import read_config_file
+
+    config = read_config_file(config_path)
     if str(config["model"].get("checkpoint", "")).startswith("robustprior/"):
         config["model"]["checkpoint"] = str(PACKAGE_PARENT / config["model"]["checkpoint"])
-    config["train"].update(lr=lr, iterations=iterations)
+    config["train"].update(lr=lr, total_iter=iterations)
     config["feature_cache"] = {"enabled": True, "dir": str(output / "feature_cache")}
     path = output / "configs" / f"{run_name(lr)}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="sweep folder (run folders, cache, figure)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="training YAML of every run")
     parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3])
-    parser.add_argument("--iterations", type=int, default=120)
+    parser.add_argument("--iterations", type=int, default=120, help="train.total_iter of every run")
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--summary-only", action="store_true", help="only redraw the figure and table")
     parser.add_argument("--ceiling", action="store_true", help="only measure the ceiling (see above)")

@@ -78,12 +78,12 @@ class RobustSAMTrainer:
 
     ``config``: the training config (validated here); with ``resume`` it may be None (the run's own),
     and one that differs from the run's is refused unless ``allow_config_change``. ``iterations``
-    overrides ``train.iterations`` (allowed on resume, recorded). ``overwrite`` starts a run in
+    overrides ``train.total_iter`` (allowed on resume, recorded). ``overwrite`` starts a run in
     ``output_dir`` again (its feature cache is kept). The run folder stays locked until
     :meth:`train` reaches the last iteration, or :meth:`close`.
 
     ``train.fit_minutes``: a fresh run times its steps (:data:`FIT_PROBE`) and then fixes
-    ``train.iterations`` (:func:`fit_iterations`, the schedule's length too) so that training ends
+    ``train.total_iter`` (:func:`fit_iterations`, the schedule's length too) so that training ends
     within that many minutes, learning-curve points included; the number is written into the run's
     config, and a resumed run keeps it (an ``iterations`` override on resume replaces it)."""
 
@@ -100,7 +100,7 @@ class RobustSAMTrainer:
         self.device = self.context.device
         self.run = Run.open(self.output_dir, kind=RUN_KIND, schema=SCHEMA, config=given, resume=resume,
                             overwrite=overwrite, allow_config_change=allow_config_change,
-                            overrides={} if iterations is None else {"train.iterations": iterations},
+                            overrides={} if iterations is None else {"train.total_iter": iterations},
                             keep=(FEATURE_CACHE_FOLDER,), logs={TRAIN_LOG: None, VAL_LOG: VAL_COLUMNS, CURVE_LOG: CURVE_COLUMNS},
                             context=self.context)
         try:
@@ -110,7 +110,7 @@ class RobustSAMTrainer:
             raise
 
     def _with_fitted_iterations(self, given: dict) -> dict:
-        """``given`` with the run's fitted ``train.iterations`` when both ask for the same fit_minutes
+        """``given`` with the run's fitted ``train.total_iter`` when both ask for the same fit_minutes
         (resuming with the YAML file a fitted run started from is no config change)."""
         try:
             saved = read_run_config(self.output_dir, SCHEMA)
@@ -120,13 +120,13 @@ class RobustSAMTrainer:
         if minutes is None or saved["train"]["fit_minutes"] != minutes:
             return given
         adopted = copy.deepcopy(given)
-        adopted["train"]["iterations"] = saved["train"]["iterations"]
+        adopted["train"]["total_iter"] = saved["train"]["total_iter"]
         return adopted
 
     def _build(self) -> None:
         self.config = copy.deepcopy(self.run.config)
         train_config = self.config["train"]
-        seed_everything(self.config["seed"])
+        seed_everything(self.config["manual_seed"])
         self.model = load_base_model(self.config["model"]).to(self.device)
         self.model.train()
         self.data = TrainingData(self.config, self.model, feature_cache_dir(self.config, self.output_dir), self.context)
@@ -138,7 +138,7 @@ class RobustSAMTrainer:
         trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
         self.optimizer = OPTIMIZER_CLASSES[train_config["optimizer"]](trainable, lr=train_config["lr"],
                                                                       weight_decay=train_config["weight_decay"])
-        self.schedule = LearningRateSchedule(self.optimizer, schedule_spec(train_config), train_config["iterations"])
+        self.schedule = LearningRateSchedule(self.optimizer, schedule_spec(train_config), train_config["total_iter"])
         self.state = TrainingState()
         # grad_/share_ columns of log.csv (blank until the first measurement), fixed so every row has them
         weighted = [name for name in TERM_NAMES if getattr(self.weights, name)]
@@ -163,11 +163,11 @@ class RobustSAMTrainer:
         except (RuntimeError, KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"the checkpoint in {self.output_dir} does not fit the model and optimizer of this "
                                   f"config ({str(error).splitlines()[0]})") from None
-        self.schedule.load_state_dict(checkpoint.state["schedule"], total_iterations=self.config["train"]["iterations"])
+        self.schedule.load_state_dict(checkpoint.state["schedule"], total_iterations=self.config["train"]["total_iter"])
         saved_norms = checkpoint.state.get("gradient_norms", {})
         self._last_gradient_norms.update({name: saved_norms[name] for name in self._last_gradient_norms
                                           if name in saved_norms})
-        self.run.restore_rng(reseed=self.config["seed"] + self.run.start_iteration)
+        self.run.restore_rng(reseed=self.config["manual_seed"] + self.run.start_iteration)
         if self.context.is_main:
             print(f"[robustprior] resuming {self.output_dir} at iteration {self.state.iteration}")
 
@@ -239,7 +239,7 @@ class RobustSAMTrainer:
             return {}
         self.model.eval()
         scores: dict[str, list[float]] = {"robust": [], "sam": []}
-        batch = self.config["train"]["batch_size"]
+        batch = self.config["train"]["batch_size_per_gpu"]
         for start in range(0, len(val_set), batch):
             indices = list(range(start, min(start + batch, len(val_set))))
             _, degraded, groups, _ = self.data.batch(val_set, indices, variant=0)
@@ -254,7 +254,7 @@ class RobustSAMTrainer:
         return {f"val_iou_{path}": float(np.mean(values)) for path, values in scores.items()}
 
     def train(self, stop_after: int | None = None) -> dict[str, Any]:
-        """Train to ``train.iterations`` (or stop, with a checkpoint, at iteration ``stop_after``, as an
+        """Train to ``train.total_iter`` (or stop, with a checkpoint, at iteration ``stop_after``, as an
         interruption would); returns the final metrics (:meth:`_finish`), or ``{"iterations"}`` when
         stopped early. Reaching the last iteration releases the run folder."""
         if self.closed:
@@ -268,7 +268,7 @@ class RobustSAMTrainer:
 
     def _train(self, stop_after: int | None) -> dict[str, Any]:
         config = self.config["train"]
-        total = config["iterations"]
+        total = config["total_iter"]
         fit_minutes = None if self.state.fitted else config["fit_minutes"]
         if fit_minutes is not None:  # the steps that time the fit run whatever the given length
             total = max(total, self.state.iteration + FIT_PROBE[1])
@@ -350,14 +350,14 @@ class RobustSAMTrainer:
         return metrics
 
     def _fix_length(self, fit_minutes: float, step_seconds: list[float], curve_seconds: float) -> int:
-        """Fix ``train.iterations`` for ``train.fit_minutes`` from the timed steps (:func:`fit_iterations`)
+        """Fix ``train.total_iter`` for ``train.fit_minutes`` from the timed steps (:func:`fit_iterations`)
         in the run's config and the schedule; returns it."""
         config = self.config["train"]
         per_step = float(np.median(step_seconds[FIT_PROBE[0]:]))
         length = fit_iterations(60 * fit_minutes, self.state.seconds, self.state.iteration, per_step,
                                 self.config["curve"]["every"] if self.curve is not None else 0, curve_seconds)
         length = min(self.context.all_gather(length))  # DDP ranks (their times differ a little) agree
-        config["iterations"] = length
+        config["total_iter"] = length
         self.run.save_config(self.config)  # later checkpoints carry it: a resumed run keeps the length
         self.schedule.set_total(length)
         self.state.fitted = True
@@ -449,7 +449,7 @@ def fill_feature_cache(config: Mapping[str, Any], output: str | Path, progress: 
         lock = prepare_run_folder(folder, RUN_KIND, resume=(folder / RUN_MARKER).is_file(), overwrite=False,
                                   keep=(FEATURE_CACHE_FOLDER,))
     try:
-        seed_everything(config["seed"])
+        seed_everything(config["manual_seed"])
         model = load_base_model(config["model"]).to(device)
         model.train()
         data = TrainingData(config, model, cache_dir, DistributedContext(0, 1, device))  # one process

@@ -110,7 +110,7 @@ class TrainingBatches(torch.utils.data.IterableDataset):
     def __init__(self, images: np.ndarray, instances: np.ndarray, config: dict, start: int) -> None:
         self.images, self.instances = images, instances
         self.batch, self.flips = config["batch"], config["data"]["flip_augmentation"]
-        self.seed, self.start = int(config["seed"]), start
+        self.seed, self.start = int(config["manual_seed"]), start
 
     def step(self, index: int) -> tuple[np.ndarray, list[PromptGroup]]:
         """Step ``index``: images ``B x H x W x 3`` uint8 and their prompt groups."""

@@ -22,7 +22,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-config-change", action="store_true",
                         help="with --resume and --config: continue with a config that differs from the run's "
                              "(recorded in OUTPUT/config_changes.yaml)")
-    parser.add_argument("--iterations", type=int, help="override the schedule length")
+    parser.add_argument("--iterations", type=int, help="override the schedule length (train.total_iter)")
     parser.add_argument("--stop-after", type=int, help="stop (with a checkpoint) at this iteration")
     parser.add_argument("--threads", type=int, help="override the config's CPU thread count")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the config's device")

@@ -1,4 +1,20 @@
-"""The tiny-SAM recipe's config schema (``robustprior/configs/tiny_sam*.yaml``)."""
+"""The tiny-SAM recipe's config schema (``robustprior/configs/tiny_sam*.yaml``).
+
+Key names are BasicSR's where BasicSR has the key with the same meaning (as the RobustSAM trainer's,
+:mod:`robustprior.training.robustsam.config`): ``manual_seed`` (the run's global seed) and the
+``train`` section with ``total_iter`` and ``warmup_iter`` (linear warmup iterations). They were
+``seed``, ``optimizer``, ``optimizer.iterations`` and ``optimizer.warmup_iterations`` before (the
+schema's ``former`` entries): a config given with an earlier name is refused in one line naming the
+new key; a run folder saved with them resumes, its config read with the names of now and rewritten
+with them (:func:`robustprior.training.config.migrate_config`).
+
+Kept under our names: ``batch.images`` (images per step of the one training process, each with
+``batch.prompts_per_image`` prompts: BasicSR's ``batch_size_per_gpu`` counts samples per GPU of a
+``datasets.train`` section, a different structure); ``train.lr`` / ``weight_decay`` / ``betas``
+(BasicSR's ``train.optim_g``) and the cosine's ``min_lr_ratio`` (BasicSR's ``train.scheduler``): the
+sections are not restructured; ``logging`` (BasicSR's ``logger``, with other keys); the scene seeds
+``data.train_seed`` / ``data.test_seed``, which are not the run's global seed.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,7 +57,7 @@ SCHEMA = Section({
     "model_type": Field(str, "tiny", choices=tuple(MODEL_CONFIGS), doc="robustprior.modeling.build registry name"),
     "model_overrides": Field(dict, None, check=_check_model_overrides, doc="ModelConfig fields to change"),
     "aligned_attention_init": Field(bool, False, doc="decoder attention starts with W_k = W_q"),
-    "seed": Field(int, 0, at_least=0),
+    "manual_seed": Field(int, 0, at_least=0, doc="the run's global seed (weights, batch order)"),
     "device": Field(str, "cpu", check=check_device_name),
     "threads": Field(int, 1, at_least=1, doc="torch CPU threads of the training process"),
     "data": {
@@ -63,16 +79,16 @@ SCHEMA = Section({
         "negative_probability": Field(float, 0.5, at_least=0, at_most=1),
         "box_jitter": Field(float, 0.1, at_least=0),
     },
-    "optimizer": {
-        "iterations": Field(int, 1300, at_least=1),
+    "train": Section({
+        "total_iter": Field(int, 1300, at_least=1, doc="training iterations (the cosine schedule's length)"),
         "lr": Field(float, 8e-4, above=0),
         "weight_decay": Field(float, 0.05, at_least=0),
         "betas": Field(list, [0.9, 0.999], items=float, length=2, check=_check_betas),
-        "warmup_iterations": Field(int, 50, at_least=0),
+        "warmup_iter": Field(int, 50, at_least=0, doc="linear warmup iterations"),
         "min_lr_ratio": Field(float, 0.02, at_least=0, at_most=1),
         "gradient_clip": Field(float, 1.0, above=0),
         "bf16_autocast": Field(bool, True),
-    },
+    }, former={"iterations": "total_iter", "warmup_iterations": "warmup_iter"}),
     "loss": {
         "full_resolution": Field(bool, False),
         "focal": Field(float, 20.0, at_least=0),
@@ -93,7 +109,7 @@ SCHEMA = Section({
     },
     "history": Field(list, [], items=dict, internal=True,
                      doc="one entry per training invocation (written by training, for the model card)"),
-}, check=_check_counts)
+}, check=_check_counts, former={"seed": "manual_seed", "optimizer": "train"})
 
 
 def load_config(path: str | Path) -> dict:

@@ -10,7 +10,7 @@ from robustprior.io.atomic import write_text_atomically
 from robustprior.io.checkpoint import save_checkpoint
 from ...modeling.robust_sam import RobustSAM
 from ..checkpoints import load_training_checkpoint
-from ..config import validate_config
+from ..config import validate_saved_config
 from ..errors import CheckpointError
 from ..provenance import REPO_ROOT
 from .config import DEFAULT_CONFIG, SCHEMA
@@ -49,10 +49,10 @@ def export_finished_run(output: str | Path, reevaluate: bool = False) -> None:
     checkpoint = load_training_checkpoint(output)
     if checkpoint is None:
         raise CheckpointError(f"{output} has no checkpoint: train it first")
-    config = validate_config(checkpoint.state["config"], SCHEMA, source=f"the config saved in {output}")
-    if checkpoint.iteration < config["optimizer"]["iterations"]:
+    config = validate_saved_config(checkpoint.state["config"], SCHEMA, source=f"the config saved in {output}")
+    if checkpoint.iteration < config["train"]["total_iter"]:
         raise CheckpointError(f"{output} stopped at iteration {checkpoint.iteration} of "
-                              f"{config['optimizer']['iterations']}; finish it with --resume first")
+                              f"{config['train']['total_iter']}; finish it with --resume first")
     if not (output / "metrics.json").is_file():
         raise CheckpointError(f"{output} has no metrics.json: its final evaluation did not run; resume it first")
     summary = json.loads((output / "metrics.json").read_text())
@@ -72,7 +72,7 @@ def reproduce_commands(config: dict) -> str:
     """The commands that re-run a run's schedule history (one per invocation)."""
     commands = []
     for entry in config.get("history") or [{"start_iteration": 0,
-                                            "schedule_iterations": config["optimizer"]["iterations"],
+                                            "schedule_iterations": config["train"]["total_iter"],
                                             "threads": config["threads"]}]:
         command = "python recipes/train_tiny_sam.py"
         if entry["start_iteration"] > 0:
@@ -117,9 +117,9 @@ background, textures from the shared photos). Train: {data['train_scenes']} scen
 ## Training
 
 {summary['iterations']} iterations of {batch['images']} images x {batch['prompts_per_image']} prompts
-(mix {batch['prompt_mix']}), AdamW lr {config['optimizer']['lr']} (warmup {config['optimizer']['warmup_iterations']},
-cosine), weight decay {config['optimizer']['weight_decay']}, gradient clip {config['optimizer']['gradient_clip']},
-bf16 autocast {config['optimizer']['bf16_autocast']}, decoder attention initialised with `W_k = W_q`
+(mix {batch['prompt_mix']}), AdamW lr {config['train']['lr']} (warmup {config['train']['warmup_iter']},
+cosine), weight decay {config['train']['weight_decay']}, gradient clip {config['train']['gradient_clip']},
+bf16 autocast {config['train']['bf16_autocast']}, decoder attention initialised with `W_k = W_q`
 (`aligned_attention_init: {config['aligned_attention_init']}`); loss {config['loss']['focal']} x focal + {config['loss']['dice']} x dice
 (+ IoU MSE) {"on the logits upsampled to 256 x 256 against the exact masks" if config['loss'].get('full_resolution')
              else "on the 128 x 128 logits against area-averaged masks"}, multimask min-loss for single points.

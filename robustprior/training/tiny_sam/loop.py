@@ -44,10 +44,11 @@ def fitted_iterations(step_seconds: list[float], minutes: float, skip: int = FIT
     return len(step_seconds) + max(1, int((minutes * 60 - sum(step_seconds)) / per_step))
 
 
-def schedule_spec(optimizer_config: Mapping[str, Any]) -> ScheduleSpec:
-    """Linear warmup, then cosine down to ``lr * min_lr_ratio`` (:mod:`robustprior.training.schedules`)."""
-    return ScheduleSpec("cosine", warmup_iterations=optimizer_config["warmup_iterations"],
-                        min_lr_ratio=optimizer_config["min_lr_ratio"])
+def schedule_spec(train_config: Mapping[str, Any]) -> ScheduleSpec:
+    """Linear warmup (``train.warmup_iter``), then cosine down to ``lr * min_lr_ratio``
+    (:mod:`robustprior.training.schedules`)."""
+    return ScheduleSpec("cosine", warmup_iterations=train_config["warmup_iter"],
+                        min_lr_ratio=train_config["min_lr_ratio"])
 
 
 def train(config: Mapping[str, Any] | None, output: str | Path, resume: bool = False, iterations: int | None = None,
@@ -61,10 +62,10 @@ def train(config: Mapping[str, Any] | None, output: str | Path, resume: bool = F
     may be None (the run's own config), and one that differs from the run's is refused unless
     ``allow_config_change`` (:class:`~robustprior.training.run_folder.Run`). ``overwrite`` starts a
     finished or interrupted run again (its scene cache is kept). ``iterations`` overrides the
-    schedule length (resuming with a longer one restarts the cosine from where the longer schedule
-    stands); ``threads`` overrides ``config["threads"]`` (the process's torch thread count is restored
-    on return); ``device`` overrides ``config["device"]``: these three are command-line overrides,
-    allowed on resume and recorded. ``stop_after`` ends the run early at that iteration with a
+    schedule length, ``train.total_iter`` (resuming with a longer one restarts the cosine from where
+    the longer schedule stands); ``threads`` overrides ``config["threads"]`` (the process's torch
+    thread count is restored on return); ``device`` overrides ``config["device"]``: these three are
+    command-line overrides, allowed on resume and recorded. ``stop_after`` ends the run early at that iteration with a
     checkpoint (as an interruption would); ``export`` writes the weights and model card named in
     ``config["export"]`` after the final evaluation. ``workers`` processes generate the scenes and make
     the training batches; ``fit_minutes`` (a fresh run only) sets the schedule length at step 40 from
@@ -78,7 +79,7 @@ def train(config: Mapping[str, Any] | None, output: str | Path, resume: bool = F
         config = validate_config(config, SCHEMA)
     if device is not None or config is not None:
         resolve_device(device or config["device"])  # a missing GPU is an error before the folder is touched
-    overrides = {key: value for key, value in (("optimizer.iterations", iterations), ("threads", threads),
+    overrides = {key: value for key, value in (("train.total_iter", iterations), ("threads", threads),
                                                ("device", device)) if value is not None}
     with Run.open(output, kind=RUN_KIND, schema=SCHEMA, config=config, resume=resume, overwrite=overwrite,
                   allow_config_change=allow_config_change, overrides=overrides, keep=(SCENE_CACHE_PATTERN,),
@@ -87,7 +88,7 @@ def train(config: Mapping[str, Any] | None, output: str | Path, resume: bool = F
         run_device = resolve_device(config["device"])
         # one entry per invocation, so the model card can print the exact commands that made the weights
         history_entry = {"start_iteration": run.start_iteration,
-                         "schedule_iterations": config["optimizer"]["iterations"], "threads": config["threads"],
+                         "schedule_iterations": config["train"]["total_iter"], "threads": config["threads"],
                          "device": run_device.type}
         if not run.resumed:
             config["history"] = []  # the history of this run's weights starts here
@@ -106,25 +107,25 @@ def train(config: Mapping[str, Any] | None, output: str | Path, resume: bool = F
 def _train(run: Run, run_device: torch.device, history_entry: dict, stop_after: int | None, export: bool,
            workers: int, fit_minutes: float | None) -> dict:
     config = run.config
-    data, optimizer_config = config["data"], config["optimizer"]
-    total = optimizer_config["iterations"]
-    seed_everything(config["seed"])
+    data, train_config = config["data"], config["train"]
+    total = train_config["total_iter"]
+    seed_everything(config["manual_seed"])
     train_images, train_instances = cached_scenes(run.folder, data["train_seed"], data["train_scenes"], workers)
     test_images, test_instances, test_kinds = held_out_scenes(data["test_seed"], data["test_scenes"], workers)
     quick = slice(0, data["quick_eval_scenes"])
 
     model = trainable_model(config["model_type"], config["aligned_attention_init"], config["model_overrides"])
     model.to(run_device)
-    optimizer = torch.optim.AdamW(parameter_groups(model, optimizer_config["weight_decay"]),
-                                  lr=optimizer_config["lr"], betas=tuple(optimizer_config["betas"]))
-    schedule = LearningRateSchedule(optimizer, schedule_spec(optimizer_config), total)
+    optimizer = torch.optim.AdamW(parameter_groups(model, train_config["weight_decay"]),
+                                  lr=train_config["lr"], betas=tuple(train_config["betas"]))
+    schedule = LearningRateSchedule(optimizer, schedule_spec(train_config), total)
     iteration, elapsed = 0, 0.0
     if run.resumed:
         state = run.checkpoint.state
         model.load_state_dict(run.checkpoint.weights)
         optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
         schedule.load_state_dict(state["schedule"], total_iterations=total)
-        run.restore_rng(reseed=config["seed"] + run.start_iteration)
+        run.restore_rng(reseed=config["manual_seed"] + run.start_iteration)
         iteration, elapsed = run.start_iteration, float(state["elapsed_seconds"])
 
     def checkpoint() -> None:
@@ -146,7 +147,7 @@ def _train(run: Run, run_device: torch.device, history_entry: dict, stop_after: 
         loss, logged = training_step_loss(model, images, groups, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.sam_parameters(), optimizer_config["gradient_clip"])
+        torch.nn.utils.clip_grad_norm_(model.sam_parameters(), train_config["gradient_clip"])
         learning_rate = schedule.lr
         optimizer.step()
         schedule.step()
@@ -158,8 +159,8 @@ def _train(run: Run, run_device: torch.device, history_entry: dict, stop_after: 
         if fit_minutes is not None:
             probe.append(seconds)
             if iteration == FIT_PROBE[1]:
-                total = max(fitted_iterations(probe, fit_minutes), optimizer_config["warmup_iterations"] + 1)
-                optimizer_config["iterations"] = history_entry["schedule_iterations"] = total
+                total = max(fitted_iterations(probe, fit_minutes), train_config["warmup_iter"] + 1)
+                train_config["total_iter"] = history_entry["schedule_iterations"] = total
                 schedule.set_total(total)
                 end = total if stop_after is None else min(total, stop_after)
                 progress.total = total

@@ -85,7 +85,7 @@ def training_step_loss(model: RobustSAM, images: torch.Tensor, groups: list[Prom
     device = next(model.parameters()).device
     pixels = images.to(device).permute(0, 3, 1, 2).float()
     groups = [group.to(device) for group in groups]
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["optimizer"]["bf16_autocast"]):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["train"]["bf16_autocast"]):
         features = model.encode_image(model.preprocess(pixels))
         terms = [group_losses(model, features, group, weights) for group in groups]
     prompts = sum(len(group) for group in groups)
