@@ -445,7 +445,8 @@ def part_table1(check: Check) -> None:
                                                     row["sam"]["peak_above_start_mb"])
             check.record(f"{model_type}.{precision}", row)
             headline.append(f"{model_type} {precision} {_fmt(row['time_ratio'])}x/{_fmt(row['memory_ratio'])}x")
-        del predictors, model
+        predictors.clear()
+        del model
         check.free()
     check.record("paper", PAPER_TABLE1)
     check.record("memory", check.memory_kind)
