@@ -581,9 +581,8 @@ def part_training(check: Check) -> None:
 
 # ----------------------------------------------------------------------------- part 4: restoration
 def _restoration_options(check: Check, task: str, prior_settings: Mapping[str, Any]) -> dict[str, Any]:
-    from restoration.config import RECIPE_KEYS
+    from restoration.config import RECIPE_KEYS, load_options
     from restoration.paired_data import locate_dataset
-    from restoration.train import load_options
 
     sizes = check.sizes
     option_file = REPO / "restoration" / "options" / ("deblur_gopro.yaml" if task == "deblur" else "dehaze_sots.yaml")
@@ -611,7 +610,8 @@ def _restoration_options(check: Check, task: str, prior_settings: Mapping[str, A
 def part_restoration(check: Check) -> None:
     from torch.utils.data import default_collate
 
-    from restoration.train import RestorationTrainer, restore_image
+    from restoration.inference import restore_image
+    from restoration.train import RestorationTrainer
     from robustprior.load import load_model
 
     sizes = check.sizes
@@ -781,8 +781,7 @@ def _max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def part_correctness(check: Check) -> None:
     from restoration.archs import build_network
-    from restoration.config import network_options as translated_network
-    from restoration.train import load_options
+    from restoration.config import load_options, network_options as translated_network
     from robustprior.load import load_model
     from robustprior.predictor import RobustSAMPredictor
 

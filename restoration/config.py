@@ -26,25 +26,32 @@ The sections::
 :func:`network_options` translates them to the classes' own arguments, which the validated options
 hold. A recipe config adds ``task``, ``threads`` and ``recipe`` (:data:`RECIPE_KEYS`, read by
 :mod:`restoration.table8`; :func:`load_options_file` accepts and sets them aside).
+
+Reading and checking: :func:`load_options` (a file as written), :func:`parse_forced_options`
+(``--force_yml``), :func:`check_options` (everything checkable before any work: the schema, network
+and prior agreeing, the data layout) and :func:`dataset_options` (one phase's dataset options).
 """
 from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from restoration.archs import NETWORKS, check_network_options
 from restoration.datasets import PRIOR_SCHEMA
 from restoration.metrics import SSIM_KINDS
-from restoration.paired_data import LAYOUTS
+from restoration.paired_data import LAYOUTS, list_pairs
 from robustprior.training.config import (REQUIRED, Field, Ignored, Section, read_config_file,
                                          validate_config)
 from robustprior.training.errors import ConfigError
 
 __all__ = ["SCHEMA", "RECIPE_KEYS", "NETWORK_TYPES", "PIXEL_LOSSES", "network_options", "network_prior", "validate_options",
-           "load_options_file", "split_recipe_keys"]
+           "load_options_file", "split_recipe_keys", "load_options", "parse_forced_options", "check_options",
+           "check_options_agree", "check_data", "dataset_options"]
 
 PIXEL_LOSSES = ("PSNRLoss", "L1Loss")
 OPTIMIZERS = ("AdamW", "Adam")
@@ -254,3 +261,78 @@ def load_options_file(path: str | Path, validate: bool = True) -> dict[str, Any]
     written (a recipe fills in its data roots first)."""
     options, _ = split_recipe_keys(read_config_file(path))
     return validate_options(options, source=str(path)) if validate else options
+
+
+def load_options(path: str | Path) -> dict[str, Any]:
+    """A YAML options (or recipe config) file as written, its recipe keys included
+    (:func:`robustprior.training.config.read_config_file`: the one reader of every config kind);
+    :func:`check_options` validates it."""
+    return read_config_file(path)
+
+
+def parse_forced_options(assignments: Sequence[str]) -> dict[str, Any]:
+    """BasicSR's ``--force_yml`` assignments (``train:total_iter=20``, ``network_g:enc_blk_nums=[1, 1]``;
+    values read as YAML) as a nested override mapping (:func:`robustprior.training.merge_config`)."""
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        key, separator, text = assignment.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"--force_yml takes KEY:SUBKEY=VALUE, got {assignment!r}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--force_yml {assignment!r}: the value is not YAML ({error})") from None
+        *parents, leaf = key.split(":")
+        target = overrides
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"--force_yml {assignment!r}: {parent} is given a value and keys")
+        target[leaf] = value
+    return overrides
+
+
+def check_options_agree(options: Mapping[str, Any]) -> None:
+    """Network and prior options that contradict each other: a :class:`ConfigError`."""
+    wanted, kind = network_prior(options["network_g"]), options["prior"]["kind"]
+    if wanted == "none" and kind != "none":
+        raise ConfigError(f"prior.kind is {kind!r} but the network takes no prior (network_g.prior: none); "
+                          "set prior.kind: none")
+    if wanted != "none" and kind == "none":
+        raise ConfigError(f"the network's prior is {wanted!r}: set prior.kind to sam or robustsam")
+    if wanted == "features" and options["prior"]["features"] is None:
+        raise ConfigError("a 'features' network needs prior.features: mask_feature or embedding")
+    if wanted != "features" and options["prior"]["features"] is not None:
+        raise ConfigError(f"prior.features is {options['prior']['features']!r} but the network's prior is {wanted!r} "
+                          "(only network_g.prior: features reads latent maps); set prior.features: null")
+
+
+def check_data(options: Mapping[str, Any]) -> None:
+    """List the pairs of every data section: a wrong layout or split is a one-line
+    :class:`~restoration.paired_data.DataLayoutError` before any run folder is made."""
+    for phase in ("train", "val"):
+        section = options["datasets"][phase]
+        if section is not None:
+            list_pairs(section["layout"], section["dataroot_lq"], section["dataroot_gt"], section["blur_dir"],
+                       section["filename_tmpl"])
+
+
+def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything that can be checked before any work, in one call (a recipe calls it for every row
+    before it writes anything): the schema (:func:`validate_options`), network and prior agreeing
+    (:func:`check_options_agree`) and the data layout (:func:`check_data`). Returns the validated
+    options; raises a :class:`~robustprior.training.RunSetupError` (one message)."""
+    validated = validate_options(options)
+    check_options_agree(validated)
+    check_data(validated)
+    return validated
+
+
+def dataset_options(options: Mapping[str, Any], phase: str) -> dict[str, Any]:
+    """The :class:`~restoration.datasets.PriorPairedDataset` options of phase ``train`` or ``val`` of
+    validated options (the evaluation set without crops or flips)."""
+    section = dict(options["datasets"][phase])
+    section.update(seed=options["manual_seed"], phase=phase)
+    if phase != "train":
+        section.update(gt_size=None, use_flip=False, use_rot=False)
+    return section

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from restoration.metrics import psnr
 from restoration.paired_data import read_pair
-from restoration.train import PRIOR_CACHE_NAME, RESULTS_NAME, load_trained_run
+from restoration.trained_run import PRIOR_CACHE_NAME, RESULTS_NAME, load_trained_run
 
 
 def prior_reliance(run_dir: str | Path, device: str = "cpu", progress: bool = False) -> dict[str, Any]:

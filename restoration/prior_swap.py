@@ -28,7 +28,7 @@ import numpy as np
 from restoration.datasets import PRIOR_CLASSES, prepare_priors
 from restoration.metrics import psnr
 from restoration.paired_data import read_pair
-from restoration.train import RESULTS_NAME, TrainedRun, load_trained_run
+from restoration.trained_run import RESULTS_NAME, TrainedRun, load_trained_run
 from restoration.verdict import paired_image_verdict
 
 SWAP_KINDS: tuple[str, str] = ("sam", "robustsam")

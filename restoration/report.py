@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from restoration.paired_data import read_rgb  # noqa: E402
-from restoration.train import RESULTS_NAME, write_json  # noqa: E402
+from restoration.trained_run import RESULTS_NAME  # noqa: E402
 from restoration.verdict import (MDD_FORMULA, paired_image_verdict, paired_seed_verdict, power_sentence,  # noqa: E402
                                  verdict_sentence)
 from robustprior.io.atomic import atomic_path, write_text_atomically  # noqa: E402
@@ -447,7 +447,7 @@ def write_report(
     report = build_report(task, results, setup or {}, quality, reliance, swap)
     paths = {"report.md": output_dir / "report.md", "report.json": output_dir / "report.json",
              "grid.png": output_dir / "grid.png"}
-    write_json(paths["report.json"], report)
+    write_text_atomically(paths["report.json"], json.dumps(report, indent=2, default=str) + "\n")
     write_text_atomically(paths["report.md"], render_markdown(json.loads(paths["report.json"].read_text())))
     first = {row: min(seeds) for row, seeds in ((row, [seed for r, seed in run_dirs if r == row]) for row in results)}
     render_grid(task, {row: results[row][seed] for row, seed in first.items()},

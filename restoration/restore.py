@@ -6,10 +6,10 @@
     python recipes/deblur.py --restore frames/ --row sam --seed 2 --restored out/ --tile 512
 
 Each input image (a file, or every image file directly inside a folder) is restored by the run's
-network (:func:`restoration.train.load_trained_run`: its final checkpoint, read without opening the
+network (:func:`restoration.trained_run.load_trained_run`: its final checkpoint, read without opening the
 run for training) with the prior of that image computed exactly as training computed priors: the
 run's own prior model, checkpoint, generator settings, grouping, latent features and grey-level scale
-(:meth:`restoration.train.TrainedRun.prepare_priors`, which refuses a prior model whose fingerprint is
+(:meth:`restoration.trained_run.TrainedRun.prepare_priors`, which refuses a prior model whose fingerprint is
 not the run's). The result is ``<restored>/<stem>.png`` (8-bit RGB, written atomically), the size of
 the input.
 
@@ -58,9 +58,10 @@ import numpy as np
 
 from restoration.datasets import PRIOR_CLASSES, PriorIndex
 from restoration.paired_data import IMAGE_EXTENSIONS
-from restoration.train import PRIOR_CACHE_NAME, RUN_KIND, TrainedRun, load_trained_run, size_multiple
+from restoration.inference import size_multiple
+from restoration.trained_run import PRIOR_CACHE_NAME, RUN_KIND, TrainedRun, load_trained_run
 from robustprior.data.image_io import check_float_samples
-from robustprior.io.atomic import atomic_path
+from robustprior.io.mask_outputs import write_png
 from robustprior.training.errors import RunSetupError
 from robustprior.training.run_folder import RUN_MARKER, check_output_folder
 
@@ -241,13 +242,6 @@ def check_regions(trained: TrainedRun, priors: PriorIndex | None, images: Sequen
 
 
 # ----------------------------------------------------------------------------- restore
-def write_png_atomically(path: Path, image: np.ndarray) -> None:
-    """An H x W x 3 uint8 RGB image as PNG at ``path``, atomically (:func:`robustprior.io.atomic.atomic_path`)."""
-    with atomic_path(path, suffix=".png") as temporary:
-        if not cv2.imwrite(temporary, np.ascontiguousarray(image[..., ::-1])):
-            raise OSError(f"could not write {path}")
-
-
 def restore_paths(
     run_dir: str | Path,
     inputs: str | Path | Sequence[str | Path],
@@ -267,7 +261,7 @@ def restore_paths(
 
     ``tile`` / ``overlap``: see the module docstring (None: automatic / the run's ``val.overlap``; tile
     0: never tiled). ``overwrite``: replace existing outputs (else a :class:`RestoreError` before any
-    work). ``device``: as :func:`restoration.train.load_trained_run`. ``progress``: the prior's progress
+    work). ``device``: as :func:`restoration.trained_run.load_trained_run`. ``progress``: the prior's progress
     bar. ``cache_dir``: the prior cache (None: :func:`prior_cache_dir`). ``log``: called with one line
     per restored image, the notes of converted inputs and the summary. ``task`` (dehaze | deblur): a run
     named for the other task (the recipes name runs ``<task>_<row>``) gets a warning line. Raises
@@ -297,7 +291,7 @@ def restore_paths(
         for note in image.notes:
             say(f"note: {image.path}: {note}")
         restored = trained.restore_file(image.path, priors, tile=tile, overlap=overlap)
-        write_png_atomically(output, restored)
+        write_png(output, restored)
         height, width = image.size
         parts = [f"{width}x{height}"]
         if image.path in regions:

@@ -62,7 +62,8 @@ from typing import Any
 import torch
 import yaml
 
-from restoration.config import validate_options
+from restoration.config import (check_data, check_options, check_options_agree, dataset_options, load_options,
+                                validate_options)
 from restoration.control_priors import CONTROL_PRIOR_KINDS, has_instance_maps
 from restoration.datasets import NO_MASKS_WARNING, PriorPairedDataset, describe_prior_model, prepare_priors
 from restoration.operating_point import OPERATING_POINTS, choose_operating_points
@@ -73,8 +74,8 @@ from restoration.report import ROW_LABELS, format_table, write_report
 from restoration.restore import add_restore_arguments, run_restore
 from restoration.config import RECIPE_KEYS
 from restoration.paired_data import locate_dataset
-from restoration.train import (PRIOR_CACHE_NAME, RESULTS_NAME, RUN_KIND, TRAIN_LOG, VAL_LOG, RestorationTrainer,
-                               check_data, check_options, check_options_agree, dataset_options, load_options)
+from restoration.train import RestorationTrainer
+from restoration.trained_run import PRIOR_CACHE_NAME, RESULTS_NAME, RUN_KIND, TRAIN_LOG, VAL_LOG
 from robustprior.data.scenes import SceneConfig, write_gopro_dataset, write_sots_dataset
 from robustprior.io.allocator import keep_freed_memory
 from robustprior.io.atomic import is_temporary, write_text_atomically
@@ -223,7 +224,7 @@ def ensure_generated_data(task: str, root: Path, spec: dict[str, Any], progress:
 def load_recipe_config(task: str, path: str | Path | None) -> dict[str, Any]:
     """The recipe config (``path``, or the embedded ``restoration/options/<task>_default.yaml``), its recipe keys
     validated against :data:`RECIPE_SCHEMA` (defaults filled in; the training options are checked per row
-    by :func:`restoration.train.check_options`)."""
+    by :func:`restoration.config.check_options`)."""
     source = Path(path or CONFIG_DIR / f"{task}_default.yaml")
     config = load_options(source)
     recipe_part = validate_config({key: config[key] for key in RECIPE_KEYS if key in config}, RECIPE_SCHEMA,

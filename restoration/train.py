@@ -1,31 +1,15 @@
-"""Training and evaluation of restoration networks with SAM / RobustSAM structure priors, on the run engine.
+"""The training loop of restoration networks with SAM / RobustSAM structure priors, on the run engine,
+and its command line.
 
-Driven by an options dict (YAML, BasicSR's vocabulary) validated against
-:data:`restoration.config.SCHEMA` before any work (an unknown key, a wrong type or an out-of-range
-value is one error naming the key and the closest valid one; keys of BasicSR files that are not
-used are listed in one warning)::
-
-    name: deblur_gopro
-    manual_seed: 0
-    network_g: {type: SegNAFNetLocal, width: 32, enc_blk_nums: [1, 1, 1, 28], ...}   # restoration.config
-    datasets:
-      train: {dataroot_lq: GoPro/train, dataroot_gt: GoPro/train, layout: gopro, gt_size: 256, use_flip: true,
-              use_rot: true, batch_size_per_gpu: 8, num_worker_per_gpu: 4}
-      val:   {dataroot_lq: GoPro/test, dataroot_gt: GoPro/test, layout: gopro}
-    train:
-      total_iter: 300000
-      optim_g: {type: AdamW, lr: 1.0e-3, weight_decay: 1.0e-3, betas: [0.9, 0.9]}
-      scheduler: {type: TrueCosineAnnealingLR, eta_min: 1.0e-7}
-      pixel_opt: {type: PSNRLoss}            # 10/ln10 * log(MSE + 1e-8) (NAFNet, SAM-Deblur) | L1Loss
-      grad_clip: null
-    val: {val_freq: null, save_img: true, tile: 512, overlap: 32, ssim: basicsr}
-    logger: {print_freq: 10, save_checkpoint_freq: 1000}
-    prior: {kind: robustsam, checkpoint: robustsam_vit_h, points_per_side: 32, grouping: smallest, ...}
-
-Every network is called as ``network(lq, prior)`` (:mod:`restoration.archs`), the prior batch made
-by the dataset (:class:`restoration.datasets.PriorPairedDataset`). Priors are computed for the
-degraded inputs once, through the prior's disk cache, before training
-(:func:`restoration.datasets.prepare_priors`).
+Driven by an options dict (YAML, BasicSR's vocabulary: ``name``, ``manual_seed``, ``network_g``,
+``datasets.train`` / ``datasets.val``, ``train`` (``total_iter``, ``optim_g``, ``scheduler``,
+``pixel_opt``: :mod:`restoration.losses`), ``val``, ``logger`` and our ``prior`` section) checked by
+:func:`restoration.config.check_options` before any work (an unknown key, a wrong type or an
+out-of-range value is one error naming the key and the closest valid one; keys of BasicSR files that
+are not used are listed in one warning). Every network is called as ``network(lq, prior)``
+(:mod:`restoration.archs`), the prior batch made by the dataset
+(:class:`restoration.datasets.PriorPairedDataset`); the priors of the degraded inputs are computed
+once, through the prior's disk cache, before training (:mod:`restoration.run_priors`).
 
 The run folder is a :class:`robustprior.training.Run` of kind ``restoration``: created, resumed or
 overwritten only when it carries the run marker (``--overwrite`` keeps ``prior_cache/``); a resume
@@ -35,8 +19,9 @@ file (optimizer, schedule, every rank's RNG states: a resumed run continues exac
 are cut back to the checkpoint on resume. The data layout is checked before the folder is touched.
 SIGINT / SIGTERM during training (:mod:`robustprior.training.interrupt`) finish the current step, write
 a checkpoint and stop with one line and exit status 130 / 143; ``--resume`` continues from there.
-Outputs: ``config.yaml``, ``checkpoints/``, ``train_log.csv``, ``val_log.csv``, ``results.json`` and
-``images/`` (restored test images). Command line::
+Outputs (:mod:`restoration.trained_run` reads them back): ``config.yaml``, ``checkpoints/``,
+``train_log.csv``, ``val_log.csv``, ``results.json`` and ``images/`` (restored test images,
+:mod:`restoration.evaluation`). Command line::
 
     python -m restoration.train -opt OPTIONS.yml [--output DIR] [--resume [--allow-config-change] | --overwrite]
         [--force_yml train:total_iter=20 datasets:train:batch_size_per_gpu=2 ...]
@@ -48,157 +33,43 @@ import argparse
 import contextlib
 import copy
 import json
-import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from restoration.archs import PriorBatch, build_network, prior_to
-from restoration.config import SCHEMA, network_prior, split_recipe_keys, validate_options
-from restoration.datasets import PriorIndex, PriorPairedDataset, image_covering_features, prepare_priors
-from restoration.metrics import MetricAccumulator, psnr, tensor_to_uint8
-from restoration.paired_data import list_pairs, read_rgb_float
-from restoration.tiling import tiled_forward
+from restoration.archs import build_network, prior_to
+from restoration.config import (SCHEMA, check_options, dataset_options, load_options,
+                                parse_forced_options, split_recipe_keys, validate_options)
+from restoration.datasets import PriorPairedDataset
+from restoration.evaluation import evaluate_test_set
+from restoration.inference import restore_image
+from restoration.losses import pixel_loss
+from restoration.run_priors import grey_level_scale, network_with_prior_channels, prepare_run_priors
+from restoration.trained_run import PRIOR_CACHE_NAME, RESULTS_NAME, RUN_KIND, TRAIN_LOG, VAL_LOG, results_record
 from robustprior.io.allocator import keep_freed_memory
 from robustprior.io.atomic import write_text_atomically
-from robustprior.training.checkpoints import load_training_checkpoint
-from robustprior.training.config import UnusedKeysWarning, merge_config, read_config_file
-from robustprior.training.distributed import DistributedContext, resolve_device, setup_distributed
-from robustprior.training.errors import (CheckpointError, ConfigError, RunExistsError,
-                                         exit_on_setup_error)
+from robustprior.training.config import UnusedKeysWarning, merge_config
+from robustprior.training.distributed import setup_distributed
+from robustprior.training.errors import CheckpointError, ConfigError, exit_on_setup_error
 from robustprior.training.interrupt import (Interrupted, deferred_stop, interruption, stop_on_signals, stop_requested,
                                             stop_with_parent)
-
 from robustprior.training.rng import seed_everything
 from robustprior.training.run_folder import RUN_MARKER, Run
 from robustprior.training.schedules import LearningRateSchedule, ScheduleSpec
 
-__all__ = ["RUN_KIND", "RESULTS_NAME", "RestorationTrainer", "RunExistsError", "TrainedRun", "check_options", "load_options",
-           "dataset_options", "parse_forced_options",
-           "load_trained_run", "restore_image", "setup_distributed", "psnr_loss", "l1_loss", "write_json",
-           "DistributedContext"]
+__all__ = ["RestorationTrainer", "epoch_batches", "main", "schedule_spec"]
 
-RUN_KIND = "restoration"
-RESULTS_NAME = "results.json"
-TRAIN_LOG, VAL_LOG = "train_log.csv", "val_log.csv"
 TRAIN_COLUMNS = ("iteration", "epoch", "lr", "loss", "train_seconds")
 VAL_COLUMNS = ("iteration", "psnr", "ssim")
-PRIOR_CACHE_NAME = "prior_cache"  # default cache folder inside a run folder; kept by --overwrite
-PSNR_LOSS_SCALE = 10.0 / math.log(10.0)
-GREY_CODED = {"SAMGuidedDehazeNet": ("grayscale", "features")}  # networks (and priors) that read prior["grey_scale"]
-
-
-# ----------------------------------------------------------------------------- options and helpers
-def load_options(path: str | Path) -> dict[str, Any]:
-    """A YAML options (or recipe config) file as written, its recipe keys included
-    (:func:`robustprior.training.config.read_config_file`: the one reader of every config kind);
-    :func:`check_options` validates it."""
-    return read_config_file(path)
-
-
-def dataset_options(options: Mapping[str, Any], phase: str) -> dict[str, Any]:
-    """The :class:`~restoration.datasets.PriorPairedDataset` options of phase ``train`` or ``val`` of
-    validated options (the evaluation set without crops or flips)."""
-    section = dict(options["datasets"][phase])
-    section.update(seed=options["manual_seed"], phase=phase)
-    if phase != "train":
-        section.update(gt_size=None, use_flip=False, use_rot=False)
-    return section
-
-
-def parse_forced_options(assignments: Sequence[str]) -> dict[str, Any]:
-    """BasicSR's ``--force_yml`` assignments (``train:total_iter=20``, ``network_g:enc_blk_nums=[1, 1]``;
-    values read as YAML) as a nested override mapping (:func:`robustprior.training.merge_config`)."""
-    overrides: dict[str, Any] = {}
-    for assignment in assignments:
-        key, separator, text = assignment.partition("=")
-        if not separator or not key:
-            raise ConfigError(f"--force_yml takes KEY:SUBKEY=VALUE, got {assignment!r}")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ConfigError(f"--force_yml {assignment!r}: the value is not YAML ({error})") from None
-        *parents, leaf = key.split(":")
-        target = overrides
-        for parent in parents:
-            target = target.setdefault(parent, {})
-            if not isinstance(target, dict):
-                raise ConfigError(f"--force_yml {assignment!r}: {parent} is given a value and keys")
-        target[leaf] = value
-    return overrides
-
-
-def write_json(path: str | Path, content: Any) -> None:
-    """Pretty JSON to ``path``, atomically (``inf``/``nan`` written as Python's json does)."""
-    write_text_atomically(path, json.dumps(content, indent=2, default=str) + "\n")
-
-
-def psnr_loss(restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """SAM-Deblur's / NAFNet's PSNR loss, ``10/ln10 * log(MSE + 1e-8)`` per image, averaged: B x C x H x W -> scalar."""
-    mse = (restored - target).pow(2).flatten(1).mean(dim=1)
-    return PSNR_LOSS_SCALE * torch.log(mse + 1e-8).mean()
-
-
-def l1_loss(restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error: B x C x H x W -> scalar."""
-    return (restored - target).abs().mean()
-
-
-LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"PSNRLoss": psnr_loss, "L1Loss": l1_loss}
-
-
-def check_options_agree(options: Mapping[str, Any]) -> None:
-    """Network and prior options that contradict each other: a :class:`ConfigError`."""
-    wanted, kind = network_prior(options["network_g"]), options["prior"]["kind"]
-    if wanted == "none" and kind != "none":
-        raise ConfigError(f"prior.kind is {kind!r} but the network takes no prior (network_g.prior: none); "
-                          "set prior.kind: none")
-    if wanted != "none" and kind == "none":
-        raise ConfigError(f"the network's prior is {wanted!r}: set prior.kind to sam or robustsam")
-    if wanted == "features" and options["prior"]["features"] is None:
-        raise ConfigError("a 'features' network needs prior.features: mask_feature or embedding")
-    if wanted != "features" and options["prior"]["features"] is not None:
-        raise ConfigError(f"prior.features is {options['prior']['features']!r} but the network's prior is {wanted!r} "
-                          "(only network_g.prior: features reads latent maps); set prior.features: null")
-
-
-def check_data(options: Mapping[str, Any]) -> None:
-    """List the pairs of every data section: a wrong layout or split is a one-line
-    :class:`~restoration.paired_data.DataLayoutError` before any run folder is made."""
-    for phase in ("train", "val"):
-        section = options["datasets"][phase]
-        if section is not None:
-            list_pairs(section["layout"], section["dataroot_lq"], section["dataroot_gt"], section["blur_dir"],
-                       section["filename_tmpl"])
-
-
-def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Everything that can be checked before any work, in one call (a recipe calls it for every row
-    before it writes anything): the schema (:func:`restoration.config.validate_options`), network and
-    prior agreeing (:func:`check_options_agree`) and the data layout (:func:`check_data`). Returns the
-    validated options; raises a :class:`~robustprior.training.RunSetupError` (one message)."""
-    validated = validate_options(options)
-    check_options_agree(validated)
-    check_data(validated)
-    return validated
-
-
-def size_multiple(network: nn.Module) -> int:
-    """The input-size multiple of a U-Net (``2**levels``), for tiling."""
-    backbone = getattr(network, "backbone", network)
-    return 2 ** getattr(backbone, "num_levels", 0)
 
 
 def epoch_batches(num_items: int, batch_size: int, epoch: int, seed: int) -> list[list[int]]:
@@ -210,48 +81,6 @@ def epoch_batches(num_items: int, batch_size: int, epoch: int, seed: int) -> lis
     while len(order) < num_batches * batch_size:
         order.extend(rng.permutation(num_items).tolist())
     return [order[batch * batch_size : (batch + 1) * batch_size] for batch in range(num_batches)]
-
-
-def write_rgb_png(path: Path, image: np.ndarray) -> None:
-    """Write an H x W x 3 uint8 RGB image as PNG (lossless)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.ascontiguousarray(image[..., ::-1])):
-        raise OSError(f"could not write {path}")
-
-
-def prior_batch(label_map: torch.Tensor | None, features: torch.Tensor | None,
-                grey_scale: int | None) -> PriorBatch | None:
-    """The :data:`~restoration.archs.PriorBatch` of B x H x W labels, B x C x h x w features and a run's
-    grey-level scale (None when there is no prior)."""
-    prior: dict[str, torch.Tensor] = {}
-    if label_map is not None:
-        prior["label_map"] = label_map
-        if grey_scale is not None:
-            prior["grey_scale"] = torch.full((label_map.shape[0],), grey_scale, dtype=torch.int64,
-                                             device=label_map.device)
-    if features is not None:
-        prior["features"] = features
-    return prior or None  # type: ignore[return-value]
-
-
-@torch.no_grad()
-def restore_image(network: nn.Module, image: torch.Tensor, label_map: torch.Tensor | None = None,
-                  features: torch.Tensor | None = None, *, grey_scale: int | None = None, tile: int | None = None,
-                  overlap: int = 32, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Restore one image with an eval-mode ``network``: 1 x 3 x H x W -> 1 x 3 x H x W on the CPU.
-
-    ``label_map`` 1 x H x W (the prior's regions, :meth:`restoration.datasets.PriorIndex.label_map`);
-    ``features`` 1 x C x h x w over the image; ``grey_scale`` the run's grey-level scale. Images with a
-    side above ``tile`` run as overlapping tiles (:func:`restoration.tiling.tiled_forward`)."""
-    def model_function(image_part: torch.Tensor, labels: torch.Tensor | None,
-                       feature_part: torch.Tensor | None) -> torch.Tensor:
-        return network(image_part, prior_batch(labels, feature_part, grey_scale))
-
-    if tile and max(image.shape[-2:]) > tile:
-        return tiled_forward(model_function, image.cpu(), label_map, features, tile=tile, overlap=overlap,
-                             multiple=size_multiple(network), device=device)
-    inputs = [tensor.to(device) if tensor is not None else None for tensor in (image, label_map, features)]
-    return model_function(*inputs).cpu()
 
 
 def schedule_spec(train_options: Mapping[str, Any]) -> ScheduleSpec:
@@ -315,21 +144,20 @@ class RestorationTrainer:
         self.options = copy.deepcopy(self.run_folder.config)
         seed = self.options["manual_seed"]
         seed_everything(seed)  # the same on every rank: a randomly initialised prior model, then the network
-        self.priors = self._prepare_priors()
-        self.network_options = self._network_options()
+        self.priors = prepare_run_priors(self.options, self.run_dir, self.device, progress=self.progress)
+        self.network_options = network_with_prior_channels(self.options["network_g"], self.priors)
         seed_everything(seed)
         self.network = build_network(self.network_options).to(self.device)
         self.iteration, self.train_seconds = 0, 0.0
         state = self.run_folder.checkpoint.state if self.run_folder.resumed else {}
-        self.grey_scale: int | None = state["grey_scale"] if self.run_folder.resumed else self._grey_level_scale()
+        self.grey_scale: int | None = state["grey_scale"] if self.run_folder.resumed else grey_level_scale(
+            self.options, self.priors, progress=self.progress)
         if self.priors is not None:
             self.priors.grey_scale = self.grey_scale
         seed_everything(seed + self.context.rank)  # per-rank streams for training (mask dropout)
         self.train_set, self.test_set = self._build_datasets()
         train_options = self.options["train"]
-        pixel_opt = train_options["pixel_opt"]
-        loss, weight = LOSSES[pixel_opt["type"]], pixel_opt["loss_weight"]
-        self.loss_function = loss if weight == 1.0 else (lambda restored, target: weight * loss(restored, target))
+        self.loss_function = pixel_loss(train_options["pixel_opt"])
         settings = train_options["optim_g"]
         optimizer_class = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam}[settings["type"]]
         self.optimizer = optimizer_class([p for p in self.network.parameters() if p.requires_grad], lr=settings["lr"],
@@ -339,62 +167,11 @@ class RestorationTrainer:
             self._restore(state)
         self.model: nn.Module = self.context.wrap(self.network)
 
-    def _network_options(self) -> dict[str, Any]:
-        """``network_g`` with a 'features' network's ``prior_channels`` taken from the prior's latent map
-        (a different number given in the options is a :class:`ConfigError`)."""
-        options = dict(self.options["network_g"])
-        if network_prior(options) != "features" or self.priors is None:
-            return options
-        channels = self.priors.feature_channels()
-        given = options.get("prior_channels")
-        if given is not None and given != channels:
-            raise ConfigError(f"network_g.prior_channels is {given}, but the prior's {self.priors.feature} has "
-                              f"{channels} channels; leave prior_channels out to take it from the prior")
-        options["prior_channels"] = channels
-        return options
-
-    @property
-    def num_segments(self) -> int | None:
-        """The run's grey-level scale of the grayscale coding (None for networks without it)."""
-        return self.grey_scale
-
-    def _prepare_priors(self) -> PriorIndex | None:
-        """Compute the lq priors of train and test once (rank-sharded), through the prior's cache."""
-        prior_options = self.options["prior"]
-        if prior_options["kind"] == "none":
-            return None
-        lq_paths = [lq for phase in ("train", "val") if self.options["datasets"][phase]
-                    for lq, _ in PriorPairedDataset(self._dataset_options(phase)).pairs]
-        cache_dir = prior_options["cache_dir"] or self.run_dir / PRIOR_CACHE_NAME
-        return prepare_priors(prior_options, lq_paths, cache_dir, self.device, progress=self.progress)
-
-    def _dataset_options(self, phase: str) -> dict[str, Any]:
-        return dataset_options(self.options, phase)
-
     def _build_datasets(self) -> tuple[PriorPairedDataset | None, PriorPairedDataset]:
         train_set = None
         if self.options["datasets"]["train"]:
-            train_set = PriorPairedDataset(self._dataset_options("train"), self.priors)
-        return train_set, PriorPairedDataset(self._dataset_options("val"), self.priors)
-
-    def _grey_level_scale(self) -> int | None:
-        """The run-wide grey-level scale of the grayscale coding (None for networks without it).
-
-        One scale for all images, crops, tiles and batches keeps a region's grey level fixed; a
-        number in ``prior.num_segments`` is also the same for every prior row; ``auto`` takes the
-        most regions of any train or test image of this run."""
-        network_options = self.options["network_g"]
-        if network_prior(network_options) not in GREY_CODED.get(network_options["type"], ()):
-            return None
-        configured = self.options["prior"]["num_segments"]
-        assert self.priors is not None
-        most = self.priors.max_segments(progress=self.progress)
-        if configured == "auto":
-            return max(1, most)
-        if most > configured:
-            raise ConfigError(f"prior.num_segments is {configured}, but an image of this run has {most} regions: "
-                              f"raise prior.num_segments to at least {most} (the same for every prior row)")
-        return int(configured)
+            train_set = PriorPairedDataset(dataset_options(self.options, "train"), self.priors)
+        return train_set, PriorPairedDataset(dataset_options(self.options, "val"), self.priors)
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
@@ -535,71 +312,26 @@ class RestorationTrainer:
                              tile=self.options["val"]["tile"], overlap=self.options["val"]["overlap"],
                              device=self.device)
 
-    @torch.no_grad()
     def evaluate(self, image_folder: str | None = "images", max_images: int | None = None) -> dict[str, Any] | None:
-        """PSNR / SSIM (:class:`~restoration.metrics.MetricAccumulator`, SSIM of kind ``val.ssim``) on the
-        full test images, on rank 0.
-
-        Restored images are written as PNG to ``run_dir / image_folder / <key>.png`` unless
-        ``image_folder`` is None. Returns ``MetricAccumulator.to_dict()`` on rank 0 (None on other
-        ranks); per-image records add ``lq_path``, ``gt_path``, ``output``, ``segments`` and the
-        degraded input's own ``input_psnr`` / ``input_ssim`` (ground truth cropped by the one crop
-        rule, :func:`restoration.paired_data.match_clean_size`).
-        """
+        """PSNR / SSIM of the network on the full test images, on rank 0
+        (:func:`restoration.evaluation.evaluate_test_set`: SSIM of kind ``val.ssim``, restored images
+        written to ``run_dir / image_folder`` unless None). Returns the metrics on rank 0, None on others."""
         metrics = None
         if self.context.is_main:
             self.network.eval()
-            accumulator = MetricAccumulator(ssim_kind=self.options["val"]["ssim"])
-            count = len(self.test_set) if max_images is None else min(int(max_images), len(self.test_set))
-            for index in tqdm(range(count), desc=f"test {self.options['name']}", unit="image", disable=not self.progress):
-                item = self.test_set[index]
-                prior = item.get("prior", {})
-                label_map = prior["label_map"][None] if "label_map" in prior else None
-                features = prior["features"][None] if "features" in prior else None
-                restored = tensor_to_uint8(self.restore(item["lq"][None], label_map, features))
-                target, degraded = tensor_to_uint8(item["gt"]), tensor_to_uint8(item["lq"])
-                record = accumulator.update(restored, target, name=item["key"])
-                record.update(lq_path=item["lq_path"], gt_path=item["gt_path"],
-                              segments=int(label_map.max()) if label_map is not None else None,
-                              input_psnr=psnr(degraded, target),
-                              input_ssim=accumulator.score_ssim(degraded, target))
-                if image_folder is not None:
-                    output = Path(image_folder) / f"{item['key']}.png"
-                    write_rgb_png(self.run_dir / output, restored)
-                    record["output"] = output.as_posix()
-            metrics = accumulator.to_dict()
+            metrics = evaluate_test_set(self.restore, self.test_set, ssim_kind=self.options["val"]["ssim"],
+                                        run_dir=self.run_dir, image_folder=image_folder, max_images=max_images,
+                                        description=f"test {self.options['name']}", progress=self.progress)
         self.context.barrier()
         return metrics
 
     def results(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
-        """What ``results.json`` holds: metrics plus everything needed to state the protocol."""
-        train_options = self.options["train"]
-        datasets = self.options["datasets"]
-        prior = self.priors.description if self.priors is not None else {"kind": "none", "model": "none"}
-        return {
-            "name": self.options["name"],
-            "iterations": self.iteration,
-            "metrics": dict(metrics),
-            "ssim_kind": self.options["val"]["ssim"],
-            "network": self.network_options,
-            "prior": prior,
-            "num_segments": self.grey_scale,
-            "train": {
-                "total_iter": train_options["total_iter"],
-                "batch_size": (datasets["train"] or {}).get("batch_size_per_gpu", 0) * self.context.world_size,
-                "crop_size": (datasets["train"] or {}).get("gt_size"),
-                "loss": train_options["pixel_opt"]["type"],
-                "grad_clip": train_options["grad_clip"],
-                "optimizer": train_options["optim_g"],
-                "scheduler": train_options["scheduler"],
-                "num_pairs": len(self.train_set) if self.train_set is not None else 0,
-                "train_seconds": round(self.train_seconds, 1),
-            },
-            "test": {"dataroot_lq": datasets["val"]["dataroot_lq"], "dataroot_gt": datasets["val"]["dataroot_gt"],
-                     "num_pairs": len(self.test_set)},
-            "device": str(self.device),
-            "world_size": self.context.world_size,
-        }
+        """What ``results.json`` holds (:func:`restoration.trained_run.results_record`)."""
+        return results_record(self.options, metrics, iteration=self.iteration, network=self.network_options,
+                              prior=self.priors.description if self.priors is not None else None,
+                              grey_scale=self.grey_scale, world_size=self.context.world_size,
+                              num_train_pairs=len(self.train_set) if self.train_set is not None else 0,
+                              num_test_pairs=len(self.test_set), train_seconds=self.train_seconds, device=self.device)
 
     def run(self, until: int | None = None) -> dict[str, Any] | None:
         """Train (unless already done), evaluate on the test set, write ``results.json``; returns it on
@@ -612,81 +344,10 @@ class RestorationTrainer:
             if metrics is None:
                 return None
             results = self.results(metrics)
-            write_json(self.run_dir / RESULTS_NAME, results)
+            write_text_atomically(self.run_dir / RESULTS_NAME, json.dumps(results, indent=2, default=str) + "\n")
             return results
         finally:
             self.close()
-
-
-# ----------------------------------------------------------------------------- a trained run
-@dataclass
-class TrainedRun:
-    """A trained run read back without training (:func:`load_trained_run`): its eval-mode ``network``,
-    validated ``options``, ``grey_scale``, ``iteration`` and ``prior`` description."""
-
-    folder: Path
-    network: nn.Module
-    options: dict[str, Any]
-    grey_scale: int | None
-    iteration: int
-    prior: dict[str, Any]
-    prior_fingerprint: str | None
-    device: torch.device
-
-    def prepare_priors(self, lq_paths: Sequence[str | Path], cache_dir: str | Path,
-                       progress: bool = True) -> PriorIndex | None:
-        """The priors of new images with the run's prior model and settings (None without a prior); a
-        prior model that is not the one the run was trained with is a :class:`CheckpointError`."""
-        if self.options["prior"]["kind"] == "none":
-            return None
-        index = prepare_priors(self.options["prior"], lq_paths, cache_dir, self.device, progress=progress)
-        if index.description.get("fingerprint") != self.prior_fingerprint:
-            raise CheckpointError(f"the prior model now gives fingerprint {index.description.get('fingerprint')}, but "
-                                  f"{self.folder} was trained with {self.prior_fingerprint}: not the same prior model")
-        index.grey_scale = self.grey_scale
-        return index
-
-    def restore_file(self, path: str | Path, priors: PriorIndex | None = None, *, tile: int | None = None,
-                     overlap: int | None = None, zero_prior: bool = False) -> np.ndarray:
-        """The restored H x W x 3 uint8 RGB image of an image file (its prior from ``priors``), as
-        overlapping ``tile`` x ``tile`` windows when a side exceeds ``tile`` (None: the run's ``val.tile``;
-        0: never tiled) with ``overlap`` (None: the run's ``val.overlap``). ``zero_prior``: the label map
-        (all 0: one region) and latent features (all 0) zeroed, to measure how much the network reads them."""
-        image = torch.from_numpy(np.ascontiguousarray(read_rgb_float(path).transpose(2, 0, 1)))[None]
-        label_map = features = None
-        if priors is not None:
-            stored = priors.load(path)
-            labels = priors.label_map(stored)
-            label_map = torch.from_numpy(labels)[None]
-            if priors.feature is not None:
-                features = image_covering_features(getattr(stored, priors.feature).float(), labels.shape)[None]
-            if zero_prior:
-                label_map = torch.zeros_like(label_map)
-                features = None if features is None else torch.zeros_like(features)
-        tile = self.options["val"]["tile"] if tile is None else tile
-        overlap = self.options["val"]["overlap"] if overlap is None else overlap
-        restored = restore_image(self.network, image, label_map, features, grey_scale=self.grey_scale,
-                                 tile=tile or None, overlap=overlap, device=self.device)
-        return tensor_to_uint8(restored)
-
-
-def load_trained_run(run_dir: str | Path, device: str | torch.device | None = "auto") -> TrainedRun:
-    """Read a trained run (its config and latest checkpoint; safetensors weights, ``weights_only`` state)
-    without opening it for training: nothing in the folder is written."""
-    run_dir = Path(run_dir)
-    checkpoint = load_training_checkpoint(run_dir)
-    if checkpoint is None:
-        raise CheckpointError(f"{run_dir} holds no checkpoint of a trained run")
-    state = checkpoint.state
-    options = validate_options(state["config"], source=f"the options saved in {run_dir}")
-    device = resolve_device(device)
-    network = build_network(state["network"])
-    try:
-        network.load_state_dict(checkpoint.weights)
-    except RuntimeError as error:
-        raise CheckpointError(f"the weights in {run_dir} do not fit its network ({str(error).splitlines()[0]})") from None
-    return TrainedRun(run_dir, network.to(device).eval(), options, state["grey_scale"], checkpoint.iteration,
-                      dict(state["prior"]), state["prior_fingerprint"], device)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -124,7 +124,7 @@ def test_full_scale_configs_pass_the_schemas(gpu_check, tmp_path: Path) -> None:
     the data are generated small, the options keep the full-scale batch, crops and networks)."""
     import torch
 
-    from restoration.train import check_options
+    from restoration.config import check_options
     from robustprior.training.config import validate_config
     from robustprior.training.robustsam.config import SCHEMA
 

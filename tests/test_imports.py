@@ -9,6 +9,9 @@ name`` points at ``pkg.name`` when that is a module, else at ``pkg`` (its ``__in
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -148,3 +151,28 @@ def test_loaders_do_not_import_the_evaluation_code(loader: str) -> None:
     graph = import_graph()
     evaluation = sorted(module for module in reachable(graph, loader) if module.startswith("robustprior.evaluation"))
     assert not evaluation, f"{loader} imports {evaluation}"
+
+
+# restoration/ flows one way: recipe engine (table8) -> trainer (train) -> datasets -> priors; a finished
+# run is read back (trained_run) without the trainer.
+RUN_READERS = ("restoration.trained_run", "restoration.restore", "restoration.prior_swap", "restoration.prior_reliance",
+               "restoration.report", "restoration.inference", "restoration.evaluation", "restoration.config",
+               "restoration.losses", "restoration.run_priors")
+
+
+def test_restoration_flows_one_way() -> None:
+    """No reader of finished runs reaches the trainer; the trainer reaches neither the recipe engine nor those readers."""
+    graph = import_graph()
+    assert all(reader in graph for reader in RUN_READERS)
+    reaching = [reader for reader in RUN_READERS if "restoration.train" in reachable(graph, reader)]
+    assert not reaching, f"{reaching} import restoration.train"
+    above = {"restoration.table8", "restoration.recipes", "restoration.restore", "restoration.prior_swap",
+             "restoration.prior_reliance", "restoration.report"}
+    assert not reachable(graph, "restoration.train") & above
+
+
+def test_importing_restore_leaves_the_trainer_unimported() -> None:
+    code = "import json, sys, restoration.restore; print(json.dumps(sorted(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    modules = json.loads(loaded.stdout.splitlines()[-1])
+    assert "restoration.trained_run" in modules and "restoration.train" not in modules

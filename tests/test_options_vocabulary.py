@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from restoration.config import load_options_file, network_options, validate_options
-from restoration.train import main as train_main, parse_forced_options
+from restoration.config import load_options_file, network_options, parse_forced_options, validate_options
+from restoration.train import main as train_main
 from robustprior.data.scenes import SceneConfig, write_gopro_dataset
 from robustprior.training import ConfigError
 from robustprior.training.config import (Field, Ignored, Section, UnusedKeysWarning, read_config_file,

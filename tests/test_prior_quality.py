@@ -13,7 +13,8 @@ from restoration.datasets import prepare_priors
 from restoration.paired_data import pair_gopro
 from restoration.prior_quality import best_ious, prior_quality
 from restoration.prior_reliance import prior_reliance
-from restoration.train import RESULTS_NAME, RestorationTrainer
+from restoration.train import RestorationTrainer
+from restoration.trained_run import RESULTS_NAME
 from robustprior.data.scenes import SceneConfig, write_gopro_dataset
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py

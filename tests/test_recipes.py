@@ -17,8 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from restoration.table8 import job_list, load_recipe_config, open_output, run_recipe  # noqa: E402
-from restoration.train import RunExistsError  # noqa: E402
-from robustprior.training import RUN_MARKER, ConfigError, RunFolderError  # noqa: E402
+from robustprior.training import RUN_MARKER, ConfigError, RunExistsError, RunFolderError  # noqa: E402
 
 TOY_DATA = {
     "dehaze": {"image_size": [48, 48], "train_images": 4, "test_images": 2, "seed": 5},
