@@ -333,32 +333,37 @@ class Check:
         os.replace(temporary, path)
         return path
 
+    def _generated(self, name: str, write: Callable[[Path], None]) -> Path:
+        """``work/data/<name>``, written once by ``write(root)`` (a ``.complete`` marker; a partial folder is redone)."""
+        root = self.work / "data" / name
+        if not (root / ".complete").is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            write(root)
+            (root / ".complete").write_text("")
+        return root
+
     def gopro_root(self) -> Path:
         """Generated GoPro data at ``sizes.frame`` (``sizes.gopro_frames``: train sequences x frames, test frames)."""
-        root = self.work / "data" / "GoPro"
-        if not (root / ".complete").is_file():
-            from robustprior.data.scenes import SceneConfig, write_gopro_dataset
+        from robustprior.data.scenes import SceneConfig, write_gopro_dataset
 
+        def write(root: Path) -> None:
             config = SceneConfig(image_size=tuple(self.sizes.frame))
-            shutil.rmtree(root, ignore_errors=True)
             sequences, frames, test_frames = self.sizes.gopro_frames
             write_gopro_dataset(root, sequences, frames, seed=0, split="train", config=config, progress=False)
             write_gopro_dataset(root, 1, test_frames, seed=1, split="test", config=config, progress=False)
-            (root / ".complete").write_text("")
-        return root
+
+        return self._generated("GoPro", write)
 
     def sots_root(self) -> Path:
         """Generated RESIDE data at ``sizes.sots_size``: ``train/outdoor`` (``sizes.sots_train`` pairs), ``test/outdoor`` 1."""
-        root = self.work / "data" / "RESIDE"
-        if not (root / ".complete").is_file():
-            from robustprior.data.scenes import SceneConfig, write_sots_dataset
+        from robustprior.data.scenes import SceneConfig, write_sots_dataset
 
+        def write(root: Path) -> None:
             config = SceneConfig(image_size=tuple(self.sizes.sots_size))
-            shutil.rmtree(root, ignore_errors=True)
             write_sots_dataset(root / "train", self.sizes.sots_train, seed=0, split="outdoor", config=config, progress=False)
             write_sots_dataset(root / "test", 1, seed=1, split="outdoor", config=config, progress=False)
-            (root / ".complete").write_text("")
-        return root
+
+        return self._generated("RESIDE", write)
 
     def training_config(self, model_type: str, checkpoint: Path, iterations: int, cached: bool,
                         batch_size: int) -> dict[str, Any]:

@@ -26,6 +26,23 @@ SHARED_DATA = Path(os.environ.get("ROBUSTPRIOR_SHARED_DATA", REPO_ROOT.parent / 
 
 
 @pytest.fixture(scope="session")
+def small_gopro(tmp_path_factory: pytest.TempPathFactory):
+    """``small_gopro(train_sequences, train_frames)``: a new folder of generated GoPro-layout data at 48 x 48,
+    ``train_sequences`` x ``train_frames`` training frames (seed 3) and one test sequence of 2 (seed 4)."""
+    from robustprior.data.scenes import SceneConfig, write_gopro_dataset
+
+    def make(train_sequences: int, train_frames: int) -> Path:
+        root = tmp_path_factory.mktemp("gopro")
+        config = SceneConfig(image_size=(48, 48), object_count_range=(2, 3))
+        write_gopro_dataset(root, train_sequences, train_frames, seed=3, split="train", blur_frames=3,
+                            config=config, progress=False)
+        write_gopro_dataset(root, 1, 2, seed=4, split="test", blur_frames=3, config=config, progress=False)
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Path of the real sample data (../shared/data); skips the test when it is absent."""
     if not SHARED_DATA.is_dir():

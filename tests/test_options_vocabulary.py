@@ -15,7 +15,6 @@ import yaml
 
 from restoration.config import load_options_file, network_options, parse_forced_options, validate_options
 from restoration.train import main as train_main
-from robustprior.data.scenes import SceneConfig, write_gopro_dataset
 from robustprior.training import ConfigError
 from robustprior.training.config import (Field, Ignored, Section, UnusedKeysWarning, read_config_file,
                                          validate_config)
@@ -200,13 +199,9 @@ def test_pretrained_weights_in_path_are_refused_not_dropped() -> None:
 
 
 @pytest.fixture(scope="module")
-def gopro_sequences(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def gopro_sequences(small_gopro) -> Path:
     """Generated GoPro-layout data: one train sequence of 4 frames, one test sequence of 2, 48 x 48."""
-    root = tmp_path_factory.mktemp("gopro")
-    config = SceneConfig(image_size=(48, 48), object_count_range=(2, 3))
-    write_gopro_dataset(root, 1, 4, seed=3, split="train", blur_frames=3, config=config, progress=False)
-    write_gopro_dataset(root, 1, 2, seed=4, split="test", blur_frames=3, config=config, progress=False)
-    return root
+    return small_gopro(1, 4)
 
 
 def _edit_paths(source: Path, target: Path, data: Path) -> Path:

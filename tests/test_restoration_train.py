@@ -23,7 +23,6 @@ from restoration.metrics import psnr, ssim
 from restoration.paired_data import DataLayoutError, read_rgb
 from restoration.train import RestorationTrainer
 from robustprior.priors import StructurePrior
-from robustprior.data.scenes import SceneConfig, write_gopro_dataset
 from robustprior.training import (CheckpointError, ConfigChangeError, ConfigError, RunExistsError, RunFolderError,
                                   load_training_checkpoint, merge_config)
 from robustprior.training.checkpoints import CHECKPOINT_FOLDER, POINTER_NAME
@@ -36,13 +35,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def gopro_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def gopro_root(small_gopro) -> Path:
     """A handful of generated GoPro-like pairs: 4 train, 2 test, 48 x 48."""
-    root = tmp_path_factory.mktemp("gopro")
-    config = SceneConfig(image_size=(48, 48), object_count_range=(2, 3))
-    write_gopro_dataset(root, 2, 2, seed=3, split="train", blur_frames=3, config=config, progress=False)
-    write_gopro_dataset(root, 1, 2, seed=4, split="test", blur_frames=3, config=config, progress=False)
-    return root
+    return small_gopro(2, 2)
 
 
 def tiny_options(gopro_root: Path, cache_dir: Path, total_iter: int = 3) -> dict:
