@@ -586,12 +586,12 @@ def part_training(check: Check) -> None:
 
 # ----------------------------------------------------------------------------- part 4: restoration
 def _restoration_options(check: Check, task: str, prior_settings: Mapping[str, Any]) -> dict[str, Any]:
-    from restoration.config import RECIPE_KEYS, load_options
+    from restoration.config import load_options_file
     from restoration.paired_data import locate_dataset
 
     sizes = check.sizes
     option_file = REPO / "restoration" / "options" / ("deblur_gopro.yaml" if task == "deblur" else "dehaze_sots.yaml")
-    options = {key: value for key, value in load_options(option_file).items() if key not in RECIPE_KEYS}
+    options = load_options_file(option_file, validate=False)
     options = copy.deepcopy(options)
     datasets = options["datasets"]
     if task == "deblur":
@@ -786,7 +786,8 @@ def _max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def part_correctness(check: Check) -> None:
     from restoration.archs import build_network
-    from restoration.config import load_options, network_options as translated_network
+    from restoration.config import network_options as translated_network
+    from robustprior.training.config import read_config_file
     from robustprior.load import load_model
     from robustprior.predictor import RobustSAMPredictor
 
@@ -827,7 +828,7 @@ def part_correctness(check: Check) -> None:
 
         side = check.sizes.correctness_size
         for task, option_file in (("deblur", "deblur_gopro.yaml"), ("dehaze", "dehaze_sots.yaml")):
-            network_g = dict(load_options(REPO / "restoration" / "options" / option_file)["network_g"])
+            network_g = dict(read_config_file(REPO / "restoration" / "options" / option_file)["network_g"])
             network_g.update(check.sizes.network_overrides.get(task, {}))
             torch.manual_seed(0)
             network_options = translated_network(network_g)

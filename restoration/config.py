@@ -27,7 +27,7 @@ The sections::
 hold. A recipe config adds ``task``, ``threads`` and ``recipe`` (:data:`RECIPE_KEYS`, read by
 :mod:`restoration.table8`; :func:`load_options_file` accepts and sets them aside).
 
-Reading and checking: :func:`load_options` (a file as written), :func:`parse_forced_options`
+Reading and checking: :func:`load_options_file` (``validate=False``: a file as written), :func:`parse_forced_options`
 (``--force_yml``), :func:`check_options` (everything checkable before any work: the schema, network
 and prior agreeing, the data layout) and :func:`dataset_options` (one phase's dataset options).
 """
@@ -50,7 +50,7 @@ from robustprior.training.config import (REQUIRED, Field, Ignored, Section, read
 from robustprior.training.errors import ConfigError
 
 __all__ = ["SCHEMA", "RECIPE_KEYS", "NETWORK_TYPES", "PIXEL_LOSSES", "network_options", "network_prior", "validate_options",
-           "load_options_file", "split_recipe_keys", "load_options", "parse_forced_options", "check_options",
+           "load_options_file", "split_recipe_keys", "parse_forced_options", "check_options",
            "check_options_agree", "check_data", "dataset_options"]
 
 PIXEL_LOSSES = ("PSNRLoss", "L1Loss")
@@ -261,13 +261,6 @@ def load_options_file(path: str | Path, validate: bool = True) -> dict[str, Any]
     written (a recipe fills in its data roots first)."""
     options, _ = split_recipe_keys(read_config_file(path))
     return validate_options(options, source=str(path)) if validate else options
-
-
-def load_options(path: str | Path) -> dict[str, Any]:
-    """A YAML options (or recipe config) file as written, its recipe keys included
-    (:func:`robustprior.training.config.read_config_file`: the one reader of every config kind);
-    :func:`check_options` validates it."""
-    return read_config_file(path)
 
 
 def parse_forced_options(assignments: Sequence[str]) -> dict[str, Any]:

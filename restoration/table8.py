@@ -62,8 +62,8 @@ from typing import Any
 import torch
 import yaml
 
-from restoration.config import (check_data, check_options, check_options_agree, dataset_options, load_options,
-                                validate_options)
+from restoration.config import (check_data, check_options, check_options_agree, dataset_options,
+                                split_recipe_keys, validate_options)
 from restoration.control_priors import CONTROL_PRIOR_KINDS, has_instance_maps
 from restoration.datasets import NO_MASKS_WARNING, PriorPairedDataset, describe_prior_model, prepare_priors
 from restoration.operating_point import OPERATING_POINTS, choose_operating_points
@@ -72,7 +72,6 @@ from restoration.prior_reliance import prior_reliance
 from restoration.prior_swap import prior_swap
 from restoration.report import ROW_LABELS, format_table, write_report
 from restoration.restore import add_restore_arguments, run_restore
-from restoration.config import RECIPE_KEYS
 from restoration.paired_data import locate_dataset
 from restoration.train import RestorationTrainer
 from restoration.trained_run import PRIOR_CACHE_NAME, RESULTS_NAME, RUN_KIND, TRAIN_LOG, VAL_LOG
@@ -82,7 +81,7 @@ from robustprior.io.atomic import is_temporary, write_text_atomically
 from robustprior.load import BUNDLED
 from robustprior.training import merge_config
 from robustprior.training.checkpoints import CHECKPOINT_FOLDER
-from robustprior.training.config import REQUIRED, Field, Section, validate_config
+from robustprior.training.config import REQUIRED, Field, Section, read_config_file, validate_config
 from robustprior.training.distributed import setup_distributed
 from robustprior.training.errors import ConfigError, RunSetupError
 from robustprior.training.interrupt import PARENT_VARIABLE, Interrupted, stop_on_signals
@@ -226,9 +225,8 @@ def load_recipe_config(task: str, path: str | Path | None) -> dict[str, Any]:
     validated against :data:`RECIPE_SCHEMA` (defaults filled in; the training options are checked per row
     by :func:`restoration.config.check_options`)."""
     source = Path(path or CONFIG_DIR / f"{task}_default.yaml")
-    config = load_options(source)
-    recipe_part = validate_config({key: config[key] for key in RECIPE_KEYS if key in config}, RECIPE_SCHEMA,
-                                  source=str(source))
+    config = read_config_file(source)
+    recipe_part = validate_config(split_recipe_keys(config)[1], RECIPE_SCHEMA, source=str(source))
     if recipe_part["task"] != task:
         raise RunSetupError(f"{source} is a config for task {recipe_part['task']!r}, not {task!r}")
     generate = recipe_part["recipe"]["generate"]
@@ -250,7 +248,7 @@ def row_options(config: dict[str, Any], row: str, seed: int, roots: dict[str, st
     """The :mod:`restoration.train` options of one job (``roots``: the train / test dataset folders, found
     in their release layout by :func:`restoration.paired_data.locate_dataset`; None: keep the config's
     ``dataroot_lq`` / ``dataroot_gt``)."""
-    options = {key: copy.deepcopy(value) for key, value in config.items() if key not in RECIPE_KEYS}
+    options, _ = split_recipe_keys(config)
     options["name"] = f"{config['task']}_{row}_seed{seed}"
     options["manual_seed"] = seed
     datasets = options["datasets"]
@@ -583,8 +581,7 @@ def requested_config(task: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.parallel is not None:
         overrides["recipe"]["parallel"] = args.parallel
     config = merge_config(config, overrides)
-    recipe_part = validate_config({key: config[key] for key in RECIPE_KEYS if key in config}, RECIPE_SCHEMA,
-                                  source="the recipe with its overrides")
+    recipe_part = validate_config(split_recipe_keys(config)[1], RECIPE_SCHEMA, source="the recipe with its overrides")
     return {**config, **recipe_part}
 
 
@@ -610,8 +607,7 @@ def check_recipe(config: dict[str, Any], roots: dict[str, str] | None, prior_cac
             section = checked.get("datasets", {}).get(phase) if isinstance(checked.get("datasets"), dict) else None
             if isinstance(section, dict):
                 section.update(dataroot_lq=roots[root_name], dataroot_gt=roots[root_name])
-    base = {key: value for key, value in checked.items() if key not in RECIPE_KEYS}
-    validate_options(base, source="the training options of the recipe config")
+    validate_options(split_recipe_keys(checked)[0], source="the training options of the recipe config")
     for index, (row, seed) in enumerate(job_list(config, config["recipe"]["rows"])):
         options = validate_options(row_options(checked, row, seed, roots if data_exists else None, prior_cache),
                                    source=f"the training options of row {row}, seed {seed}")

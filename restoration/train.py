@@ -47,8 +47,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from restoration.archs import build_network, prior_to
-from restoration.config import (SCHEMA, check_options, dataset_options, load_options,
-                                parse_forced_options, split_recipe_keys, validate_options)
+from restoration.config import (SCHEMA, check_options, dataset_options, load_options_file, parse_forced_options,
+                                validate_options)
 from restoration.datasets import PriorPairedDataset
 from restoration.evaluation import evaluate_test_set
 from restoration.inference import restore_image
@@ -368,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
     keep_freed_memory()  # robustprior.io.allocator: freed tensors stay in the process
-    options, _ = split_recipe_keys(load_options(args.opt))
+    options = load_options_file(args.opt, validate=False)
     with warnings.catch_warnings(record=True) as caught:  # unused keys: one line on stderr, not a traceback-like warning
         warnings.simplefilter("always", UnusedKeysWarning)
         options = validate_options(merge_config(options, parse_forced_options(args.force_yml)), source=str(args.opt))
