@@ -91,7 +91,15 @@ from robustprior.training.run_folder import (CONFIG_CHANGES_NAME, CONFIG_NAME, R
 CONFIG_DIR = Path(__file__).resolve().parent / "options"  # recipe configs ship inside the package
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # the folder holding the restoration package (jobs import it)
 ROWS: tuple[str, ...] = ("none", "sam", "robustsam", *CONTROL_PRIOR_KINDS)
-PRESETS: tuple[str, ...] = ("default", "evidence")  # restoration/options/<task>_<preset>.yaml
+PRESETS: dict[str, tuple[str, ...]] = {  # restoration/options/<task>_<preset>.yaml
+    "dehaze": ("default", "evidence", "confirm"),
+    "deblur": ("default", "evidence"),
+}
+PRESET_HELP: dict[str, str] = {
+    "dehaze": "evidence: the powered design; confirm: its rerun with more replicates on fresh scenes; "
+              "docs/results/table8_design.md",
+    "deblur": "evidence: the powered design, docs/results/table8_design.md",
+}
 DATA_MARKER = "recipe_data.json"
 REPORT_FILES = ("report.md", "report.json", "grid.png")
 RECIPE_CONFIG = "recipe_config.yaml"
@@ -328,8 +336,8 @@ def build_parser(task: str, description: str) -> argparse.ArgumentParser:
     configs = parser.add_mutually_exclusive_group()
     configs.add_argument("--config", help=f"recipe config YAML (default: the embedded restoration/options/{task}_default.yaml; "
                                           f"full scale: restoration/options/{'dehaze_sots' if task == 'dehaze' else 'deblur_gopro'}.yaml)")
-    configs.add_argument("--preset", choices=PRESETS, help=f"an embedded config: restoration/options/{task}_PRESET.yaml "
-                                                           "(evidence: the powered design, docs/results/table8_design.md)")
+    configs.add_argument("--preset", choices=PRESETS[task],
+                         help=f"an embedded config: restoration/options/{task}_PRESET.yaml ({PRESET_HELP[task]})")
     parser.add_argument("--output", default=f"outputs/{task}", help="output folder (default: %(default)s)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the runs in the output folder")
