@@ -382,3 +382,33 @@ def test_the_evidence_preset_is_the_powered_design(task: str) -> None:
     assert recipe["amg_operating_point"] == "per_path" and recipe["swap_rows"] == ["gt_masks"]
     assert len(job_list(config, recipe["rows"])) == 17
     assert build_parser(task, task).parse_args(["--preset", "evidence"]).preset == "evidence"
+
+
+def test_the_confirm_preset_is_the_evidence_design_with_more_replicates() -> None:
+    """dehaze --preset confirm (docs/results/table8_design.md): the evidence design with 10 seeds, 192 test
+    images and fresh scenes, nothing else changed; sized so that the evidence run's noise (its committed
+    report) gives ceiling >= 3 MDD in both designs."""
+    from restoration.table8 import CONFIG_DIR, PRESETS, build_parser
+    from restoration.verdict import minimal_detectable_difference
+
+    evidence = load_recipe_config("dehaze", CONFIG_DIR / "dehaze_evidence.yaml")
+    confirm = load_recipe_config("dehaze", CONFIG_DIR / "dehaze_confirm.yaml")
+    seeds, generate = confirm["recipe"]["seeds"], confirm["recipe"]["generate"]
+    assert len(seeds) == 10 and not set(seeds) & set(evidence["recipe"]["seeds"])
+    assert generate["test_images"] == 192 and generate["seed"] not in (evidence["recipe"]["generate"]["seed"] + d
+                                                                       for d in (-1, 0, 1))
+    for config in (evidence, confirm):  # everything else is the evidence design
+        del config["recipe"]["seeds"], config["recipe"]["generate"]["test_images"], config["recipe"]["generate"]["seed"]
+    assert confirm == evidence
+    assert len(job_list(load_recipe_config("dehaze", CONFIG_DIR / "dehaze_confirm.yaml"), evidence["recipe"]["rows"])) == 32
+
+    report = json.loads((Path(__file__).resolve().parents[1] / "docs/results/dehaze_evidence/report.json").read_text())
+    swap = report["swap"]["gt_masks"]
+    retrain_ratio = report["power"]["ceiling"]["mean"] / minimal_detectable_difference(report["verdict"]["sd"], len(seeds))
+    swap_ratio = swap["ceiling"]["mean"] / minimal_detectable_difference(swap["verdict"]["sd"], 192)
+    assert retrain_ratio == pytest.approx(3.77, abs=0.01) and swap_ratio == pytest.approx(3.49, abs=0.01)
+
+    assert build_parser("dehaze", "dehaze").parse_args(["--preset", "confirm"]).preset == "confirm"
+    assert "confirm" not in PRESETS["deblur"]
+    with pytest.raises(SystemExit):
+        build_parser("deblur", "deblur").parse_args(["--preset", "confirm"])
