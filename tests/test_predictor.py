@@ -181,3 +181,24 @@ def test_automatic_masks_equal_segment_anythings_generator(path) -> None:
         assert record["predicted_iou"] == pytest.approx(twin["predicted_iou"], abs=1e-6)
         assert record["stability_score"] == pytest.approx(twin["stability_score"], abs=1e-6)
         assert record["point_coords"] == twin["point_coords"] and record["bbox"] == twin["bbox"]
+
+
+@pytest.mark.parametrize("path", ["robust", "sam"])
+def test_automatic_masks_do_not_depend_on_points_per_batch(path) -> None:
+    """``points_per_batch`` only trades memory for passes (the Table 8 smoke presets use 16 to stay small):
+    the records are the same with batches of 8 points (the last one of 4) as with one of 36."""
+    from robustprior.load import load_model
+    from robustprior.data.scenes import generate_scene
+
+    model = load_model("robustsam_tiny")[0]
+    scene = generate_scene(7).image
+    records = [RobustSAMAutomaticMaskGenerator(model, path=path, points_per_side=6, pred_iou_thresh=0.5,
+                                               stability_score_thresh=0.3, points_per_batch=batch).generate(scene)
+               for batch in (36, 8)]
+    whole, split = (sorted(found, key=lambda record: (record["point_coords"], -record["predicted_iou"]))
+                    for found in records)
+    assert len(whole) > 0 and len(whole) == len(split)
+    for record, twin in zip(whole, split):
+        assert np.array_equal(record["segmentation"], twin["segmentation"])
+        assert record["predicted_iou"] == pytest.approx(twin["predicted_iou"], abs=1e-5)
+        assert record["stability_score"] == pytest.approx(twin["stability_score"], abs=1e-5)
