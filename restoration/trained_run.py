@@ -4,8 +4,8 @@
 :data:`RUN_KIND`) holding ``config.yaml``, ``checkpoints/``, :data:`TRAIN_LOG`, :data:`VAL_LOG`,
 :data:`RESULTS_NAME`, ``images/`` and (by default) the prior cache :data:`PRIOR_CACHE_NAME`.
 :func:`load_trained_run` reads its config and latest checkpoint (safetensors weights, ``weights_only``
-state) and writes nothing; :func:`results_record` says what :data:`RESULTS_NAME` holds; :class:`TrainedRun` computes the priors of new images with the run's own
-prior model and restores them. Readers of finished runs (:mod:`restoration.restore`,
+state) and writes nothing; :func:`results_record` says what :data:`RESULTS_NAME` holds;
+:class:`TrainedRun` computes the priors of new images with the run's own prior model and restores them. Readers of finished runs (:mod:`restoration.restore`,
 :mod:`restoration.prior_swap`, :mod:`restoration.prior_reliance`, :mod:`restoration.report`) import
 this module, never the trainer.
 """

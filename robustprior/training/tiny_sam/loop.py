@@ -65,8 +65,8 @@ def train(config: Mapping[str, Any] | None, output: str | Path, resume: bool = F
     schedule length, ``train.total_iter`` (resuming with a longer one restarts the cosine from where
     the longer schedule stands); ``threads`` overrides ``config["threads"]`` (the process's torch
     thread count is restored on return); ``device`` overrides ``config["device"]``: these three are
-    command-line overrides, allowed on resume and recorded. ``stop_after`` ends the run early at that iteration with a
-    checkpoint (as an interruption would); ``export`` writes the weights and model card named in
+    command-line overrides, allowed on resume and recorded. ``stop_after`` ends the run early at that
+    iteration with a checkpoint (as an interruption would); ``export`` writes the weights and model card named in
     ``config["export"]`` after the final evaluation. ``workers`` processes generate the scenes and make
     the training batches; ``fit_minutes`` (a fresh run only) sets the schedule length at step 40 from
     the timed steps 11-40 (:func:`fitted_iterations`). Every call appends ``{start_iteration,
