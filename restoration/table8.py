@@ -78,6 +78,7 @@ from restoration.trained_run import PRIOR_CACHE_NAME, RESULTS_NAME, RUN_KIND, TR
 from robustprior.data.scenes import SceneConfig, write_gopro_dataset, write_sots_dataset
 from robustprior.io.allocator import keep_freed_memory
 from robustprior.io.atomic import is_temporary, write_text_atomically
+from robustprior.io.peak_memory import peak_rss_gb
 from robustprior.load import BUNDLED
 from robustprior.training import merge_config
 from robustprior.training.checkpoints import CHECKPOINT_FOLDER
@@ -354,13 +355,6 @@ def build_parser(task: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_restore_arguments(parser)
     return parser
-
-
-def _peak_rss_gb(who: int) -> float:
-    """Peak resident memory in GB of this process (``RUSAGE_SELF``) or of its largest finished child
-    (``RUSAGE_CHILDREN``); ``ru_maxrss`` is in KiB on Linux, bytes on macOS."""
-    peak = resource.getrusage(who).ru_maxrss
-    return round(peak / (1e9 if sys.platform == "darwin" else 1e9 / 1024), 2)
 
 
 def _load_average() -> float | None:
@@ -756,8 +750,8 @@ def _run_in_folder(task: str, args: argparse.Namespace, config: dict[str, Any], 
              "dropped_rows": dropped, "seeds": config["recipe"]["seeds"],
              "augment": {key: bool(reference["datasets"]["train"].get(key)) for key in ("use_flip", "use_rot")},
              "amg_operating_point": operating_point,
-             "peak_memory_gb": {"recipe": _peak_rss_gb(resource.RUSAGE_SELF),
-                                "largest_job": _peak_rss_gb(resource.RUSAGE_CHILDREN)}}
+             "peak_memory_gb": {"recipe": peak_rss_gb(resource.RUSAGE_SELF),
+                                "largest_job": peak_rss_gb(resource.RUSAGE_CHILDREN)}}
     paths = write_report(task, output, run_dirs, setup, quality, reliance, int(config["recipe"]["grid_images"]), swap)
     report = json.loads(paths["report.json"].read_text())
     print(format_table(report))

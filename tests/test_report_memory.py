@@ -6,19 +6,17 @@ import subprocess
 import sys
 
 from restoration.report import _memory_words
-from restoration.table8 import _peak_rss_gb
 
 
 def test_peak_memory_of_children_sees_a_child_holding_half_a_gb_more() -> None:
     """In a fresh process (the suite's earlier children do not count there), a child that holds 0.5 GB more
-    than the largest child so far (importing torch forks ``ldconfig``, which counts the pages it shares with
-    its parent) raises the figure by 0.5 to 0.6 GB."""
-    code = ("import resource, subprocess, sys; from restoration.table8 import _peak_rss_gb; "
-            "before = _peak_rss_gb(resource.RUSAGE_CHILDREN); "
+    than the largest child so far raises the figure by 0.5 to 0.6 GB."""
+    code = ("import resource, subprocess, sys; from robustprior.io.peak_memory import peak_rss_gb; "
+            "before = peak_rss_gb(resource.RUSAGE_CHILDREN); "
             "held = int((before + 0.5) * 1e9) // 8; "
             "subprocess.run([sys.executable, '-c', f'import numpy; a = numpy.ones({held}); print(a.sum())'], "
             "check=True, capture_output=True); "
-            "print(before, _peak_rss_gb(resource.RUSAGE_CHILDREN), _peak_rss_gb(resource.RUSAGE_SELF))")
+            "print(before, peak_rss_gb(resource.RUSAGE_CHILDREN), peak_rss_gb(resource.RUSAGE_SELF))")
     measured = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     before, after, own = (float(value) for value in measured.stdout.split()[-3:])
     assert before + 0.5 <= after < before + 0.6
